@@ -1,0 +1,42 @@
+"""The one place API errors get their shape: ``{"error": {"code": ..., "message": ...}}``."""
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from plans.errors import BillingError
+
+
+def error_response(code: str, message: str, http_status: int, **extra: Any) -> Response:
+    return Response({"error": {"code": code, "message": message, **extra}}, status=http_status)
+
+
+def _first_message(detail: Any) -> str:
+    if isinstance(detail, dict):
+        field, value = next(iter(detail.items()))
+        return f"{field}: {_first_message(value)}"
+    if isinstance(detail, list) and detail:
+        return _first_message(detail[0])
+    return str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, BillingError):
+        return error_response(exc.code, exc.message, exc.http_status, **exc.details)
+    if isinstance(exc, exceptions.ParseError):
+        return error_response("malformed_json", f"The body is not valid JSON: {exc.detail}", 400)
+    if isinstance(exc, exceptions.ValidationError):
+        return error_response("invalid_request", _first_message(exc.detail), 400, fields=exc.detail)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+    code = codes if isinstance(codes, str) else "error"
+    if response.status_code == status.HTTP_401_UNAUTHORIZED and code == "not_authenticated":
+        code = "authentication_required"
+    response.data = {
+        "error": {"code": code, "message": _first_message(response.data.get("detail", response.data))}
+    }
+    return response

@@ -1,0 +1,186 @@
+"""Customers (the operator's accounts), their members, subscriptions and spend controls."""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from plans.models import MONEY, BillingInterval, PlanVersion
+
+
+class CustomerStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    FROZEN = "frozen", "Frozen"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=120, unique=True, help_text="The id in the operator's system.")
+    name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True)
+    currency = models.CharField(max_length=3, default="usd")
+    status = models.CharField(max_length=10, choices=CustomerStatus.choices, default=CustomerStatus.ACTIVE)
+    frozen_reason = models.CharField(max_length=300, blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.status == CustomerStatus.FROZEN
+
+
+class MemberRole(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+
+
+class Member(models.Model):
+    """A user or seat of a customer: who drives usage, and who may log in to the dashboard."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="members")
+    external_id = models.CharField(max_length=120)
+    name = models.CharField(max_length=200, blank=True)
+    email = models.EmailField(blank=True)
+    role = models.CharField(max_length=10, choices=MemberRole.choices, default=MemberRole.MEMBER)
+    # One dashboard login belongs to exactly one customer.
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="member"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["customer", "name", "external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "external_id"], name="member_external_id_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.external_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == MemberRole.ADMIN
+
+
+class SubscriptionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAST_DUE = "past_due", "Past due"
+    CANCELED = "canceled", "Canceled"
+
+
+class Subscription(models.Model):
+    """A customer on a plan version. One live subscription per customer."""
+
+    customer = models.OneToOneField(Customer, on_delete=models.CASCADE, related_name="subscription")
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(
+        max_length=10, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE
+    )
+    billing_anchor = models.DateTimeField(help_text="Periods start on this day of the month (or year).")
+    current_period_start = models.DateTimeField()
+    current_period_end = models.DateTimeField()
+    # Set when the subscribed version is no longer the plan's latest: the customer keeps their price.
+    grandfathered = models.BooleanField(default=False)
+    # A version to move to at the next renewal (a migration planned on purpose).
+    pending_plan_version = models.ForeignKey(
+        PlanVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="pending_subscriptions"
+    )
+    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(current_period_end__gt=models.F("current_period_start")),
+                name="subscription_period_ok",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer} on {self.plan_version}"
+
+    @property
+    def interval(self) -> str:
+        return str(self.plan_version.interval)
+
+    def period_containing(self, moment: datetime) -> tuple[datetime, datetime]:
+        from customers.periods import period_bounds
+
+        return period_bounds(
+            anchor=self.billing_anchor, interval=BillingInterval(self.interval), moment=moment
+        )
+
+
+class SpendControls(models.Model):
+    """Limits the customer sets for themselves. Amounts are in the plan currency (or credits)."""
+
+    customer = models.OneToOneField(Customer, on_delete=models.CASCADE, related_name="spend_controls")
+    soft_limit = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Warn when spend reaches this."
+    )
+    hard_limit = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Refuse billable usage once spend reaches this (opt-in)."
+    )
+    block_overage = models.BooleanField(
+        default=False, help_text="Use only the included quota, credits and wallet; never bill overage."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "spend controls"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(soft_limit__isnull=True) | Q(soft_limit__gte=0),
+                name="spend_soft_limit_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(hard_limit__isnull=True) | Q(hard_limit__gte=0),
+                name="spend_hard_limit_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(soft_limit__isnull=True)
+                | Q(hard_limit__isnull=True)
+                | Q(hard_limit__gte=models.F("soft_limit")),
+                name="spend_hard_limit_above_soft",
+            ),
+        ]
+
+
+class NotificationKind(models.TextChoices):
+    SOFT_LIMIT_CROSSED = "soft_limit_crossed", "Soft limit crossed"
+    HARD_LIMIT_REACHED = "hard_limit_reached", "Hard limit reached"
+    ACCOUNT_FROZEN = "account_frozen", "Account frozen"
+    CREDITS_LOW = "credits_low", "Credits running low"
+    ENTITLEMENT_LIMIT_REACHED = "entitlement_limit_reached", "Plan limit reached"
+
+
+class Notification(models.Model):
+    """Something the customer should know. Recorded once per (kind, threshold, period)."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=32, choices=NotificationKind.choices)
+    period_start = models.DateTimeField()
+    # What was crossed (the limit amount, or the meter key), so a threshold alerts once per period.
+    threshold = models.CharField(max_length=64, blank=True)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "kind", "period_start", "threshold"], name="notification_once_per_period"
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "read_at", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.message}"

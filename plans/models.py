@@ -1,0 +1,231 @@
+"""The catalog: meters, plans and their immutable versions, prices, credit packs, entitlements.
+
+A plan version is the unit of pricing a subscription points at. Once any subscription uses it, it
+is frozen: a price change is a new version, and existing subscriptions stay on theirs until they
+are migrated at renewal.
+"""
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+# Rates carry sub-cent precision (a token can cost $0.000002); quantities can be fractional
+# (GB-hours). Money is rounded to the currency's minor unit only on invoice lines.
+RATE = {"max_digits": 24, "decimal_places": 12}
+QUANTITY = {"max_digits": 24, "decimal_places": 6}
+MONEY = {"max_digits": 18, "decimal_places": 4}
+
+
+class Aggregation(models.TextChoices):
+    SUM = "sum", "Sum of quantities"
+    COUNT = "count", "Count of events"
+    MAX = "max", "Maximum quantity"
+    UNIQUE = "unique", "Unique values of a property"
+    LATEST = "latest", "Latest quantity"
+
+
+class Meter(models.Model):
+    key = models.SlugField(max_length=64, unique=True, help_text="The event name backends send.")
+    name = models.CharField(max_length=120)
+    unit = models.CharField(max_length=40, help_text="What one unit is called: call, token, credits.")
+    aggregation = models.CharField(max_length=10, choices=Aggregation.choices, default=Aggregation.SUM)
+    unique_property = models.CharField(
+        max_length=64, blank=True, help_text="For unique aggregation: the event property counted."
+    )
+    stripe_meter_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+    def clean(self) -> None:
+        if self.aggregation == Aggregation.UNIQUE and not self.unique_property:
+            raise ValidationError({"unique_property": "A unique aggregation needs the property it counts."})
+
+
+class BillingInterval(models.TextChoices):
+    MONTH = "month", "Monthly"
+    YEAR = "year", "Yearly"
+
+
+class Plan(models.Model):
+    code = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    display_order = models.PositiveIntegerField(default=0)
+    is_public = models.BooleanField(default=True, help_text="Shown on the public pricing page.")
+    stripe_product_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["display_order", "code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class VersionStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PUBLISHED = "published", "Published"
+    RETIRED = "retired", "Retired"
+
+
+class PlanVersion(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    interval = models.CharField(max_length=5, choices=BillingInterval.choices, default=BillingInterval.MONTH)
+    base_fee = models.DecimalField(**MONEY, default=Decimal(0))
+    status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
+    published_at = models.DateTimeField(null=True, blank=True)
+    changelog_note = models.TextField(blank=True, help_text="What changed, shown on the public changelog.")
+    # A hash of the version's pricing content, so catalog_import can tell "unchanged" from "new version".
+    content_hash = models.CharField(max_length=64, blank=True)
+    stripe_base_price_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["plan", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="plan_version_number_unique"),
+            models.CheckConstraint(condition=Q(base_fee__gte=0), name="plan_version_base_fee_non_negative"),
+            models.CheckConstraint(
+                condition=Q(status="draft") | Q(published_at__isnull=False),
+                name="plan_version_published_has_date",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.code} v{self.number}"
+
+    @property
+    def credit_unit_amount(self) -> Decimal | None:
+        """What one credit is worth in the plan currency, from the cheapest credit pack."""
+        rates = [pack.amount / pack.credits for pack in self.credit_packs.all() if pack.credits]
+        return min(rates) if rates else None
+
+
+class PriceModel(models.TextChoices):
+    PER_UNIT = "per_unit", "Per unit"
+    GRADUATED = "graduated", "Graduated tiers"
+    VOLUME = "volume", "Volume tiers"
+    PACKAGE = "package", "Package"
+    DIMENSIONAL = "dimensional", "Dimensional (rate by event property)"
+
+
+class PricingUnit(models.TextChoices):
+    CURRENCY = "currency", "Plan currency"
+    CREDITS = "credits", "Credits"
+
+
+class Price(models.Model):
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="prices")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="prices")
+    model = models.CharField(max_length=12, choices=PriceModel.choices, default=PriceModel.PER_UNIT)
+    pricing_unit = models.CharField(max_length=10, choices=PricingUnit.choices, default=PricingUnit.CURRENCY)
+    included_quantity = models.DecimalField(**QUANTITY, default=Decimal(0))
+    unit_amount = models.DecimalField(**RATE, null=True, blank=True)
+    package_size = models.DecimalField(**QUANTITY, null=True, blank=True)
+    package_amount = models.DecimalField(**RATE, null=True, blank=True)
+    dimension = models.CharField(max_length=64, blank=True, help_text="Event property, e.g. model.")
+    default_rate = models.DecimalField(**RATE, null=True, blank=True)
+    stripe_price_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["plan_version", "meter__key"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan_version", "meter"], name="price_one_per_meter"),
+            models.CheckConstraint(condition=Q(included_quantity__gte=0), name="price_included_non_negative"),
+            models.CheckConstraint(
+                condition=Q(unit_amount__isnull=True) | Q(unit_amount__gte=0),
+                name="price_unit_amount_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan_version} · {self.meter.key} ({self.get_model_display()})"
+
+
+class PriceTier(models.Model):
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="tiers")
+    position = models.PositiveSmallIntegerField()
+    up_to = models.DecimalField(**QUANTITY, null=True, blank=True, help_text="Empty for the last, open tier.")
+    unit_amount = models.DecimalField(**RATE, default=Decimal(0))
+    flat_amount = models.DecimalField(**RATE, default=Decimal(0))
+
+    class Meta:
+        ordering = ["price", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["price", "position"], name="price_tier_position_unique"),
+            models.CheckConstraint(
+                condition=Q(unit_amount__gte=0) & Q(flat_amount__gte=0), name="price_tier_non_negative"
+            ),
+        ]
+
+
+class DimensionRate(models.Model):
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="dimension_rates")
+    value = models.CharField(max_length=120)
+    unit_amount = models.DecimalField(**RATE)
+    stripe_price_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["price", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["price", "value"], name="dimension_rate_value_unique"),
+            models.CheckConstraint(condition=Q(unit_amount__gte=0), name="dimension_rate_non_negative"),
+        ]
+
+
+class CreditPack(models.Model):
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="credit_packs")
+    amount = models.DecimalField(**MONEY, help_text="Price of the pack in the plan currency.")
+    credits = models.DecimalField(**QUANTITY)
+
+    class Meta:
+        ordering = ["plan_version", "amount"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0) & Q(credits__gt=0), name="credit_pack_positive"),
+        ]
+
+
+class Entitlement(models.Model):
+    """A feature gate (enabled on/off) or a per-period cap on a meter (limit; feature = meter key)."""
+
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="entitlements")
+    feature = models.SlugField(max_length=64)
+    enabled = models.BooleanField(default=True)
+    limit = models.DecimalField(
+        **QUANTITY, null=True, blank=True, help_text="Units per period; empty = no cap."
+    )
+
+    class Meta:
+        ordering = ["plan_version", "feature"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan_version", "feature"], name="entitlement_feature_unique"),
+            models.CheckConstraint(
+                condition=Q(limit__isnull=True) | Q(limit__gte=0), name="entitlement_limit_ok"
+            ),
+        ]
+
+
+class ChangeEffect(models.TextChoices):
+    GRANDFATHERED = "grandfathered", "Existing customers keep their version"
+    MIGRATED_AT_RENEWAL = "migrated_at_renewal", "Existing customers move at renewal"
+    NEW_PLAN = "new_plan", "New plan"
+
+
+class PricingChangelogEntry(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="changelog")
+    plan_version = models.OneToOneField(PlanVersion, on_delete=models.CASCADE, related_name="changelog_entry")
+    published_at = models.DateTimeField()
+    summary = models.TextField()
+    effect = models.CharField(max_length=24, choices=ChangeEffect.choices)
+
+    class Meta:
+        ordering = ["-published_at"]
+        verbose_name_plural = "pricing changelog entries"

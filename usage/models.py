@@ -1,0 +1,311 @@
+"""The usage ledger, rollups, reservations, wallets, credit grants and the credit ledger.
+
+Invariants (checked by ``manage.py ledger_check`` and, where the database can, by constraints):
+- a usage event and a credit ledger entry are never updated or deleted (PostgreSQL triggers);
+- ``CreditGrant.remaining`` and ``CustomerBalance.wallet_balance`` equal the sums of their ledger rows;
+- ``PeriodUsage`` and ``DailyUsageRollup`` totals equal the sums of their events.
+"""
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+from customers.models import Customer, Member
+from plans.models import QUANTITY, RATE, Meter
+
+ZERO = Decimal(0)
+
+
+class CustomerBalance(models.Model):
+    """The per-customer row that every write moving usage or money locks first (see ``locks.py``).
+
+    ``wallet_balance`` is a cache of the wallet's ledger rows, in the customer's currency.
+    """
+
+    customer = models.OneToOneField(
+        Customer, primary_key=True, on_delete=models.CASCADE, related_name="balance"
+    )
+    currency = models.CharField(max_length=3)
+    wallet_balance = models.DecimalField(**RATE, default=ZERO)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(wallet_balance__gte=0), name="wallet_balance_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Balance of {self.customer_id}"
+
+
+class GrantKind(models.TextChoices):
+    PURCHASED = "purchased", "Purchased"
+    PROMOTIONAL = "promotional", "Promotional"
+
+
+class CreditGrant(models.Model):
+    """Credits granted to a customer, consumed in priority order (lower first) then earliest expiry.
+
+    ``unit`` is ``credits`` (a custom pricing unit) or the currency code for a monetary credit.
+    ``remaining`` caches the sum of this grant's ledger rows.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="credit_grants")
+    kind = models.CharField(max_length=12, choices=GrantKind.choices)
+    unit = models.CharField(max_length=10)
+    amount = models.DecimalField(**RATE)
+    remaining = models.DecimalField(**RATE)
+    priority = models.PositiveSmallIntegerField(default=50)
+    effective_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the unused remainder was voided."
+    )
+    description = models.CharField(max_length=200, blank=True)
+    # NULL, not "", when absent: grants without a key must not collide on the unique constraint.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["priority", "expires_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="credit_grant_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0) & Q(remaining__lte=models.F("amount")),
+                name="credit_grant_remaining_ok",
+            ),
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="credit_grant_idempotency_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "expired_at", "priority", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.remaining}/{self.amount} {self.unit} ({self.kind})"
+
+
+class LedgerEntryKind(models.TextChoices):
+    GRANT = "grant", "Grant"
+    TOPUP = "topup", "Wallet top-up"
+    DRAWDOWN = "drawdown", "Draw-down"
+    EXPIRY = "expiry", "Expiry"
+    REFUND = "refund", "Refund"
+    ADJUSTMENT = "adjustment", "Adjustment"
+
+
+class CreditLedgerEntry(models.Model):
+    """One immutable change to a grant (``grant`` set) or to the wallet (``grant`` empty).
+
+    ``amount`` is signed: positive adds to the balance, negative takes from it.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="credit_ledger")
+    grant = models.ForeignKey(
+        CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    kind = models.CharField(max_length=12, choices=LedgerEntryKind.choices)
+    amount = models.DecimalField(**RATE)
+    unit = models.CharField(max_length=10)
+    usage_event = models.ForeignKey(
+        "UsageEvent", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    reservation = models.ForeignKey(
+        "Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "credit ledger entries"
+        indexes = [models.Index(fields=["customer", "-created_at"])]
+
+
+class UsageEvent(models.Model):
+    """One metered event, as received. Append-only: a correction is a new event pointing at the old.
+
+    The ``*_amount`` fields record how the event's cost was covered, in ``cost_unit`` (the price's
+    unit: the plan currency or credits): ``cost = credits_amount + wallet_amount + overage_amount``.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="usage_events")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="usage_events")
+    member = models.ForeignKey(
+        Member, null=True, blank=True, on_delete=models.PROTECT, related_name="usage_events"
+    )
+    idempotency_key = models.CharField(max_length=255)
+    quantity = models.DecimalField(**QUANTITY)
+    properties = models.JSONField(default=dict, blank=True)
+    timestamp = models.DateTimeField()
+    received_at = models.DateTimeField()
+    period_start = models.DateTimeField(help_text="Start of the billing period the event counts in.")
+    # The rollup keys: the ``action`` property and the value of the price's dimension, if any.
+    action = models.CharField(max_length=120, blank=True)
+    dimension_value = models.CharField(max_length=120, blank=True)
+    billable = models.BooleanField(default=True, help_text="False for cache hits: recorded, never invoiced.")
+    reservation = models.OneToOneField(
+        "Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_event"
+    )
+    corrects = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="corrections"
+    )
+    cost_unit = models.CharField(max_length=10, blank=True)
+    cost = models.DecimalField(**RATE, default=ZERO)
+    included_quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    credits_amount = models.DecimalField(**RATE, default=ZERO)
+    wallet_amount = models.DecimalField(**RATE, default=ZERO)
+    overage_amount = models.DecimalField(**RATE, default=ZERO)
+
+    class Meta:
+        ordering = ["-timestamp", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="usage_event_idempotency_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "meter", "period_start"])]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id} × {self.quantity} ({self.idempotency_key})"
+
+
+class PeriodUsage(models.Model):
+    """Running totals of one meter for one customer and billing period: what rating and limits read.
+
+    ``quantity`` counts billable units only (cache hits are in ``non_billable_quantity``), because
+    the included allowance and the price tiers apply to billable units.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="period_usage")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="period_usage")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    unit = models.CharField(max_length=10, blank=True)
+    quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    non_billable_quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    event_count = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**RATE, default=ZERO)
+    included_quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    credits_amount = models.DecimalField(**RATE, default=ZERO)
+    wallet_amount = models.DecimalField(**RATE, default=ZERO)
+    overage_amount = models.DecimalField(**RATE, default=ZERO)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "meter", "period_start"], name="period_usage_unique"),
+        ]
+
+
+class DailyUsageRollup(models.Model):
+    """Daily totals per (customer, meter, member, action, dimension value): what pages read."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="daily_rollups")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="daily_rollups")
+    member = models.ForeignKey(
+        Member, null=True, blank=True, on_delete=models.CASCADE, related_name="daily_rollups"
+    )
+    action = models.CharField(max_length=120, blank=True)
+    dimension_value = models.CharField(max_length=120, blank=True)
+    day = models.DateField()
+    period_start = models.DateTimeField()
+    quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    billable_quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    overage_quantity = models.DecimalField(**QUANTITY, default=ZERO)
+    event_count = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**RATE, default=ZERO)
+    overage_amount = models.DecimalField(**RATE, default=ZERO)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter", "member", "action", "dimension_value", "day"],
+                name="daily_rollup_unique",
+                nulls_distinct=False,
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "period_start", "day"])]
+
+
+class ReservationStatus(models.TextChoices):
+    HELD = "held", "Held"
+    COMMITTED = "committed", "Committed"
+    RELEASED = "released", "Released"
+    EXPIRED = "expired", "Expired"
+
+
+class Reservation(models.Model):
+    """A hold on what a customer may use, taken before costly work and settled after it.
+
+    While ``held`` and not past ``expires_at``, its quantity and amounts count against the
+    allowance, grants, wallet and limits, so concurrent reservations cannot overspend.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="reservations")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="reservations")
+    member = models.ForeignKey(
+        Member, null=True, blank=True, on_delete=models.PROTECT, related_name="reservations"
+    )
+    idempotency_key = models.CharField(max_length=255)
+    properties = models.JSONField(default=dict, blank=True)
+    quantity = models.DecimalField(**QUANTITY)
+    unit = models.CharField(max_length=10, blank=True)
+    held_cost = models.DecimalField(**RATE, default=ZERO)
+    held_credits = models.DecimalField(**RATE, default=ZERO)
+    held_wallet = models.DecimalField(**RATE, default=ZERO)
+    held_overage = models.DecimalField(**RATE, default=ZERO)
+    status = models.CharField(
+        max_length=10, choices=ReservationStatus.choices, default=ReservationStatus.HELD
+    )
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+    committed_quantity = models.DecimalField(**QUANTITY, null=True, blank=True)
+    commit_idempotency_key = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="reservation_idempotency_unique"
+            ),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="reservation_quantity_positive"),
+        ]
+        indexes = [models.Index(fields=["customer", "status", "expires_at"])]
+
+
+class OutboxStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    TOO_OLD = "too_old", "Too old for Stripe: invoice manually"
+
+
+class StripeUsageOutbox(models.Model):
+    """Post-paid overage Stripe must bill, written in the transaction that accepted the usage.
+
+    A Celery job drains pending rows (``select_for_update(skip_locked=True)``), sends them as
+    meter events with deterministic identifiers and marks them sent. Included allowance, credits
+    and wallet are settled locally and never appear here.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_outbox")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="stripe_outbox")
+    usage_event = models.OneToOneField(UsageEvent, on_delete=models.PROTECT, related_name="stripe_outbox")
+    dimension_value = models.CharField(max_length=120, blank=True)
+    period_start = models.DateTimeField()
+    event_timestamp = models.DateTimeField()
+    quantity = models.DecimalField(**QUANTITY, help_text="Overage units, in the meter's unit.")
+    amount = models.DecimalField(**RATE, help_text="Overage as the local engine rated it (unrounded).")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=10, choices=OutboxStatus.choices, default=OutboxStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    meter_event_identifier = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "id"])]
+        verbose_name_plural = "Stripe usage outbox"

@@ -6,6 +6,7 @@ are migrated at renewal.
 """
 
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -13,9 +14,9 @@ from django.db.models import Q
 
 # Rates carry sub-cent precision (a token can cost $0.000002); quantities can be fractional
 # (GB-hours). Money is rounded to the currency's minor unit only on invoice lines.
-RATE = {"max_digits": 24, "decimal_places": 12}
-QUANTITY = {"max_digits": 24, "decimal_places": 6}
-MONEY = {"max_digits": 18, "decimal_places": 4}
+RATE: dict[str, Any] = {"max_digits": 24, "decimal_places": 12}
+QUANTITY: dict[str, Any] = {"max_digits": 24, "decimal_places": 6}
+MONEY: dict[str, Any] = {"max_digits": 18, "decimal_places": 4}
 
 
 class Aggregation(models.TextChoices):

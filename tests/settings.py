@@ -1,6 +1,7 @@
-"""Loaded with ``-p tests.pg_env`` before Django starts: the test suite runs on PostgreSQL and Redis.
+"""The test suite's settings: the project's one settings module, with the environment set for tests.
 
-The values are defaults, so ``DATABASE_URL=... pytest`` still points the tests elsewhere.
+The suite runs on PostgreSQL and Redis. The values are defaults, so ``DATABASE_URL=... pytest``
+still points the tests elsewhere.
 """
 
 import os
@@ -17,3 +18,5 @@ os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBa
 os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_test_secret")
+
+from billing_app.settings import *  # noqa: E402, F403

@@ -1,3 +1,23 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from usage.api import customer_views, views
+
+urlpatterns = [
+    path("customers", customer_views.CustomersView.as_view(), name="api-customers"),
+    path("customers/<str:external_id>", customer_views.CustomerView.as_view(), name="api-customer"),
+    path("customers/<str:external_id>/subscription", customer_views.SubscriptionView.as_view()),
+    path("customers/<str:external_id>/credits", customer_views.CreditsView.as_view()),
+    path("customers/<str:external_id>/wallet/top-ups", customer_views.WalletTopUpView.as_view()),
+    path("customers/<str:external_id>/limits", customer_views.LimitsView.as_view()),
+    path(
+        "customers/<str:external_id>/usage",
+        customer_views.CustomerUsageView.as_view(),
+        name="api-customer-usage",
+    ),
+    path("events", views.EventsView.as_view(), name="api-events"),
+    path("check", views.CheckView.as_view(), name="api-check"),
+    path("estimate", views.EstimateView.as_view(), name="api-estimate"),
+    path("reservations", views.ReservationsView.as_view(), name="api-reservations"),
+    path("reservations/<uuid:reservation_id>/commit", views.ReservationCommitView.as_view()),
+    path("reservations/<uuid:reservation_id>/release", views.ReservationReleaseView.as_view()),
+]

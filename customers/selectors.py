@@ -1,0 +1,18 @@
+"""Reads for customers."""
+
+from customers.models import Customer, Member
+from plans.errors import NotFound
+
+
+def customer_by_external_id(external_id: str) -> Customer:
+    customer = Customer.objects.filter(external_id=external_id).first()
+    if customer is None:
+        raise NotFound(f"No customer with external id {external_id!r}.", param="customer")
+    return customer
+
+
+def member_for_user(user) -> Member | None:
+    """The dashboard user's membership (and so their customer), or None for staff and strangers."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Member.objects.select_related("customer").filter(user=user).first()

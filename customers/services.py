@@ -1,0 +1,180 @@
+"""Writes for customers, members, subscriptions, spend controls and notifications."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from customers.models import (
+    Customer,
+    CustomerStatus,
+    Member,
+    MemberRole,
+    Notification,
+    NotificationKind,
+    SpendControls,
+    Subscription,
+)
+from customers.periods import period_bounds
+from plans.errors import Conflict, InvalidInput, NotFound
+from plans.models import BillingInterval, Plan, PlanVersion
+from plans.selectors import plan_latest_published_version
+
+
+def customer_create(
+    *, external_id: str, name: str, email: str = "", plan_code: str | None = None, currency: str | None = None
+) -> Customer:
+    """Create a customer, subscribed to the latest version of ``plan_code`` when given."""
+    plan_version = plan_version_for_code(plan_code) if plan_code else None
+    with transaction.atomic():
+        try:
+            customer = Customer.objects.create(
+                external_id=external_id,
+                name=name,
+                email=email,
+                currency=(currency or (plan_version.currency if plan_version else "usd")).lower(),
+            )
+        except IntegrityError as error:
+            raise Conflict(f"A customer with external id {external_id!r} already exists.") from error
+        SpendControls.objects.create(customer=customer)
+        if plan_version is not None:
+            subscription_start(customer=customer, plan_version=plan_version)
+    return customer
+
+
+def plan_version_for_code(plan_code: str) -> PlanVersion:
+    plan = Plan.objects.filter(code=plan_code).first()
+    version = plan_latest_published_version(plan) if plan else None
+    if version is None:
+        raise NotFound(f"No published plan with code {plan_code!r}.", param="plan")
+    return version
+
+
+@transaction.atomic
+def subscription_start(
+    *, customer: Customer, plan_version: PlanVersion, at: datetime | None = None
+) -> Subscription:
+    """Put the customer on ``plan_version`` from ``at`` (now), starting a new billing period.
+
+    A plan change takes effect at once and opens a new period anchored at the change: usage so
+    far stays in the old period's totals, and the new plan's allowance starts fresh.
+    """
+    at = at or timezone.now()
+    start, end = period_bounds(anchor=at, interval=BillingInterval(plan_version.interval), moment=at)
+    if plan_version.currency != customer.currency:
+        raise InvalidInput(
+            f"The plan is priced in {plan_version.currency.upper()} but the customer pays in "
+            f"{customer.currency.upper()}.",
+            param="plan",
+        )
+    subscription, _ = Subscription.objects.update_or_create(
+        customer=customer,
+        defaults={
+            "plan_version": plan_version,
+            "billing_anchor": at,
+            "current_period_start": start,
+            "current_period_end": end,
+            "grandfathered": False,
+            "pending_plan_version": None,
+        },
+    )
+    return subscription
+
+
+def subscription_roll_period(*, subscription: Subscription, now: datetime | None = None) -> bool:
+    """Move the subscription to the period containing ``now``; apply a pending migration at renewal.
+
+    Returns whether it moved. Safe to run twice: a subscription already current does not move.
+    """
+    now = now or timezone.now()
+    if now < subscription.current_period_end:
+        return False
+    if subscription.pending_plan_version is not None:
+        subscription.plan_version = subscription.pending_plan_version
+        subscription.pending_plan_version = None
+        subscription.grandfathered = False
+    start, end = period_bounds(
+        anchor=subscription.billing_anchor,
+        interval=BillingInterval(subscription.plan_version.interval),
+        moment=now,
+    )
+    subscription.current_period_start, subscription.current_period_end = start, end
+    subscription.save()
+    return True
+
+
+def spend_controls_update(
+    *,
+    customer: Customer,
+    soft_limit: Decimal | None,
+    hard_limit: Decimal | None,
+    block_overage: bool,
+) -> SpendControls:
+    """Save the customer's own limits. They apply to the next check, reservation or event at once."""
+    errors = {}
+    for field, value in (("soft_limit", soft_limit), ("hard_limit", hard_limit)):
+        if value is not None and value < 0:
+            errors[field] = "must be zero or more"
+    if soft_limit is not None and hard_limit is not None and hard_limit < soft_limit:
+        errors["hard_limit"] = "must be at least the soft limit"
+    if errors:
+        field, message = next(iter(errors.items()))
+        raise InvalidInput(f"{field.replace('_', ' ').capitalize()} {message}.", param=field, fields=errors)
+    controls, _ = SpendControls.objects.update_or_create(
+        customer=customer,
+        defaults={"soft_limit": soft_limit, "hard_limit": hard_limit, "block_overage": block_overage},
+    )
+    return controls
+
+
+def customer_freeze(*, customer: Customer, reason: str, period_start: datetime) -> None:
+    """Refuse the customer's further billable usage until an operator unfreezes them."""
+    Customer.objects.filter(pk=customer.pk).update(status=CustomerStatus.FROZEN, frozen_reason=reason)
+    customer.status, customer.frozen_reason = CustomerStatus.FROZEN, reason
+    notification_record(
+        customer=customer,
+        kind=NotificationKind.ACCOUNT_FROZEN,
+        period_start=period_start,
+        threshold=timezone.now().strftime("%Y-%m-%dT%H"),
+        message=f"Billable usage is paused: {reason}",
+    )
+
+
+def customer_unfreeze(*, customer: Customer) -> None:
+    Customer.objects.filter(pk=customer.pk).update(status=CustomerStatus.ACTIVE, frozen_reason="")
+    customer.status, customer.frozen_reason = CustomerStatus.ACTIVE, ""
+
+
+def notification_record(
+    *, customer: Customer, kind: str, period_start: datetime, threshold: str, message: str
+) -> Notification | None:
+    """Record a notification once per (kind, threshold, period); None if it already existed."""
+    notification, created = Notification.objects.get_or_create(
+        customer=customer,
+        kind=kind,
+        period_start=period_start,
+        threshold=threshold,
+        defaults={"message": message},
+    )
+    return notification if created else None
+
+
+def notification_mark_read(*, customer: Customer, notification_id: int) -> None:
+    Notification.objects.filter(customer=customer, pk=notification_id, read_at__isnull=True).update(
+        read_at=timezone.now()
+    )
+
+
+def member_create(
+    *,
+    customer: Customer,
+    external_id: str,
+    name: str = "",
+    email: str = "",
+    role: str = MemberRole.MEMBER,
+    user=None,
+) -> Member:
+    return Member.objects.create(
+        customer=customer, external_id=external_id, name=name, email=email, role=role, user=user
+    )

@@ -1,0 +1,47 @@
+"""Serializer pieces shared by the API's endpoints."""
+
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import serializers
+
+from usage.ingest import parse_quantity
+
+
+class QuantityField(serializers.Field):
+    """A non-negative decimal given as a JSON number or a string; returned as a string."""
+
+    default_error_messages = {"invalid": "{reason}"}
+
+    def to_internal_value(self, data: Any) -> Decimal:
+        try:
+            return parse_quantity(data)
+        except ValueError as error:
+            self.fail("invalid", reason=str(error))
+            raise  # unreachable: fail() raises
+
+    def to_representation(self, value: Decimal) -> str | None:
+        return decimal_string(value)
+
+
+def decimal_string(value: Decimal | None) -> str | None:
+    """Decimals go out as plain strings without exponent or trailing zeros: "1500", "0.005"."""
+    if value is None:
+        return None
+    normalized = value.normalize()
+    return f"{normalized:f}"
+
+
+class MoneyField(serializers.DecimalField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_digits", 18)
+        kwargs.setdefault("decimal_places", 4)
+        kwargs.setdefault("min_value", Decimal(0))
+        super().__init__(**kwargs)
+
+
+class PropertiesField(serializers.DictField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", dict)
+        super().__init__(**kwargs)

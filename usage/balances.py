@@ -1,0 +1,416 @@
+"""What a customer may use and what pays for it: the consumption order, limits and holds.
+
+``CustomerLedger`` is a customer's plan, limits, period totals, grants, wallet and active holds,
+loaded once inside the transaction that holds the customer's lock. ``quote`` decides one unit of
+work (allowed? at what cost? covered by what?) and ``apply`` records its effect in memory, so a
+batch of 1,000 events is decided in order against totals that include the events before it. The
+callers persist what changed.
+
+Consumption order: the period's included allowance, then credit grants (lower priority number
+first, then earliest expiry), then the wallet, then post-paid overage if the customer allows it.
+Amounts are in the price's unit (the plan currency or credits); credits convert to money at the
+plan's credit-pack rate where money is needed (wallet, overage, spend limits).
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Q, Sum
+
+from customers.models import Customer, SpendControls, Subscription
+from plans.models import Entitlement, Meter, Price
+from plans.money import CREDITS
+from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
+from plans.selectors import price_spec, prices_with_rates
+from usage.errors import (
+    AccountFrozen,
+    EntitlementLimitReached,
+    HardLimitReached,
+    InsufficientBalance,
+    NotEntitled,
+)
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
+
+ZERO = Decimal(0)
+# Ledger amounts are stored with 12 decimal places; conversions are quantized to that once, so a
+# balance and the sum of its rows agree to the last digit.
+LEDGER_PLACES = Decimal("0.000000000001")
+
+
+def ledger_amount(value: Decimal) -> Decimal:
+    return value.quantize(LEDGER_PLACES)
+
+
+@dataclass
+class Coverage:
+    """How one unit of work is paid for. Amounts are in ``unit``; ``money_cost`` in the currency."""
+
+    unit: str
+    quantity: Decimal
+    included_quantity: Decimal = ZERO
+    cost: Decimal = ZERO
+    credits: Decimal = ZERO
+    wallet: Decimal = ZERO
+    overage: Decimal = ZERO
+    money_cost: Decimal = ZERO
+    dimension_value: str = ""
+    billable: bool = True
+
+    @property
+    def billable_quantity(self) -> Decimal:
+        return self.quantity - self.included_quantity
+
+
+@dataclass
+class Holds:
+    """What active reservations hold: it counts against the allowance, balances and limits."""
+
+    quantity_by_meter: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    credits_by_unit: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    wallet_money: Decimal = ZERO
+    spend_money: Decimal = ZERO
+
+
+@dataclass
+class Draw:
+    """One amount taken from (negative: given back to) a grant, or the wallet when ``grant`` is None."""
+
+    grant: CreditGrant | None
+    amount: Decimal  # in the grant's unit, or money for the wallet
+
+
+@dataclass
+class PricedMeter:
+    price: Price
+    spec: PriceSpec
+
+
+class CustomerLedger:
+    def __init__(
+        self,
+        *,
+        customer: Customer,
+        balance: CustomerBalance,
+        subscription: Subscription,
+        now: datetime,
+        exclude_reservation: Reservation | None = None,
+    ) -> None:
+        self.customer = customer
+        self.balance = balance
+        self.subscription = subscription
+        self.now = now
+        version = subscription.plan_version
+        self.currency = version.currency
+        self.credit_rate = version.credit_unit_amount
+        self.priced = {
+            price.meter_id: PricedMeter(price, price_spec(price)) for price in prices_with_rates(version)
+        }
+        self.entitlements = {e.feature: e for e in Entitlement.objects.filter(plan_version=version)}
+        self.controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(
+            customer=customer
+        )
+        self.grants = list(
+            CreditGrant.objects.filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+                customer=customer,
+                expired_at__isnull=True,
+                effective_at__lte=now,
+                remaining__gt=0,
+            ).order_by("priority", "expires_at", "id")
+        )
+        self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {}
+        self.loaded_periods: set[datetime] = set()
+        self.holds = self._load_holds(exclude_reservation)
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _load_holds(self, exclude: Reservation | None) -> Holds:
+        holds = Holds()
+        active = Reservation.objects.filter(
+            customer=self.customer, status=ReservationStatus.HELD, expires_at__gt=self.now
+        )
+        if exclude is not None:
+            active = active.exclude(pk=exclude.pk)
+        rows = active.values("meter_id", "unit").annotate(
+            quantity=Sum("quantity"),
+            cost=Sum("held_cost"),
+            credits=Sum("held_credits"),
+            wallet=Sum("held_wallet"),
+        )
+        for row in rows:
+            holds.quantity_by_meter[row["meter_id"]] += row["quantity"]
+            holds.credits_by_unit[row["unit"]] += row["credits"]
+            holds.wallet_money += self.to_money(row["wallet"], row["unit"])
+            holds.spend_money += self.to_money(row["cost"], row["unit"])
+        return holds
+
+    def period_for(self, moment: datetime) -> tuple[datetime, datetime]:
+        if self.subscription.current_period_start <= moment < self.subscription.current_period_end:
+            return self.subscription.current_period_start, self.subscription.current_period_end
+        return self.subscription.period_containing(moment)
+
+    def _load_period(self, start: datetime) -> None:
+        if start not in self.loaded_periods:
+            for row in PeriodUsage.objects.filter(customer=self.customer, period_start=start):
+                self.period_usage[(start, row.meter_id)] = row
+            self.loaded_periods.add(start)
+
+    def usage_row(self, *, meter_id: int, period: tuple[datetime, datetime]) -> PeriodUsage:
+        start, end = period
+        self._load_period(start)
+        key = (start, meter_id)
+        if key not in self.period_usage:
+            self.period_usage[key] = PeriodUsage(
+                customer=self.customer, meter_id=meter_id, period_start=start, period_end=end
+            )
+        return self.period_usage[key]
+
+    # --- money ---------------------------------------------------------------------------------
+
+    def to_money(self, amount: Decimal, unit: str) -> Decimal:
+        """``amount`` of ``unit`` in the plan currency; credits at the credit-pack rate (0 with no pack)."""
+        if unit != CREDITS:
+            return amount
+        return ledger_amount(amount * self.credit_rate) if self.credit_rate else ZERO
+
+    def period_spend(self, period_start: datetime) -> Decimal:
+        """Usage charges of the period in money, whatever pays for them (the allowance is free)."""
+        self._load_period(period_start)
+        return sum(
+            (
+                self.to_money(row.cost, row.unit or self.currency)
+                for (start, _), row in self.period_usage.items()
+                if start == period_start
+            ),
+            ZERO,
+        )
+
+    def grants_available(self, unit: str) -> Decimal:
+        pool = sum((grant.remaining for grant in self.grants if grant.unit == unit), ZERO)
+        return max(pool - self.holds.credits_by_unit.get(unit, ZERO), ZERO)
+
+    def wallet_available(self) -> Decimal:
+        return max(self.balance.wallet_balance - self.holds.wallet_money, ZERO)
+
+    # --- deciding ------------------------------------------------------------------------------
+
+    def quote(
+        self,
+        *,
+        meter: Meter,
+        quantity: Decimal,
+        properties: dict[str, Any],
+        timestamp: datetime,
+        authorized: bool = False,
+    ) -> Coverage:
+        """Decide one unit of work. Raises a ``UsageRefused`` with the reason when it may not run.
+
+        ``authorized`` is for settling work a reservation already allowed: it skips the limits
+        (they were checked when the hold was taken) and lets any shortfall become overage.
+        """
+        priced = self.priced.get(meter.pk)
+        unit = (priced.spec.unit if priced else self.currency) or self.currency
+        if properties.get("cached") is True:
+            # A cache hit is recorded for the customer's insight but never billed or counted.
+            return Coverage(unit=unit, quantity=quantity, billable=False)
+        if not authorized:
+            self._check_gates(meter=meter, priced=priced, properties=properties)
+        period = self.period_for(timestamp)
+        row = self.usage_row(meter_id=meter.pk, period=period)
+        held = (
+            self.holds.quantity_by_meter.get(meter.pk, ZERO)
+            if period[0] == self.subscription.current_period_start
+            else ZERO
+        )
+        before = row.quantity + held
+        limit = self.entitlements.get(meter.key)
+        if (
+            not authorized
+            and limit is not None
+            and limit.limit is not None
+            and before + quantity > limit.limit
+        ):
+            raise EntitlementLimitReached(
+                f"The plan allows {limit.limit.normalize():f} {meter.unit} of {meter.name} per period; "
+                f"{before.normalize():f} are used or held.",
+                limit=str(limit.limit),
+            )
+        if priced is None:
+            return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
+        dimension_value = self._dimension_value(priced.spec, properties)
+        included, _ = split_included(included=priced.spec.included, before=before, add=quantity)
+        try:
+            cost = marginal_cost(
+                priced.spec, before=before, add=quantity, dimension_value=dimension_value or None
+            )
+        except UnknownDimensionValue as error:
+            raise NotEntitled(
+                f"{meter.name} has no price for {priced.spec.dimension} = {dimension_value!r} on this plan."
+            ) from error
+        coverage = Coverage(
+            unit=unit,
+            quantity=quantity,
+            included_quantity=included,
+            cost=cost,
+            money_cost=self.to_money(cost, unit),
+            dimension_value=dimension_value,
+        )
+        if not authorized:
+            self._check_hard_limit(coverage, period_start=period[0])
+        self._cover(coverage, authorized=authorized, period_overage=row.overage_amount)
+        return coverage
+
+    def _check_gates(self, *, meter: Meter, priced: PricedMeter | None, properties: dict[str, Any]) -> None:
+        if self.customer.is_frozen:
+            raise AccountFrozen(
+                f"Billable usage is paused for this account: {self.customer.frozen_reason or 'frozen'}."
+            )
+        gate = self.entitlements.get(meter.key)
+        feature_key = properties.get("feature")
+        feature = self.entitlements.get(feature_key) if isinstance(feature_key, str) else None
+        for entitlement in (gate, feature):
+            if entitlement is not None and not entitlement.enabled:
+                raise NotEntitled(
+                    f"The plan does not include {entitlement.feature}.", feature=entitlement.feature
+                )
+        if priced is None and gate is None:
+            raise NotEntitled(f"The plan does not include {meter.name}.", feature=meter.key)
+
+    @staticmethod
+    def _dimension_value(spec: PriceSpec, properties: dict[str, Any]) -> str:
+        if not spec.dimension:
+            return ""
+        value = properties.get(spec.dimension)
+        return "" if value is None else str(value)
+
+    def _check_hard_limit(self, coverage: Coverage, *, period_start: datetime) -> None:
+        hard_limit = self.controls.hard_limit
+        if hard_limit is None or coverage.money_cost <= 0:
+            return
+        spend = self.period_spend(period_start) + self.holds.spend_money
+        if spend + coverage.money_cost > hard_limit:
+            raise HardLimitReached(
+                f"This would take usage charges to {spend + coverage.money_cost:.2f} {self.currency.upper()}, "
+                f"over the hard limit of {hard_limit:.2f}.",
+                hard_limit=f"{hard_limit.normalize():f}",
+            )
+
+    def _cover(self, coverage: Coverage, *, authorized: bool, period_overage: Decimal) -> None:
+        """Split the cost over grants, wallet and overage, in that order."""
+        unit, remaining = coverage.unit, coverage.cost
+        if remaining < 0:
+            # Volume pricing made the period cheaper: give back post-paid overage first, then
+            # refund the rest to the wallet.
+            coverage.overage = max(remaining, -period_overage)
+            coverage.wallet = remaining - coverage.overage
+            return
+        coverage.credits = min(self.grants_available(unit), remaining)
+        remaining -= coverage.credits
+        wallet_units = self._wallet_in_unit(unit)
+        coverage.wallet = min(wallet_units, remaining)
+        remaining -= coverage.wallet
+        if remaining <= 0:
+            return
+        overage_possible = unit != CREDITS or self.credit_rate is not None
+        if authorized or (overage_possible and not self.controls.block_overage):
+            coverage.overage = remaining
+            return
+        raise InsufficientBalance(
+            f"Not enough credits or wallet balance: {remaining.normalize():f} {unit} more is needed"
+            + (", and overage is blocked." if self.controls.block_overage else "."),
+            needed=f"{remaining.normalize():f}",
+        )
+
+    def _wallet_in_unit(self, unit: str) -> Decimal:
+        available = self.wallet_available()
+        if unit != CREDITS:
+            return available
+        return ledger_amount(available / self.credit_rate) if self.credit_rate else ZERO
+
+    def remaining_quantity(self, meter: Meter) -> Decimal | None:
+        """Units of ``meter`` still usable this period under the plan's cap, or None when uncapped."""
+        limit = self.entitlements.get(meter.key)
+        if limit is None or limit.limit is None:
+            return None
+        row = self.usage_row(meter_id=meter.pk, period=self.period_for(self.now))
+        used = row.quantity + self.holds.quantity_by_meter.get(meter.pk, ZERO)
+        return max(limit.limit - used, ZERO)
+
+    # --- applying ------------------------------------------------------------------------------
+
+    def apply(self, coverage: Coverage, *, meter: Meter, timestamp: datetime) -> list[Draw]:
+        """Add a decided event to the totals, take its credits and wallet share; return the draws."""
+        row = self.usage_row(meter_id=meter.pk, period=self.period_for(timestamp))
+        row.unit = coverage.unit
+        row.event_count += 1
+        if not coverage.billable:
+            row.non_billable_quantity += coverage.quantity
+            return []
+        row.quantity += coverage.quantity
+        row.included_quantity += coverage.included_quantity
+        row.cost += coverage.cost
+        row.credits_amount += coverage.credits
+        row.wallet_amount += coverage.wallet
+        row.overage_amount += coverage.overage
+        draws = self._draw_grants(coverage.unit, coverage.credits)
+        if coverage.wallet:
+            money = self.to_money(coverage.wallet, coverage.unit)
+            self.balance.wallet_balance -= money
+            draws.append(Draw(grant=None, amount=-money))
+        return draws
+
+    def _draw_grants(self, unit: str, amount: Decimal) -> list[Draw]:
+        draws = []
+        for grant in self.grants:
+            if amount <= 0:
+                break
+            if grant.unit != unit or grant.remaining <= 0:
+                continue
+            taken = min(grant.remaining, amount)
+            grant.remaining -= taken
+            amount -= taken
+            draws.append(Draw(grant=grant, amount=-taken))
+        return draws
+
+
+# --- asking before the work --------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """The answer to "may this customer use this much now, and what would it cost?"."""
+
+    allowed: bool
+    code: str | None
+    message: str | None
+    coverage: Coverage | None
+    currency: str
+    remaining: Decimal | None  # how many more units of the meter could be used now, when bounded
+
+
+def usage_decide(
+    *, customer: Customer, meter: Meter, quantity: Decimal, properties: dict[str, Any], now: datetime
+) -> Decision:
+    """Check a unit of work without holding anything: what ``/check`` and ``/estimate`` answer.
+
+    A read without the lock: the answer is advice for this instant. To be sure the customer can
+    pay when the work is done, take a reservation, which decides the same way under the lock.
+    """
+    from usage.errors import NoSubscription, UsageRefused
+
+    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version").first()
+    if subscription is None:
+        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.")
+    balance = CustomerBalance.objects.filter(customer=customer).first() or CustomerBalance(
+        customer=customer, currency=customer.currency
+    )
+    ledger = CustomerLedger(customer=customer, balance=balance, subscription=subscription, now=now)
+    remaining = ledger.remaining_quantity(meter)
+    try:
+        coverage = ledger.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
+    except UsageRefused as refusal:
+        return Decision(False, refusal.code, refusal.message, None, ledger.currency, remaining)
+    return Decision(True, None, None, coverage, ledger.currency, remaining)

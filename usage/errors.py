@@ -1,0 +1,44 @@
+"""Why usage is refused. Each code is part of the public API contract (see docs/api.md)."""
+
+from plans.errors import BillingError, Conflict
+
+
+class UsageRefused(BillingError):
+    """The customer may not use this now. The API answers 402 with the code."""
+
+    http_status = 402
+
+
+class HardLimitReached(UsageRefused):
+    code = "hard_limit_reached"
+
+
+class InsufficientBalance(UsageRefused):
+    code = "insufficient_balance"
+
+
+class AccountFrozen(UsageRefused):
+    code = "account_frozen"
+
+
+class NotEntitled(UsageRefused):
+    code = "not_entitled"
+
+
+class EntitlementLimitReached(UsageRefused):
+    code = "entitlement_limit_reached"
+
+
+class ReservationNotHeld(Conflict):
+    code = "reservation_not_held"
+
+
+class InvalidBatch(BillingError):
+    """At least one event of a batch is invalid; ``events`` lists each problem by index."""
+
+    code = "invalid_batch"
+
+
+class NoSubscription(BillingError):
+    code = "no_subscription"
+    http_status = 409

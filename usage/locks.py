@@ -1,0 +1,19 @@
+"""The one way to lock a customer for a write that moves usage or money."""
+
+from customers.models import Customer
+from usage.models import CustomerBalance
+
+
+def customer_balance_for_update(customer: Customer) -> CustomerBalance:
+    """Lock and return the customer's balance row, creating it on first use.
+
+    Every ingest, reservation, commit, release, grant and top-up takes this lock first, so writes
+    for one customer run one after another (no two can both see the same credits as available),
+    while different customers proceed in parallel. Callers that lock several customers do so in
+    primary-key order to avoid deadlocks. Outside a transaction Django refuses select_for_update.
+    """
+    # Insert-if-missing without a race: a concurrent creator makes this a no-op, then both lock.
+    CustomerBalance.objects.bulk_create(
+        [CustomerBalance(customer=customer, currency=customer.currency)], ignore_conflicts=True
+    )
+    return CustomerBalance.objects.select_for_update().get(customer=customer)

@@ -1,0 +1,212 @@
+"""Demo data: the launch catalog, "Acme AI" on Hybrid with five members and 45 days of usage.
+
+Everything goes through the app's own services, day by day, as if the days had really passed:
+the subscription rolls into its next period on the way, so the dashboard shows a closed period
+and a current one. Running it again changes nothing.
+"""
+
+import random
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from customers.models import Customer, MemberRole, Subscription
+from customers.services import (
+    customer_create,
+    member_create,
+    spend_controls_update,
+    subscription_roll_period,
+    subscription_start,
+)
+from plans.models import PlanVersion, VersionStatus
+from plans.selectors import plan_latest_published_version
+from usage.ingest import usage_events_ingest
+from usage.services import credit_grant_create, credit_pack_purchase, wallet_top_up
+
+CATALOG = Path(settings.BASE_DIR) / "catalog" / "demo.json"
+DAYS = 45
+
+# (external id, name, role, dashboard login, share of the team's activity)
+ACME_MEMBERS = [
+    ("maya", "Maya Chen", MemberRole.ADMIN, "demo", 0.12),
+    ("raj", "Raj Patel", MemberRole.MEMBER, "member", 0.46),  # the power user
+    ("lena", "Lena Fischer", MemberRole.MEMBER, None, 0.18),
+    ("tom", "Tom Okafor", MemberRole.MEMBER, None, 0.14),
+    ("sofia", "Sofia Ruiz", MemberRole.MEMBER, None, 0.10),
+]
+# (action, share of AI actions, typical tokens per action)
+ACTIONS = [
+    ("generate_report", 0.34, 6000),
+    ("summarize_thread", 0.28, 1800),
+    ("draft_email", 0.18, 900),
+    ("classify_ticket", 0.14, 300),
+    ("translate_doc", 0.06, 3500),
+]
+MODELS = [("gpt-4o", 0.35), ("gpt-4o-mini", 0.5), ("claude-sonnet", 0.15)]
+
+
+class Command(BaseCommand):
+    help = "Load the demo catalog, customers and 45 days of usage (idempotent)."
+
+    def handle(self, *args: object, **options: object) -> None:
+        if not CATALOG.exists():
+            raise CommandError(f"The demo catalog {CATALOG} is missing.")
+        call_command("catalog_import", str(CATALOG), verbosity=0)
+        self._logins()
+        if Customer.objects.filter(external_id="acme").exists():
+            self.stdout.write("Demo data already loaded; nothing to do.")
+        else:
+            self._acme()
+            self._small_customers()
+            self.stdout.write(self.style.SUCCESS("Demo data loaded."))
+        self.stdout.write(
+            "\nDemo logins (development only):\n"
+            "  customer admin  demo / demo      http://127.0.0.1:8000/settings/usage\n"
+            "  customer member member / member  http://127.0.0.1:8000/settings/usage\n"
+            "  staff           admin / admin    http://127.0.0.1:8000/admin/\n"
+        )
+
+    def _logins(self) -> None:
+        user_model = get_user_model()
+        if not user_model.objects.filter(username="admin").exists():
+            user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+
+    def _version(self, code: str) -> PlanVersion:
+        version = (
+            PlanVersion.objects.filter(plan__code=code, status=VersionStatus.PUBLISHED)
+            .order_by("-number")
+            .first()
+        )
+        if version is None:
+            raise CommandError(f"The demo catalog has no published plan {code!r}.")
+        return version
+
+    @transaction.atomic
+    def _acme(self) -> None:
+        user_model = get_user_model()
+        now = timezone.now().replace(microsecond=0)
+        start = (now - timedelta(days=DAYS)).replace(hour=0, minute=0, second=0)
+        acme = customer_create(external_id="acme", name="Acme AI", email="billing@acme.example")
+        subscription_start(customer=acme, plan_version=self._version("hybrid"), at=start)
+        for external_id, name, role, login, _ in ACME_MEMBERS:
+            user = None
+            if login:
+                user = user_model.objects.create_user(
+                    login, f"{login}@acme.example", login, first_name=name.split()[0]
+                )
+            member_create(
+                customer=acme,
+                external_id=external_id,
+                name=name,
+                email=f"{external_id}@acme.example",
+                role=role,
+                user=user,
+            )
+        spend_controls_update(customer=acme, soft_limit=Decimal("250"), hard_limit=None, block_overage=False)
+        credit_grant_create(
+            customer=acme,
+            amount=Decimal("50"),
+            kind="promotional",
+            unit="usd",
+            expires_at=now + timedelta(days=40),
+            description="Launch promotion",
+            now=start,
+        )
+        wallet_top_up(customer=acme, amount=Decimal("100"), note="Prepaid top-up")
+        self._simulate(acme, start=start, now=now)
+
+    def _simulate(self, customer: Customer, *, start: datetime, now: datetime) -> None:
+        """One batch per day through ingest, with ``now`` at the day's end, rolling periods as they end."""
+        rng = random.Random(42)  # the same demo every time
+        members = [(m[0], m[4]) for m in ACME_MEMBERS]
+        day = start
+        while day < now:
+            day_end = min(day + timedelta(days=1) - timedelta(seconds=1), now)
+            subscription = Subscription.objects.get(customer=customer)
+            subscription_roll_period(subscription=subscription, now=day_end)
+            weekday_factor = 1.0 if day.weekday() < 5 else 0.3
+            growth = 1 + (day - start).days / 90  # a growing team
+            events = []
+            for n in range(int(90 * weekday_factor * growth)):
+                member = rng.choices([m for m, _ in members], [w for _, w in members])[0]
+                action = rng.choices([a for a, _, _ in ACTIONS], [w for _, w, _ in ACTIONS])[0]
+                tokens = next(t for a, _, t in ACTIONS if a == action)
+                moment = day + timedelta(seconds=rng.randint(8 * 3600, 19 * 3600))
+                moment = min(moment, day_end)
+                actions = rng.randint(20, 70)
+                model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
+                common = {"customer": customer.external_id, "user": member, "timestamp": moment.isoformat()}
+                events.append(
+                    {
+                        **common,
+                        "idempotency_key": f"demo-{day:%Y%m%d}-{n}-a",
+                        "meter": "ai_action",
+                        "quantity": actions,
+                        "properties": {"action": action},
+                    }
+                )
+                events.append(
+                    {
+                        **common,
+                        "idempotency_key": f"demo-{day:%Y%m%d}-{n}-t",
+                        "meter": "llm_tokens",
+                        "quantity": int(tokens * actions * rng.uniform(0.6, 1.4)),
+                        "properties": {"action": action, "model": model, "cached": rng.random() < 0.1},
+                    }
+                )
+                if rng.random() < 0.08:
+                    events.append(
+                        {
+                            **common,
+                            "idempotency_key": f"demo-{day:%Y%m%d}-{n}-e",
+                            "meter": "export",
+                            "quantity": 1,
+                            "properties": {"action": "export_csv"},
+                        }
+                    )
+            for batch_start in range(0, len(events), 1000):
+                usage_events_ingest(raw_events=events[batch_start : batch_start + 1000], now=day_end)
+            day += timedelta(days=1)
+
+    def _small_customers(self) -> None:
+        """A customer per other plan, so the catalog and scoping have something to show."""
+        now = timezone.now()
+        customer_create(external_id="globex", name="Globex (Free)", plan_code="free")
+        usage_events_ingest(
+            raw_events=[
+                {
+                    "idempotency_key": f"globex-{i}",
+                    "customer": "globex",
+                    "meter": "ai_action",
+                    "user": "gina",
+                    "properties": {"action": "draft_email"},
+                    "timestamp": (now - timedelta(hours=i)).isoformat(),
+                }
+                for i in range(14)
+            ]
+        )
+        initech = customer_create(external_id="initech", name="Initech (Credits)", plan_code="credits")
+        version = plan_latest_published_version(self._version("credits").plan)
+        pack = version.credit_packs.first() if version else None
+        if pack is not None:
+            credit_pack_purchase(customer=initech, pack=pack, idempotency_key="initech-pack-1")
+        usage_events_ingest(
+            raw_events=[
+                {
+                    "idempotency_key": f"initech-{i}",
+                    "customer": "initech",
+                    "meter": "workflow_run",
+                    "user": "ivan",
+                    "properties": {"complexity": ["simple", "standard", "complex"][i % 3]},
+                    "timestamp": (now - timedelta(hours=i)).isoformat(),
+                }
+                for i in range(30)
+            ]
+        )

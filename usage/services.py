@@ -1,0 +1,311 @@
+"""Writes that move usage or money besides batch ingest: reservations, grants, top-ups, expiry.
+
+Each is one transaction that first takes the customer's lock (``usage.locks``), then reads,
+decides and writes; no network call happens inside.
+"""
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from customers.models import Customer, Member, Subscription
+from plans.errors import InvalidInput, NotFound
+from plans.models import CreditPack, Meter, PricingUnit
+from plans.money import CREDITS
+from usage.balances import CustomerLedger
+from usage.errors import NoSubscription, ReservationNotHeld
+from usage.ingest import EventInput, events_record_for_customer, members_get_or_create
+from usage.locks import customer_balance_for_update
+from usage.models import (
+    CreditGrant,
+    CreditLedgerEntry,
+    GrantKind,
+    LedgerEntryKind,
+    Reservation,
+    ReservationStatus,
+    UsageEvent,
+)
+
+
+def _subscription_of(customer: Customer) -> Subscription:
+    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version").first()
+    if subscription is None:
+        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.")
+    return subscription
+
+
+# --- reservations ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def reservation_create(
+    *,
+    customer: Customer,
+    meter: Meter,
+    quantity: Decimal,
+    idempotency_key: str,
+    user: str | None = None,
+    properties: dict[str, Any] | None = None,
+    ttl_seconds: int | None = None,
+    now: datetime | None = None,
+) -> tuple[Reservation, bool]:
+    """Hold what ``quantity`` of ``meter`` would use. Returns (reservation, created).
+
+    Raises a ``UsageRefused`` (402) when the customer may not use it. A repeated idempotency key
+    returns the first reservation unchanged.
+    """
+    now = now or timezone.now()
+    balance = customer_balance_for_update(customer)
+    existing = Reservation.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return existing, False
+    if quantity <= 0:
+        raise InvalidInput("A reservation holds a quantity greater than zero.", param="quantity")
+    properties = properties or {}
+    ledger = CustomerLedger(
+        customer=customer, balance=balance, subscription=_subscription_of(customer), now=now
+    )
+    coverage = ledger.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
+    member: Member | None = members_get_or_create(customer, {user})[user] if user else None
+    ttl = ttl_seconds if ttl_seconds is not None else settings.RESERVATION_DEFAULT_TTL_SECONDS
+    reservation = Reservation.objects.create(
+        id=uuid.uuid4(),
+        customer=customer,
+        meter=meter,
+        member=member,
+        idempotency_key=idempotency_key,
+        properties=properties,
+        quantity=quantity,
+        unit=coverage.unit,
+        held_cost=coverage.cost,
+        held_credits=coverage.credits,
+        held_wallet=coverage.wallet,
+        held_overage=coverage.overage,
+        expires_at=now + timedelta(seconds=ttl),
+        created_at=now,
+    )
+    return reservation, True
+
+
+def _reservation_locked(reservation_id: uuid.UUID | str, now: datetime) -> Reservation:
+    """The reservation, re-read after taking its customer's lock (so its status is current)."""
+    reservation = (
+        Reservation.objects.select_related("customer", "meter", "member").filter(pk=reservation_id).first()
+    )
+    if reservation is None:
+        raise NotFound(f"No reservation {reservation_id}.")
+    customer_balance_for_update(reservation.customer)
+    reservation.refresh_from_db(fields=["status", "settled_at", "committed_quantity"])
+    if reservation.status == ReservationStatus.HELD and reservation.expires_at <= now:
+        reservation.status = ReservationStatus.EXPIRED
+        reservation.settled_at = now
+        reservation.save(update_fields=["status", "settled_at"])
+    return reservation
+
+
+@transaction.atomic
+def reservation_commit(
+    *, reservation_id: uuid.UUID | str, quantity: Decimal, now: datetime | None = None
+) -> tuple[Reservation, UsageEvent]:
+    """Record the actual usage of a held reservation and release the rest of the hold.
+
+    The hold is replaced by a usage event for ``quantity`` (at most what was held): what the
+    work really cost is drawn, and the remainder of the hold is available again at once.
+    Committing again returns the same event.
+    """
+    now = now or timezone.now()
+    reservation = _reservation_locked(reservation_id, now)
+    if reservation.status == ReservationStatus.COMMITTED:
+        return reservation, reservation.usage_event
+    if reservation.status != ReservationStatus.HELD:
+        raise ReservationNotHeld(
+            f"The reservation is {reservation.status}; nothing to commit.", status=reservation.status
+        )
+    if quantity < 0 or quantity > reservation.quantity:
+        raise InvalidInput(
+            f"Commit between 0 and the {reservation.quantity.normalize():f} held.", param="quantity"
+        )
+    event = EventInput(
+        index=0,
+        idempotency_key=f"reservation:{reservation.pk}",
+        customer_id=reservation.customer.external_id,
+        meter_key=reservation.meter.key,
+        quantity=quantity,
+        timestamp=now,
+        user=reservation.member.external_id if reservation.member else None,
+        properties=reservation.properties,
+        reservation=reservation,
+    )
+    outcome = events_record_for_customer(
+        customer=reservation.customer,
+        subscription=_subscription_of(reservation.customer),
+        events=[event],
+        meters={reservation.meter.key: reservation.meter},
+        now=now,
+        exclude_reservation=reservation,
+    )
+    reservation.status = ReservationStatus.COMMITTED
+    reservation.committed_quantity = quantity
+    reservation.settled_at = now
+    reservation.save(update_fields=["status", "committed_quantity", "settled_at"])
+    return reservation, outcome.events[0]
+
+
+@transaction.atomic
+def reservation_release(*, reservation_id: uuid.UUID | str, now: datetime | None = None) -> Reservation:
+    """Cancel a hold. Releasing again, or a hold that already expired, changes nothing."""
+    now = now or timezone.now()
+    reservation = _reservation_locked(reservation_id, now)
+    if reservation.status == ReservationStatus.COMMITTED:
+        raise ReservationNotHeld(
+            "The reservation was committed; it can no longer be released.", status="committed"
+        )
+    if reservation.status == ReservationStatus.HELD:
+        reservation.status = ReservationStatus.RELEASED
+        reservation.settled_at = now
+        reservation.save(update_fields=["status", "settled_at"])
+    return reservation
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Mark holds past their TTL expired. They already stopped counting; this tidies their status."""
+    now = now or timezone.now()
+    return Reservation.objects.filter(status=ReservationStatus.HELD, expires_at__lte=now).update(
+        status=ReservationStatus.EXPIRED, settled_at=now
+    )
+
+
+# --- credits and wallet ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def credit_grant_create(
+    *,
+    customer: Customer,
+    amount: Decimal,
+    kind: str = GrantKind.PURCHASED,
+    unit: str | None = None,
+    expires_at: datetime | None = None,
+    priority: int = 50,
+    description: str = "",
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> tuple[CreditGrant, bool]:
+    """Grant credits. ``unit`` defaults to credits when the plan sells credit packs, else money.
+
+    Returns (grant, created); a repeated idempotency key returns the first grant.
+    """
+    now = now or timezone.now()
+    customer_balance_for_update(customer)
+    if idempotency_key:
+        existing = CreditGrant.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    if amount <= 0:
+        raise InvalidInput("A grant's amount must be greater than zero.", param="amount")
+    if kind not in GrantKind.values:
+        raise InvalidInput(f"kind must be one of {', '.join(GrantKind.values)}.", param="kind")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at must be in the future.", param="expires_at")
+    if not 0 <= priority <= 100:
+        raise InvalidInput("priority must be between 0 and 100 (lower is used first).", param="priority")
+    grant = CreditGrant.objects.create(
+        customer=customer,
+        kind=kind,
+        unit=unit or _default_grant_unit(customer),
+        amount=amount,
+        remaining=amount,
+        priority=priority,
+        effective_at=now,
+        expires_at=expires_at,
+        description=description,
+        idempotency_key=idempotency_key or None,
+    )
+    CreditLedgerEntry.objects.create(
+        customer=customer,
+        grant=grant,
+        kind=LedgerEntryKind.GRANT,
+        amount=amount,
+        unit=grant.unit,
+        note=description,
+    )
+    return grant, True
+
+
+def _default_grant_unit(customer: Customer) -> str:
+    """Credits on a plan that sells or prices in credits; otherwise a monetary credit."""
+    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version").first()
+    if subscription is None:
+        return customer.currency
+    version = subscription.plan_version
+    if version.credit_packs.exists() or version.prices.filter(pricing_unit=PricingUnit.CREDITS).exists():
+        return CREDITS
+    return customer.currency
+
+
+def credit_pack_purchase(
+    *, customer: Customer, pack: CreditPack, idempotency_key: str | None = None
+) -> CreditGrant:
+    grant, _ = credit_grant_create(
+        customer=customer,
+        amount=pack.credits,
+        kind=GrantKind.PURCHASED,
+        unit=CREDITS,
+        description=f"Credit pack: {pack.credits.normalize():f} credits for {pack.amount} {customer.currency.upper()}",
+        idempotency_key=idempotency_key,
+    )
+    return grant
+
+
+@transaction.atomic
+def wallet_top_up(*, customer: Customer, amount: Decimal, note: str = "") -> CreditLedgerEntry:
+    """Add prepaid money to the wallet, in the customer's currency."""
+    if amount <= 0:
+        raise InvalidInput("A top-up must be greater than zero.", param="amount")
+    balance = customer_balance_for_update(customer)
+    balance.wallet_balance += amount
+    balance.save(update_fields=["wallet_balance", "updated_at"])
+    return CreditLedgerEntry.objects.create(
+        customer=customer,
+        kind=LedgerEntryKind.TOPUP,
+        amount=amount,
+        unit=balance.currency,
+        note=note or "Top-up",
+    )
+
+
+def credit_grants_expire(*, now: datetime | None = None) -> int:
+    """Void the unused remainder of grants past their expiry, one customer transaction at a time."""
+    now = now or timezone.now()
+    customer_ids = (
+        CreditGrant.objects.filter(expires_at__lte=now, expired_at__isnull=True)
+        .values_list("customer_id", flat=True)
+        .distinct()
+        .order_by("customer_id")
+    )
+    expired = 0
+    for customer in Customer.objects.filter(pk__in=list(customer_ids)).order_by("pk"):
+        with transaction.atomic():
+            customer_balance_for_update(customer)
+            for grant in CreditGrant.objects.filter(
+                customer=customer, expires_at__lte=now, expired_at__isnull=True
+            ):
+                if grant.remaining > 0:
+                    CreditLedgerEntry.objects.create(
+                        customer=customer,
+                        grant=grant,
+                        kind=LedgerEntryKind.EXPIRY,
+                        amount=-grant.remaining,
+                        unit=grant.unit,
+                        note="Expired unused",
+                    )
+                grant.remaining = Decimal(0)
+                grant.expired_at = now
+                grant.save(update_fields=["remaining", "expired_at"])
+                expired += 1
+    return expired

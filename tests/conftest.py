@@ -5,6 +5,8 @@ from rest_framework.test import APIClient
 
 from billing_app.models import ApiKey
 
+pytest_plugins = ["tests.catalog_fixtures"]
+
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tests.usage.conftest import event
+from tests.catalog_fixtures import event
 from usage.models import DailyUsageRollup, PeriodUsage, UsageEvent
 
 pytestmark = pytest.mark.django_db

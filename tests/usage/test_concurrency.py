@@ -9,7 +9,7 @@ from django.db import connection
 
 from customers.models import Customer
 from plans.models import Meter
-from tests.usage.conftest import event
+from tests.catalog_fixtures import event
 from usage.errors import InsufficientBalance
 from usage.ingest import usage_events_ingest
 from usage.ledger_audit import ledger_mismatches

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from customers.models import Notification, NotificationKind
 from customers.services import customer_freeze
-from tests.usage.conftest import event
+from tests.catalog_fixtures import event
 from usage.errors import InvalidBatch
 from usage.ingest import usage_events_ingest
 from usage.ledger_audit import ledger_mismatches

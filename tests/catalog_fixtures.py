@@ -1,4 +1,4 @@
-"""Catalog and customer builders for the metering tests, through the app's own services."""
+"""Catalog and customer builders shared by the tests, through the app's own services."""
 
 from collections.abc import Callable
 from decimal import Decimal

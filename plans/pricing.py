@@ -40,6 +40,7 @@ from decimal import (
     localcontext,
 )
 from enum import StrEnum
+from functools import lru_cache
 
 from plans.money import CREDITS, round_money
 
@@ -536,6 +537,15 @@ def _given(value: Decimal | None) -> Decimal:
 
 
 def _require_valid(spec: PriceSpec) -> None:
-    errors = validate_price(spec)
+    try:
+        errors = _validated(spec)
+    except TypeError:  # an unhashable field (a signaling NaN): validate without the cache
+        errors = tuple(validate_price(spec))
     if errors:
-        raise InvalidPrice(spec.meter, errors)
+        raise InvalidPrice(spec.meter, list(errors))
+
+
+@lru_cache(maxsize=4096)
+def _validated(spec: PriceSpec) -> tuple[str, ...]:
+    """`validate_price`, remembered per spec: ingest rates thousands of events against the same few prices."""
+    return tuple(validate_price(spec))

@@ -5,7 +5,7 @@ from rest_framework.test import APIClient
 
 from billing_app.models import ApiKey
 
-pytest_plugins = ["tests.catalog_fixtures"]
+pytest_plugins = ["tests.catalog_fixtures", "tests.stripe_fake.plugin"]
 
 
 

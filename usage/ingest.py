@@ -563,23 +563,35 @@ def _write_rollups(customer: Customer, events: list[UsageEvent]) -> None:
 
 
 def _write_outbox(customer: Customer, ledger: CustomerLedger, events: list[UsageEvent]) -> None:
-    """Queue what Stripe must bill: post-paid overage only, in the same transaction as the usage."""
-    rows = [
-        StripeUsageOutbox(
-            customer=customer,
-            meter_id=event.meter_id,
-            usage_event=event,
-            dimension_value=event.dimension_value,
-            period_start=event.period_start,
-            event_timestamp=event.timestamp,
-            quantity=_overage_quantity(event),
-            amount=ledger.to_money(event.overage_amount, event.cost_unit),
-            currency=ledger.currency,
-        )
-        for event in events
-        if event.overage_amount > 0 and (event.cost_unit != CREDITS or ledger.credit_rate)
-    ]
-    StripeUsageOutbox.objects.bulk_create(rows)
+    """Queue what Stripe must bill: post-paid overage only, in the same transaction as the usage.
+
+    Summed per (meter, dimension value, period, hour), which is as fine as Stripe needs it.
+    """
+    rows: dict[tuple[int, str, datetime, datetime], StripeUsageOutbox] = {}
+    for event in events:
+        if event.overage_amount <= 0 or (event.cost_unit == CREDITS and not ledger.credit_rate):
+            continue
+        window = event.timestamp.replace(minute=0, second=0, microsecond=0)
+        key = (event.meter_id, event.dimension_value, event.period_start, window)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = StripeUsageOutbox(
+                customer=customer,
+                meter_id=event.meter_id,
+                dimension_value=event.dimension_value,
+                period_start=event.period_start,
+                window_start=window,
+                last_event=event,
+                event_count=0,
+                quantity=Decimal(0),
+                amount=Decimal(0),
+                currency=ledger.currency,
+            )
+        row.last_event = event
+        row.event_count += 1
+        row.quantity += _overage_quantity(event)
+        row.amount += ledger.to_money(event.overage_amount, event.cost_unit)
+    StripeUsageOutbox.objects.bulk_create(list(rows.values()))
 
 
 def _record_limit_notifications(customer: Customer, ledger: CustomerLedger, spend_before: Decimal) -> None:

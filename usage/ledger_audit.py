@@ -63,9 +63,7 @@ def ledger_mismatches() -> list[Mismatch]:
             overage_total=Sum("overage_amount"),
         )
     }
-    rollup_totals: dict[tuple[int, int, Any], dict[str, Decimal]] = defaultdict(
-        lambda: defaultdict(Decimal)
-    )
+    rollup_totals: dict[tuple[int, int, Any], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for row in DailyUsageRollup.objects.values("customer_id", "meter_id", "period_start").annotate(
         quantity_total=Sum("quantity"), events=Sum("event_count"), cost_total=Sum("cost")
     ):

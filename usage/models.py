@@ -285,17 +285,20 @@ class OutboxStatus(models.TextChoices):
 class StripeUsageOutbox(models.Model):
     """Post-paid overage Stripe must bill, written in the transaction that accepted the usage.
 
-    A Celery job drains pending rows (``select_for_update(skip_locked=True)``), sends them as
-    meter events with deterministic identifiers and marks them sent. Included allowance, credits
-    and wallet are settled locally and never appear here.
+    Ingest adds one row per batch for each (customer, meter, dimension value, hour) that had
+    overage, so a 1,000-event batch writes a handful of rows. A Celery job drains pending rows
+    (``select_for_update(skip_locked=True)``), sends them as meter events with deterministic
+    identifiers and marks them sent. Included allowance, credits and wallet are settled locally and
+    never appear here. Rows are never deleted: they are the record of what Stripe was told.
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_outbox")
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="stripe_outbox")
-    usage_event = models.OneToOneField(UsageEvent, on_delete=models.PROTECT, related_name="stripe_outbox")
     dimension_value = models.CharField(max_length=120, blank=True)
     period_start = models.DateTimeField()
-    event_timestamp = models.DateTimeField()
+    window_start = models.DateTimeField(help_text="The hour the usage happened in (UTC).")
+    last_event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="+")
+    event_count = models.PositiveIntegerField()
     quantity = models.DecimalField(**QUANTITY, help_text="Overage units, in the meter's unit.")
     amount = models.DecimalField(**RATE, help_text="Overage as the local engine rated it (unrounded).")
     currency = models.CharField(max_length=3)

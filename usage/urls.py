@@ -1,3 +1,21 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from usage import views
+
+urlpatterns = [
+    path("settings/usage", views.settings_usage, name="settings-usage"),
+    path("settings/usage/partials/<slug:name>", views.settings_usage_partial, name="settings-usage-partial"),
+    path("settings/usage/limits", views.limits_update, name="settings-usage-limits"),
+    path(
+        "settings/usage/notifications/<int:notification_id>/read",
+        views.notification_read,
+        name="settings-usage-notification-read",
+    ),
+    path(
+        "settings/usage/notifications/read-all",
+        views.notifications_read_all,
+        name="settings-usage-notifications-read-all",
+    ),
+    # plotly.js from the installed plotly package (see views.plotly_js): versioned, cached for a year.
+    path("vendor/plotly-<str:version>.min.js", views.plotly_js, name="plotly-js"),
+]

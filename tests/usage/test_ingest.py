@@ -264,7 +264,7 @@ def test_only_overage_reaches_the_stripe_outbox(pro_plan, make_customer):
     assert not StripeUsageOutbox.objects.exists()
     ingest(event("out", quantity=7))
     outbox = StripeUsageOutbox.objects.get()
-    assert (outbox.quantity, outbox.amount, outbox.currency) == (Decimal(7), Decimal("0.70"), "usd")
+    assert (outbox.quantity, outbox.amount, outbox.currency, outbox.event_count) == (Decimal(7), Decimal("0.70"), "usd", 1)
 
 
 def test_ledger_rows_cannot_be_rewritten(pro_plan, make_customer):

@@ -1,6 +1,6 @@
 import json
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from rest_framework.exceptions import ParseError

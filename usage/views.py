@@ -1,0 +1,340 @@
+"""/settings/usage: the customer's usage page, its HTMX partials and the limits form.
+
+Every number comes from ``usage.selectors``, the same functions behind the usage API. Each
+region of the page is a ``{% partialdef %}`` of ``usage/settings_usage.html``; HTMX polls them
+every 30 s and the view renders only the region asked for. Everything is scoped to the logged-in
+user's customer (through their ``Member``): an id from another customer is a 404.
+"""
+
+import gzip
+from collections.abc import Callable
+from datetime import date, datetime
+from functools import lru_cache, wraps
+from pathlib import Path
+from typing import Any
+
+import plotly
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
+from django_htmx.middleware import HtmxDetails
+
+from customers.models import Customer, Member
+from customers.selectors import member_for_user
+from customers.services import notification_mark_read, spend_controls_update
+from plans.errors import InvalidInput, NotFound
+from usage.forms import SpendLimitsForm
+from usage.selectors import (
+    BillingPeriod,
+    DailySeries,
+    NoBillingPeriod,
+    UsageSummary,
+    format_amount,
+    format_quantity,
+    unit_label,
+    usage_daily_series,
+    usage_member_breakdown,
+    usage_notifications,
+    usage_period_resolve,
+    usage_period_summary,
+    usage_periods,
+    usage_top_actions,
+    usage_wallet,
+)
+
+TEMPLATE = "usage/settings_usage.html"
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request after django-htmx's middleware, as its docs suggest for type checking."""
+
+    htmx: HtmxDetails
+    current_usage_summary: UsageSummary
+
+
+REFRESH_EVENT = "usage-changed"  # fired after a change on the page, so the numbers refresh at once
+
+
+def member_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Log-in required, and a member of a customer: the dashboard is for customers' users.
+
+    Staff without a membership are sent to the admin; anyone else logged in without one gets a
+    403 page that says why.
+    """
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        member = member_for_user(request.user)
+        if member is None:
+            if request.user.is_staff:
+                return redirect("admin:index")
+            return render(request, "usage/no_membership.html", status=403)
+        return view(request, member, *args, **kwargs)
+
+    return wrapper
+
+
+# --- The page and its regions ---------------------------------------------------------------------
+
+
+@require_GET
+@member_required
+def settings_usage(request: HtmxHttpRequest, member: Member) -> HttpResponse:
+    period = _period_from(request, member.customer)
+    if period is None:
+        return render(request, TEMPLATE, {**_base_context(member, None), "no_period": True})
+    context = _base_context(member, period)
+    for build in PARTIALS.values():
+        context.update(build(request, member, period))
+    return render(request, TEMPLATE, context)
+
+
+@require_GET
+@member_required
+def settings_usage_partial(request: HtmxHttpRequest, member: Member, name: str) -> HttpResponse:
+    build = PARTIALS.get(name)
+    if build is None:
+        raise Http404("No such part of the page.")
+    if not request.htmx:
+        # Without HTMX a region alone is no page: show the whole page at the same period.
+        return redirect(_page_url(request.GET.get("period")))
+    period = _period_from(request, member.customer)
+    if period is None:
+        raise Http404("No billing period yet.")
+    context = {**_base_context(member, period), **build(request, member, period)}
+    return render(request, f"{TEMPLATE}#{name}", context)
+
+
+def _summary(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    summary = usage_period_summary(customer=member.customer, period_start=period)
+    if period.is_current:
+        request.current_usage_summary = summary  # the limits region reads the same numbers
+    return {"summary": summary}
+
+
+def _chart(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    series = usage_daily_series(customer=member.customer, period_start=period)
+    return {"series": series, "chart_data": chart_payload(series)}
+
+
+def _top_actions(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    lines = usage_top_actions(customer=member.customer, period_start=period)
+    return {"top_actions": lines, "top_actions_show_meter": len({line.meter_key for line in lines}) > 1}
+
+
+def _members(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    # A member sees only their own line; admins see who drives usage.
+    only = None if member.is_admin else member
+    lines = usage_member_breakdown(customer=member.customer, period_start=period, only_member=only)
+    return {"member_lines": lines, "member_lines_show_meter": len({line.meter_key for line in lines}) > 1}
+
+
+def _limits(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    # Limits act on the current period, whichever period the page shows.
+    summary = getattr(request, "current_usage_summary", None) or usage_period_summary(
+        customer=member.customer
+    )
+    form = SpendLimitsForm.for_summary(summary)
+    return {"limits_summary": summary, "limits_form": form}
+
+
+def _wallet(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    return {"wallet": usage_wallet(customer=member.customer)}
+
+
+def _notifications(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    return {"notifications": usage_notifications(customer=member.customer)}
+
+
+PARTIALS: dict[str, Callable[[HtmxHttpRequest, Member, BillingPeriod], dict[str, Any]]] = {
+    "summary": _summary,
+    "chart": _chart,
+    "top_actions": _top_actions,
+    "members": _members,
+    "limits": _limits,
+    "wallet": _wallet,
+    "notifications": _notifications,
+}
+
+
+# --- Writes -----------------------------------------------------------------------------------------
+
+
+@require_POST
+@member_required
+def limits_update(request: HtmxHttpRequest, member: Member) -> HttpResponse:
+    if not member.is_admin:
+        return HttpResponseForbidden("Only an admin of the account can change its limits.")
+    customer = member.customer
+    summary = usage_period_summary(customer=customer)
+    form = SpendLimitsForm(request.POST, currency=summary.currency)
+    saved = False
+    if form.is_valid():
+        try:
+            spend_controls_update(
+                customer=customer,
+                soft_limit=form.cleaned_data["soft_limit"],
+                hard_limit=form.cleaned_data["hard_limit"],
+                block_overage=form.cleaned_data["block_overage"],
+            )
+            saved = True
+        except InvalidInput as error:
+            # The service is the last word (the API saves through it too); show its reason.
+            for field, message in (error.details.get("fields") or {"__all__": error.message}).items():
+                form.add_error(field if field in form.fields else None, str(message))
+    if saved and not request.htmx:
+        return redirect(_page_url(None) + "?saved=limits#limits")
+    if saved:
+        summary = usage_period_summary(customer=customer)
+        form = SpendLimitsForm.for_summary(summary)
+    context = {
+        **_base_context(member, summary.period),
+        "limits_summary": summary,
+        "limits_form": form,
+        "limits_saved": saved,
+    }
+    if request.htmx:
+        # Answer 200 even with errors: htmx does not swap 4xx responses by default.
+        response = render(request, f"{TEMPLATE}#limits", context)
+        return trigger_client_event(response, REFRESH_EVENT) if saved else response
+    # Without JavaScript, show the whole page again with the errors next to the fields.
+    for build in PARTIALS.values():
+        if build is not _limits:
+            context.update(build(request, member, summary.period))
+    return render(request, TEMPLATE, context, status=400)
+
+
+@require_POST
+@member_required
+def notification_read(request: HtmxHttpRequest, member: Member, notification_id: int) -> HttpResponse:
+    if not member.is_admin:
+        return HttpResponseForbidden("Only an admin of the account can mark notifications read.")
+    if not member.customer.notifications.filter(pk=notification_id).exists():
+        raise Http404("No such notification.")
+    notification_mark_read(customer=member.customer, notification_id=notification_id)
+    return _after_notifications_change(request, member)
+
+
+@require_POST
+@member_required
+def notifications_read_all(request: HtmxHttpRequest, member: Member) -> HttpResponse:
+    if not member.is_admin:
+        return HttpResponseForbidden("Only an admin of the account can mark notifications read.")
+    unread = member.customer.notifications.filter(read_at__isnull=True).values_list("pk", flat=True)
+    for notification_id in list(unread):
+        notification_mark_read(customer=member.customer, notification_id=notification_id)
+    return _after_notifications_change(request, member)
+
+
+def _after_notifications_change(request: HtmxHttpRequest, member: Member) -> HttpResponse:
+    if not request.htmx:
+        return redirect(_page_url(None) + "#notifications")
+    context = {
+        **_base_context(member, _period_from(request, member.customer)),
+        "notifications": usage_notifications(customer=member.customer),
+    }
+    return render(request, f"{TEMPLATE}#notifications", context)
+
+
+# --- plotly.js, from the installed plotly package -----------------------------------------------------
+
+PLOTLY_VERSION = plotly.__version__
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+@lru_cache(maxsize=2)
+def _plotly_bytes(compressed: bool) -> bytes:
+    raw = PLOTLY_JS.read_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if compressed else raw
+
+
+@require_GET
+def plotly_js(request: HttpRequest, version: str) -> HttpResponse:
+    """plotly.min.js as shipped in the plotly wheel, so the page needs no CDN and no copy in the repo.
+
+    The URL carries the version, so browsers may keep it for a year.
+    """
+    if version != PLOTLY_VERSION:
+        raise Http404("Not this plotly.js version.")
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    response = HttpResponse(_plotly_bytes(gzipped), content_type="text/javascript; charset=utf-8")
+    if gzipped:
+        response["Content-Encoding"] = "gzip"
+    response["Vary"] = "Accept-Encoding"
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
+# --- Helpers ------------------------------------------------------------------------------------------
+
+
+def _period_from(request: HtmxHttpRequest, customer: Customer) -> BillingPeriod | None:
+    """The period ``?period=`` names (the current one by default); 404 for one the customer lacks."""
+    try:
+        return usage_period_resolve(customer=customer, period_start=request.GET.get("period"))
+    except NoBillingPeriod:
+        return None
+    except (InvalidInput, NotFound) as error:
+        raise Http404(error.message) from error
+
+
+def _base_context(member: Member, period: BillingPeriod | None) -> dict[str, Any]:
+    periods = usage_periods(customer=member.customer)
+    return {
+        "member": member,
+        "customer": member.customer,
+        "is_admin": member.is_admin,
+        "period": period,
+        "periods": periods,
+        "period_query": f"?period={period.key}" if period and not period.is_current else "",
+        "poll": bool(period and period.is_current),
+        "plotly_version": PLOTLY_VERSION,
+    }
+
+
+def _page_url(period_key: str | None) -> str:
+    url = reverse("settings-usage")
+    return f"{url}?period={period_key}" if period_key else url
+
+
+def chart_payload(series: DailySeries) -> dict[str, Any]:
+    """What usage_chart.js draws. Floats here only: they are chart coordinates, the hover text is exact."""
+    meters = []
+    days_in_period = (series.period.end - series.period.start).total_seconds() / 86400
+    for meter in series.meters:
+        unit = unit_label(meter.unit)
+        hover, cumulative_hover = [], []
+        for point in meter.points:
+            label = _day_label(point.day)
+            text = f"{label}: {format_quantity(point.quantity)} {unit_label(meter.unit, point.quantity)}"
+            if meter.included > 0 and point.beyond_included > 0:
+                text += f" ({format_quantity(point.beyond_included)} past included)"
+            text += f" · {format_amount(point.cost, meter.cost_unit)}"
+            hover.append(text)
+            cumulative_hover.append(
+                f"{label}: {format_quantity(point.cumulative)} {unit} so far this period"
+                + (f" of {format_quantity(meter.included)} included" if meter.included > 0 else "")
+            )
+        meters.append(
+            {
+                "key": meter.key,
+                "name": meter.name,
+                "unit": unit,
+                "included": float(meter.included) if meter.included > 0 else None,
+                "dailyPace": float(meter.included) / days_in_period if meter.included > 0 else None,
+                "days": [point.day.isoformat() for point in meter.points],
+                "quantity": [float(point.quantity) for point in meter.points],
+                "cumulative": [float(point.cumulative) for point in meter.points],
+                "hover": hover,
+                "cumulativeHover": cumulative_hover,
+            }
+        )
+    return {"meters": meters}
+
+
+def _day_label(day: date | datetime) -> str:
+    return f"{day:%a %b} {day.day}"

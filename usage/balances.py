@@ -16,12 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.db.models import Q, Sum
 
 from customers.models import Customer, SpendControls, Subscription
-from plans.models import Entitlement, Meter, Price
+from plans.models import Entitlement, Meter, PlanVersion
 from plans.money import CREDITS
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
 from plans.selectors import price_spec, prices_with_rates
@@ -82,10 +83,28 @@ class Draw:
     amount: Decimal  # in the grant's unit, or money for the wallet
 
 
-@dataclass
-class PricedMeter:
-    price: Price
-    spec: PriceSpec
+@dataclass(frozen=True)
+class VersionTerms:
+    """What deciding usage needs of a plan version: prices by meter id, entitlements, the credit rate."""
+
+    specs: dict[int, PriceSpec]
+    entitlements: dict[str, Entitlement]
+    credit_rate: Decimal | None
+
+
+@lru_cache(maxsize=512)
+def version_terms(plan_version_id: int) -> VersionTerms:
+    """The terms of a plan version, read once per process.
+
+    Safe to keep: a version that any subscription uses can no longer be edited (a price change is a
+    new version), so what was read stays true. This takes five queries off every check and write.
+    """
+    version = PlanVersion.objects.get(pk=plan_version_id)
+    return VersionTerms(
+        specs={price.meter_id: price_spec(price) for price in prices_with_rates(version)},
+        entitlements={e.feature: e for e in Entitlement.objects.filter(plan_version=version)},
+        credit_rate=version.credit_unit_amount,
+    )
 
 
 class CustomerLedger:
@@ -104,11 +123,10 @@ class CustomerLedger:
         self.now = now
         version = subscription.plan_version
         self.currency = version.currency
-        self.credit_rate = version.credit_unit_amount
-        self.priced = {
-            price.meter_id: PricedMeter(price, price_spec(price)) for price in prices_with_rates(version)
-        }
-        self.entitlements = {e.feature: e for e in Entitlement.objects.filter(plan_version=version)}
+        terms = version_terms(version.pk)
+        self.credit_rate = terms.credit_rate
+        self.specs = terms.specs
+        self.entitlements = terms.entitlements
         self.controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(
             customer=customer
         )
@@ -211,13 +229,13 @@ class CustomerLedger:
         ``authorized`` is for settling work a reservation already allowed: it skips the limits
         (they were checked when the hold was taken) and lets any shortfall become overage.
         """
-        priced = self.priced.get(meter.pk)
-        unit = (priced.spec.unit if priced else self.currency) or self.currency
+        spec = self.specs.get(meter.pk)
+        unit = spec.unit if spec else self.currency
         if properties.get("cached") is True:
             # A cache hit is recorded for the customer's insight but never billed or counted.
             return Coverage(unit=unit, quantity=quantity, billable=False)
         if not authorized:
-            self._check_gates(meter=meter, priced=priced, properties=properties)
+            self._check_gates(meter=meter, spec=spec, properties=properties)
         period = self.period_for(timestamp)
         row = self.usage_row(meter_id=meter.pk, period=period)
         held = (
@@ -238,17 +256,15 @@ class CustomerLedger:
                 f"{before.normalize():f} are used or held.",
                 limit=str(limit.limit),
             )
-        if priced is None:
+        if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
-        dimension_value = self._dimension_value(priced.spec, properties)
-        included, _ = split_included(included=priced.spec.included, before=before, add=quantity)
+        dimension_value = self._dimension_value(spec, properties)
+        included, _ = split_included(included=spec.included, before=before, add=quantity)
         try:
-            cost = marginal_cost(
-                priced.spec, before=before, add=quantity, dimension_value=dimension_value or None
-            )
+            cost = marginal_cost(spec, before=before, add=quantity, dimension_value=dimension_value or None)
         except UnknownDimensionValue as error:
             raise NotEntitled(
-                f"{meter.name} has no price for {priced.spec.dimension} = {dimension_value!r} on this plan."
+                f"{meter.name} has no price for {spec.dimension} = {dimension_value!r} on this plan."
             ) from error
         coverage = Coverage(
             unit=unit,
@@ -263,7 +279,7 @@ class CustomerLedger:
         self._cover(coverage, authorized=authorized, period_overage=row.overage_amount)
         return coverage
 
-    def _check_gates(self, *, meter: Meter, priced: PricedMeter | None, properties: dict[str, Any]) -> None:
+    def _check_gates(self, *, meter: Meter, spec: PriceSpec | None, properties: dict[str, Any]) -> None:
         if self.customer.is_frozen:
             raise AccountFrozen(
                 f"Billable usage is paused for this account: {self.customer.frozen_reason or 'frozen'}."
@@ -276,7 +292,7 @@ class CustomerLedger:
                 raise NotEntitled(
                     f"The plan does not include {entitlement.feature}.", feature=entitlement.feature
                 )
-        if priced is None and gate is None:
+        if spec is None and gate is None:
             raise NotEntitled(f"The plan does not include {meter.name}.", feature=meter.key)
 
     @staticmethod

@@ -261,16 +261,16 @@ def _check_dimensions(ledger: CustomerLedger, events: list[EventInput], meters: 
     """An event whose dimension value has no rate and no default can never be priced: reject it."""
     problems = _Problems()
     for event in events:
-        priced = ledger.priced.get(meters[event.meter_key].pk)
-        if priced is None or not priced.spec.dimension or priced.spec.default_rate is not None:
+        spec = ledger.specs.get(meters[event.meter_key].pk)
+        if spec is None or not spec.dimension or spec.default_rate is not None:
             continue
-        value = event.properties.get(priced.spec.dimension)
-        known = {rate_value for rate_value, _ in priced.spec.rates}
+        value = event.properties.get(spec.dimension)
+        known = {rate_value for rate_value, _ in spec.rates}
         if event.properties.get("cached") is not True and (value is None or str(value) not in known):
             problems.add(
                 event.index,
                 "unknown_dimension_value",
-                f"{priced.spec.dimension} = {value!r} has no price for meter {event.meter_key!r} "
+                f"{spec.dimension} = {value!r} has no price for meter {event.meter_key!r} "
                 f"(priced: {', '.join(sorted(known))}).",
             )
     problems.raise_if_any()

@@ -1,3 +1,8 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from plans import views
+
+urlpatterns = [
+    path("pricing", views.pricing, name="pricing"),
+    path("pricing/changelog", views.changelog, name="pricing-changelog"),
+]

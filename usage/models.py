@@ -165,7 +165,10 @@ class UsageEvent(models.Model):
                 fields=["customer", "idempotency_key"], name="usage_event_idempotency_unique"
             ),
         ]
-        indexes = [models.Index(fields=["customer", "meter", "period_start"])]
+        indexes = [
+            models.Index(fields=["customer", "meter", "period_start"]),
+            models.Index(fields=["customer", "received_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.meter_id} × {self.quantity} ({self.idempotency_key})"

@@ -306,6 +306,9 @@ class Projection:
     usage_spend: Decimal  # usage charges past the included allowance, whatever pays for them
     credits: Decimal  # credit-priced usage, in credits
     billed: Decimal  # base fee + overage not covered by credits or the wallet: the invoice
+    # "hard_limit" or "block_overage" when the customer's own limits will refuse part of the
+    # projected usage (the totals then stop there); "" otherwise.
+    limited_by: str
     hard_limit_reached_on: date | None  # when billable usage would stop at this rate
     daily_rate_window_days: int  # how many whole days the rate was measured over (0: usage so far)
     method: str  # the explanation the page shows in a tooltip
@@ -826,31 +829,48 @@ def _projection(
     wallet: Decimal,
     controls: SpendControls,
 ) -> Projection:
-    usage_spend = catalog.money_total((line.projected_cost, line.cost_unit) for line in meters)
-    credits = sum((line.projected_cost for line in meters if line.cost_unit == CREDITS), ZERO)
-
-    # What the invoice would carry: overage so far, plus the part of the projected new cost that
-    # the grants (of the same unit) and then the wallet would not cover, as ``usage.balances`` draws.
+    spend_now = catalog.money_total((line.cost, line.cost_unit) for line in meters)
     new_cost: dict[str, Decimal] = defaultdict(Decimal)
     for line in meters:
         new_cost[line.cost_unit] += max(line.projected_cost - line.cost, ZERO)
-    uncovered_money = ZERO
-    for unit, amount in new_cost.items():
-        from_grants = min(sum((g.remaining for g in grants if g.unit == unit), ZERO), amount)
-        uncovered_money += catalog.to_money(amount - from_grants, unit)
-    new_overage = max(uncovered_money - wallet, ZERO)
-    if controls.block_overage:
-        new_overage = ZERO  # usage is refused instead of billed
+    new_money = catalog.money_total((amount, unit) for unit, amount in new_cost.items())
+
+    # How the rest would be paid, in the ledger's order: grants of the same unit, then the wallet.
+    from_grants = {
+        unit: min(sum((g.remaining for g in grants if g.unit == unit), ZERO), amount)
+        for unit, amount in new_cost.items()
+    }
+    after_grants = catalog.money_total(
+        (amount - from_grants[unit], unit) for unit, amount in new_cost.items()
+    )
+    prepaid_covers = catalog.money_total((amount, unit) for unit, amount in from_grants.items()) + min(
+        wallet, after_grants
+    )
+
+    # The customer's own limits refuse usage rather than bill it: past the hard limit, and past
+    # what credits and the wallet cover when overage is blocked. What is refused is never billed.
+    allowed_new, limited_by = new_money, ""
+    if controls.block_overage and prepaid_covers < allowed_new:
+        allowed_new, limited_by = prepaid_covers, "block_overage"
+    if controls.hard_limit is not None and spend_now + allowed_new > controls.hard_limit:
+        allowed_new, limited_by = max(controls.hard_limit - spend_now, ZERO), "hard_limit"
+    share = allowed_new / new_money if new_money > 0 else ZERO
+    usage_spend = spend_now + allowed_new
+    credits = (
+        sum((line.cost for line in meters if line.cost_unit == CREDITS), ZERO)
+        + new_cost.get(CREDITS, ZERO) * share
+    )
+
+    # The invoice: overage so far, plus what of the allowed new cost prepaid money does not cover.
+    new_overage = max(allowed_new - prepaid_covers, ZERO)
     overage_so_far = catalog.money_total((line.overage_amount, line.cost_unit) for line in meters)
     billed = catalog.base_fee + overage_so_far + new_overage
 
     hard_limit_on = None
-    spend_now = catalog.money_total((line.cost, line.cost_unit) for line in meters)
-    if controls.hard_limit is not None and clock.days_remaining > 0 and usage_spend > controls.hard_limit:
-        per_day = (usage_spend - spend_now) / clock.days_remaining
-        if per_day > 0:
-            days_to_limit = max(controls.hard_limit - spend_now, ZERO) / per_day
-            hard_limit_on = (clock.now + timedelta(days=float(days_to_limit))).date()
+    if limited_by == "hard_limit" and spend_now < (controls.hard_limit or ZERO) and clock.days_remaining > 0:
+        per_day = new_money / clock.days_remaining
+        days_to_limit = ((controls.hard_limit or ZERO) - spend_now) / per_day
+        hard_limit_on = (clock.now + timedelta(days=float(days_to_limit))).date()
 
     window = len(clock.rate_days())
     if clock.days_remaining <= 0:
@@ -868,11 +888,14 @@ def _projection(
             f"{clock.days_remaining.normalize():f} days left (no whole day of usage yet). "
             "Costs are rated with your plan's prices, included quantities first."
         )
+    if limited_by:
+        method += " Usage your own limits will refuse is left out: it would not be billed."
     return Projection(
         total=catalog.base_fee + usage_spend,
         usage_spend=usage_spend,
-        credits=credits,
+        credits=credits.quantize(LEDGER_PLACES),
         billed=billed,
+        limited_by=limited_by,
         hard_limit_reached_on=hard_limit_on,
         daily_rate_window_days=window,
         method=method,
@@ -896,8 +919,9 @@ def _runways(
 ) -> tuple[Runway, ...]:
     """When the credit grants and the prepaid money run out, drawing in the ledger's order.
 
-    Day by day: the rest of this period at its projected cost per day, later periods at this
-    period's projected average per day. Grants drop out when they expire.
+    The rest of this period burns at its projected cost per day, later periods at this period's
+    projected average per day. Grants drop out when they expire. Between those moments the burn is
+    steady, so each run-out moment is found exactly rather than day by day.
     """
     days_left = clock.days_remaining
     if days_left <= 0:
@@ -909,36 +933,13 @@ def _runways(
         burn_later[line.cost_unit] += line.projected_cost / max(clock.days_in_period, Decimal(1))
 
     pools = [_Pool(unit=g.unit, remaining=g.remaining, expires_at=g.expires_at) for g in grants]
-    money = wallet
     credits_start = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
     prepaid_start = wallet + sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
-    credits_out: date | None = None
-    prepaid_out: date | None = None
-    for offset in range(RUNWAY_HORIZON_DAYS):
-        if (credits_out or not credits_start) and (prepaid_out or not prepaid_start):
-            break
-        day_start = clock.now + timedelta(days=offset)
-        burn = burn_now if day_start < clock.period.end else burn_later
-        for pool in pools:
-            if pool.expires_at is not None and pool.expires_at <= day_start:
-                pool.remaining = ZERO
-        for unit, amount in burn.items():
-            need = amount
-            for pool in pools:
-                if need <= 0:
-                    break
-                if pool.unit == unit and pool.remaining > 0:
-                    taken = min(pool.remaining, need)
-                    pool.remaining -= taken
-                    need -= taken
-            if need > 0:
-                money -= catalog.to_money(need, unit)
-        credits_left = sum((p.remaining for p in pools if p.unit == CREDITS), ZERO)
-        prepaid_left = money + sum((p.remaining for p in pools if p.unit != CREDITS), ZERO)
-        if credits_out is None and credits_start > 0 and credits_left <= 0:
-            credits_out = (day_start + ONE_DAY).date()
-        if prepaid_out is None and prepaid_start > 0 and prepaid_left <= 0:
-            prepaid_out = (day_start + ONE_DAY).date()
+    credits_out = prepaid_out = None
+    if credits_start > 0 or prepaid_start > 0:
+        credits_out, prepaid_out = _simulate_draws(
+            pools=pools, wallet=wallet, catalog=catalog, clock=clock, burn_now=burn_now, burn_later=burn_later
+        )
 
     runways = []
     if credits_start > 0:
@@ -962,6 +963,101 @@ def _runways(
             )
         )
     return tuple(runways)
+
+
+def _simulate_draws(
+    *,
+    pools: list["_Pool"],
+    wallet: Decimal,
+    catalog: _Catalog,
+    clock: _PeriodClock,
+    burn_now: Mapping[str, Decimal],
+    burn_later: Mapping[str, Decimal],
+) -> tuple[date | None, date | None]:
+    """(credits run out on, prepaid money runs out on), None for either that outlasts the horizon."""
+    horizon = clock.now + timedelta(days=RUNWAY_HORIZON_DAYS)
+    breaks = sorted(
+        {clock.period.end, horizon}
+        | {p.expires_at for p in pools if p.expires_at is not None and clock.now < p.expires_at < horizon}
+    )
+    money = wallet
+    moment = clock.now
+    credits_out: date | None = None
+    prepaid_out: date | None = None
+
+    def credits_left() -> Decimal:
+        return sum((p.remaining for p in pools if p.unit == CREDITS), ZERO)
+
+    def prepaid_left() -> Decimal:
+        return money + sum((p.remaining for p in pools if p.unit != CREDITS), ZERO)
+
+    had_credits, had_prepaid = credits_left() > 0, prepaid_left() > 0
+    steps = 0
+    while moment < horizon and (
+        (had_credits and credits_out is None) or (had_prepaid and prepaid_out is None)
+    ):
+        for pool in pools:
+            if pool.expires_at is not None and pool.expires_at <= moment:
+                pool.remaining = ZERO
+        if had_credits and credits_out is None and credits_left() <= 0:
+            credits_out = moment.date()
+        if had_prepaid and prepaid_out is None and prepaid_left() <= 0:
+            prepaid_out = moment.date()
+        burn = burn_now if moment < clock.period.end else burn_later
+        segment_end = next(b for b in breaks if b > moment)
+        # Within the segment the burn is steady; it changes only when a unit's grants are used up
+        # (the rest of that unit then comes from the wallet). Step from one such moment to the next.
+        while moment < segment_end and steps < 1000:  # a unit's grants run out once: few steps
+            steps += 1
+            step_days = _days_exact(segment_end - moment)
+            for unit, rate in burn.items():
+                pooled = sum((p.remaining for p in pools if p.unit == unit), ZERO)
+                if rate > 0 and pooled > 0:
+                    step_days = min(step_days, pooled / rate)
+            wallet_rate = sum(
+                (
+                    catalog.to_money(rate, unit)
+                    for unit, rate in burn.items()
+                    if not any(p.remaining > 0 for p in pools if p.unit == unit)
+                ),
+                ZERO,
+            )
+            if had_prepaid and prepaid_out is None and money > 0 and wallet_rate > 0:
+                currency_pooled = sum((p.remaining for p in pools if p.unit != CREDITS), ZERO)
+                if currency_pooled <= 0 and money / wallet_rate <= step_days:
+                    prepaid_out = (moment + _timedelta_days(money / wallet_rate)).date()
+            for unit, rate in burn.items():
+                _take(pools, unit, rate * step_days)
+            money -= wallet_rate * step_days
+            moment = min(moment + _timedelta_days(step_days), segment_end)
+            if step_days <= 0:
+                break
+            if had_credits and credits_out is None and credits_left() <= 0:
+                credits_out = moment.date()
+            if had_prepaid and prepaid_out is None and prepaid_left() <= 0:
+                prepaid_out = moment.date()
+        moment = segment_end
+    return credits_out, prepaid_out
+
+
+def _take(pools: list["_Pool"], unit: str, amount: Decimal) -> None:
+    for pool in pools:
+        if amount <= 0:
+            return
+        if pool.unit == unit and pool.remaining > 0:
+            taken = min(pool.remaining, amount)
+            pool.remaining -= taken
+            amount -= taken
+            if pool.remaining < LEDGER_PLACES:
+                pool.remaining = ZERO  # below the ledger's precision: used up, not a sliver left
+
+
+def _days_exact(delta: timedelta) -> Decimal:
+    return Decimal(delta.total_seconds()) / SECONDS_PER_DAY
+
+
+def _timedelta_days(days: Decimal) -> timedelta:
+    return timedelta(seconds=float(days * SECONDS_PER_DAY))
 
 
 # --- Daily series (the chart) -----------------------------------------------------------------------

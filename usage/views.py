@@ -9,6 +9,7 @@ user's customer (through their ``Member``): an id from another customer is a 404
 import gzip
 from collections.abc import Callable
 from datetime import date, datetime
+from decimal import Decimal
 from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,10 @@ def chart_payload(series: DailySeries) -> dict[str, Any]:
                 "cumulativeHover": cumulative_hover,
             }
         )
-    return {"meters": meters}
+    # Open on the meter that costs the most so far: what a customer checking the bill looks for.
+    costs = {meter.key: sum((point.cost for point in meter.points), Decimal(0)) for meter in series.meters}
+    default = max(costs, key=lambda key: costs[key]) if costs and max(costs.values()) > 0 else None
+    return {"meters": meters, "defaultMeter": default}
 
 
 def _day_label(day: date | datetime) -> str:

@@ -26,7 +26,6 @@ from customers.services import (
     subscription_start,
 )
 from plans.models import PlanVersion, VersionStatus
-from plans.selectors import plan_latest_published_version
 from usage.ingest import usage_events_ingest
 from usage.services import credit_grant_create, credit_pack_purchase, wallet_top_up
 
@@ -176,9 +175,10 @@ class Command(BaseCommand):
             day += timedelta(days=1)
 
     def _small_customers(self) -> None:
-        """A customer per other plan, so the catalog and scoping have something to show."""
+        """A customer on Free and one on prepaid credits, a few days in, so scoping has something to show."""
         now = timezone.now()
-        customer_create(external_id="globex", name="Globex (Free)", plan_code="free")
+        globex = customer_create(external_id="globex", name="Globex", email="ops@globex.example")
+        subscription_start(customer=globex, plan_version=self._version("free"), at=now - timedelta(days=3))
         usage_events_ingest(
             raw_events=[
                 {
@@ -187,14 +187,15 @@ class Command(BaseCommand):
                     "meter": "ai_action",
                     "user": "gina",
                     "properties": {"action": "draft_email"},
-                    "timestamp": (now - timedelta(hours=i)).isoformat(),
+                    "timestamp": (now - timedelta(hours=2 * i)).isoformat(),
                 }
                 for i in range(14)
             ]
         )
-        initech = customer_create(external_id="initech", name="Initech (Credits)", plan_code="credits")
-        version = plan_latest_published_version(self._version("credits").plan)
-        pack = version.credit_packs.first() if version else None
+        initech = customer_create(external_id="initech", name="Initech", email="it@initech.example")
+        credits_version = self._version("credits")
+        subscription_start(customer=initech, plan_version=credits_version, at=now - timedelta(days=3))
+        pack = credits_version.credit_packs.order_by("amount").first()
         if pack is not None:
             credit_pack_purchase(customer=initech, pack=pack, idempotency_key="initech-pack-1")
         usage_events_ingest(
@@ -205,7 +206,7 @@ class Command(BaseCommand):
                     "meter": "workflow_run",
                     "user": "ivan",
                     "properties": {"complexity": ["simple", "standard", "complex"][i % 3]},
-                    "timestamp": (now - timedelta(hours=i)).isoformat(),
+                    "timestamp": (now - timedelta(hours=2 * i)).isoformat(),
                 }
                 for i in range(30)
             ]

@@ -1,0 +1,650 @@
+"""The catalog file: parse, validate and serialize the JSON format of docs/catalog.md.
+
+`catalog_import` and `catalog_export` share this module, so a file they write reads back unchanged. Parsing
+is pure (no database): it checks the structure, refuses floats, and runs each price through the rating
+engine's `validate_price`, reporting every problem with where it is (`plan "pro", prices[1] (llm_tokens)`).
+The caller passes the meter keys the database has, so that a price naming an unknown meter is reported too.
+
+A plan version's pricing content is a `VersionContent`; its prices are the rating engine's own `PriceSpec`s.
+`content_hash` hashes the canonical JSON of that content, so two versions with the same prices hash alike
+however their decimals were written ("20", "20.00", 20.0000 in the database).
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from plans.errors import InvalidInput
+from plans.models import (
+    MONEY,
+    QUANTITY,
+    RATE,
+    Aggregation,
+    BillingInterval,
+    Meter,
+    Plan,
+    PlanVersion,
+    PricingUnit,
+)
+from plans.money import CREDITS, currency_exponent
+from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
+from plans.selectors import plan_latest_published_version, version_spec
+
+# The keys each object may carry; anything else is a typo worth reporting ("unit_price").
+_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property"])
+_PLAN_KEYS = frozenset(
+    [
+        "code",
+        "name",
+        "description",
+        "display_order",
+        "is_public",
+        "changelog",
+        "currency",
+        "interval",
+        "base_fee",
+        "prices",
+        "entitlements",
+        "credit_packs",
+    ]
+)
+_PRICE_KEYS = frozenset(
+    [
+        "meter",
+        "model",
+        "unit",
+        "pricing_unit",
+        "included",
+        "unit_amount",
+        "tiers",
+        "package_size",
+        "package_amount",
+        "dimension",
+        "rates",
+        "default_rate",
+    ]
+)
+_TIER_KEYS = frozenset(["up_to", "unit_amount", "flat_amount"])
+_ENTITLEMENT_KEYS = frozenset(["feature", "enabled", "limit"])
+_CREDIT_PACK_KEYS = frozenset(["price", "credits"])
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
+
+
+class CatalogInvalid(InvalidInput):
+    """The file (or the dicts given to `plan_version_create`) has problems; `errors` lists them all."""
+
+    code = "catalog_invalid"
+
+    def __init__(self, errors: list[str]) -> None:
+        count = "1 problem" if len(errors) == 1 else f"{len(errors)} problems"
+        super().__init__(f"The catalog has {count}:\n" + "\n".join(f"- {e}" for e in errors), errors=errors)
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class MeterEntry:
+    key: str
+    name: str
+    unit: str
+    aggregation: str = Aggregation.SUM
+    unique_property: str = ""
+
+
+@dataclass(frozen=True)
+class EntitlementEntry:
+    """A feature switch, or with `limit` a per-period cap on the meter whose key is `feature`."""
+
+    feature: str
+    enabled: bool = True
+    limit: Decimal | None = None  # meter units per period; None = no cap
+
+
+@dataclass(frozen=True)
+class CreditPackEntry:
+    price: Decimal  # in major units of the plan currency
+    credits: Decimal
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """A plan version's pricing content: what `content_hash` covers and what makes a new version.
+
+    Collections are sorted (prices by meter, entitlements by feature, packs by price) so that equal content
+    compares and hashes equal whatever order a file lists it in. Tiers keep their order: it is their meaning.
+    """
+
+    currency: str  # lower case
+    interval: str  # a BillingInterval value
+    base_fee: Decimal  # per period, major units of `currency`
+    prices: tuple[PriceSpec, ...]
+    entitlements: tuple[EntitlementEntry, ...] = ()
+    credit_packs: tuple[CreditPackEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    code: str
+    name: str
+    version: VersionContent
+    # None means "not in the file": a new plan gets the model default, an existing one keeps its value.
+    description: str | None = None
+    display_order: int | None = None
+    is_public: bool | None = None
+    changelog: str | None = None  # the changelog summary if this import publishes a new version
+
+
+@dataclass(frozen=True)
+class Catalog:
+    meters: tuple[MeterEntry, ...]
+    plans: tuple[PlanEntry, ...]
+
+
+# --- Reading the file ---
+
+
+def catalog_decode(text: str) -> Any:
+    """The decoded JSON of a catalog file. Decimals are read as `Decimal`, never through float."""
+    try:
+        return json.loads(
+            text, parse_float=Decimal, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
+        )
+    except ValueError as error:  # bad JSON, or from the hooks: NaN, Infinity, a key given twice
+        raise CatalogInvalid([f"Not a valid catalog file: {error}"]) from error
+
+
+def catalog_parse(data: Any, *, known_meters: Iterable[str] | None = None) -> Catalog:
+    """A `Catalog` from decoded JSON, or `CatalogInvalid` listing every problem found.
+
+    With `known_meters` (the keys the database has), a price must name one of them or a meter of the file.
+    """
+    if not isinstance(data, dict):
+        raise CatalogInvalid(["The file must hold a JSON object with 'meters' and 'plans'."])
+    reader = _Reader()
+    reader.check_keys(data, frozenset({"meters", "plans"}), "the catalog")
+    meters = tuple(_meter_parse(reader, item, where) for item, where in reader.objects(data, "meters", ""))
+    if known_meters is not None:
+        reader.known_meters = {*known_meters, *(m.key for m in meters)}
+    plans = tuple(_plan_parse(reader, item, where) for item, where in reader.objects(data, "plans", ""))
+    for label, values in (("meter key", [m.key for m in meters]), ("plan code", [p.code for p in plans])):
+        for value in sorted({v for v in values if v and values.count(v) > 1}):
+            reader.errors.append(f"{label} {value!r} is given twice.")
+    reader.raise_if_any()
+    return Catalog(meters=meters, plans=plans)
+
+
+def version_content_parse(
+    data: dict[str, Any], *, where: str, known_meters: Iterable[str] | None = None
+) -> VersionContent:
+    """The pricing content of one plan version from the file's plan shape (`currency`, `interval`,
+    `base_fee`, `prices`, `entitlements`, `credit_packs`), or `CatalogInvalid`. `where` prefixes messages."""
+    reader = _Reader()
+    reader.known_meters = None if known_meters is None else set(known_meters)
+    content = _version_parse(reader, data, where)
+    reader.raise_if_any()
+    return content
+
+
+def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEntry:
+    key = reader.text(item, "key", where, slug=True)
+    where = f'meter "{key}"' if key else where
+    reader.check_keys(item, _METER_KEYS, where)
+    aggregation = reader.choice(item, "aggregation", where, Aggregation.values, default=Aggregation.SUM)
+    unique_property = reader.optional_text(item, "unique_property", where, max_length=64) or ""
+    if aggregation == Aggregation.UNIQUE and not unique_property:
+        reader.error(where, "a unique aggregation needs 'unique_property', the event property it counts.")
+    return MeterEntry(
+        key=key,
+        name=reader.text(item, "name", where, max_length=120),
+        unit=reader.text(item, "unit", where, max_length=40),
+        aggregation=aggregation,
+        unique_property=unique_property,
+    )
+
+
+def _plan_parse(reader: "_Reader", item: dict[str, Any], where: str) -> PlanEntry:
+    code = reader.text(item, "code", where, slug=True)
+    where = f'plan "{code}"' if code else where
+    reader.check_keys(item, _PLAN_KEYS, where)
+    display_order = item.get("display_order")
+    if display_order is not None and (type(display_order) is not int or display_order < 0):
+        reader.error(where, "'display_order' must be a whole number, 0 or more.")
+    is_public = item.get("is_public")
+    if is_public is not None and not isinstance(is_public, bool):
+        reader.error(where, "'is_public' must be true or false.")
+    return PlanEntry(
+        code=code,
+        name=reader.text(item, "name", where, max_length=120),
+        version=_version_parse(reader, item, where),
+        description=reader.optional_text(item, "description", where),
+        display_order=display_order,
+        is_public=is_public,
+        changelog=reader.optional_text(item, "changelog", where),
+    )
+
+
+def _version_parse(reader: "_Reader", item: dict[str, Any], where: str) -> VersionContent:
+    currency = reader.text(item, "currency", where).lower()
+    if currency and (len(currency) != 3 or not currency.isalpha()):
+        reader.error(where, f"'currency' must be a three-letter code such as usd, not {currency!r}.")
+    prices = [
+        _price_parse(reader, price, at, currency) for price, at in reader.objects(item, "prices", where)
+    ]
+    entitlements = [
+        _entitlement_parse(reader, entry, at) for entry, at in reader.objects(item, "entitlements", where)
+    ]
+    for label, values in (
+        ("meter", [p.meter for p in prices]),
+        ("entitlement", [e.feature for e in entitlements]),
+    ):
+        for value in sorted({v for v in values if v and values.count(v) > 1}):
+            reader.error(where, f"{label} {value!r} is given twice; a version has one of each.")
+    packs = [_credit_pack_parse(reader, pack, at) for pack, at in reader.objects(item, "credit_packs", where)]
+    return VersionContent(
+        currency=currency,
+        interval=reader.choice(item, "interval", where, BillingInterval.values),
+        base_fee=reader.decimal(item, "base_fee", where, MONEY) or ZERO,
+        prices=tuple(sorted(prices, key=lambda p: p.meter)),
+        entitlements=tuple(sorted(entitlements, key=lambda e: e.feature)),
+        credit_packs=tuple(sorted(packs, key=lambda p: (p.price, p.credits))),
+    )
+
+
+def _price_parse(reader: "_Reader", item: dict[str, Any], where: str, currency: str) -> PriceSpec:
+    meter = reader.text(item, "meter", where, slug=True)
+    where = f"{where} ({meter})" if meter else where
+    errors_before = len(reader.errors)
+    if meter and reader.known_meters is not None and meter not in reader.known_meters:
+        reader.error(where, f"unknown meter {meter!r}; add it to 'meters' or create it first.")
+    reader.check_keys(item, _PRICE_KEYS, where)
+    tiers = []
+    for tier, at in reader.objects(item, "tiers", where):
+        reader.check_keys(tier, _TIER_KEYS, at)
+        if "up_to" not in tier:
+            reader.error(at, "'up_to' is missing; use null for the last, open-ended tier.")
+        tiers.append(
+            Tier(
+                up_to=reader.decimal(tier, "up_to", at, QUANTITY, required=False),
+                unit_amount=reader.decimal(tier, "unit_amount", at, RATE, required=False) or ZERO,
+                flat_amount=reader.decimal(tier, "flat_amount", at, RATE, required=False) or ZERO,
+            )
+        )
+    rates = item.get("rates") or {}
+    if not isinstance(rates, dict):
+        reader.error(where, '\'rates\' must map dimension values to rates, like {"gpt-4o": "0.01"}.')
+        rates = {}
+    spec = PriceSpec(
+        meter=meter,
+        model=PriceModel(reader.choice(item, "model", where, [m.value for m in PriceModel]) or "per_unit"),
+        unit=_price_unit_parse(reader, item, where, currency),
+        included=reader.decimal(item, "included", where, QUANTITY, required=False) or ZERO,
+        unit_amount=reader.decimal(item, "unit_amount", where, RATE, required=False),
+        tiers=tuple(tiers),
+        package_size=reader.decimal(item, "package_size", where, QUANTITY, required=False),
+        package_amount=reader.decimal(item, "package_amount", where, RATE, required=False),
+        dimension=reader.optional_text(item, "dimension", where, max_length=64) or None,
+        rates=tuple(sorted((value, reader.decimal(rates, value, where, RATE) or ZERO) for value in rates)),
+        default_rate=reader.decimal(item, "default_rate", where, RATE, required=False),
+    )
+    for value in rates:
+        if not 0 < len(value) <= 120:
+            reader.error(where, f"the dimension value {value!r} must be 1 to 120 characters long.")
+    if len(reader.errors) == errors_before:  # the engine's checks make sense only on a well-formed price
+        for message in validate_price(spec):
+            reader.error(where, message)
+    return spec
+
+
+def _price_unit_parse(reader: "_Reader", item: dict[str, Any], where: str, currency: str) -> str:
+    """The price's unit: CREDITS or the plan currency, from `unit` or its other spelling `pricing_unit`."""
+    units = set()
+    if "unit" in item:
+        unit = item["unit"]
+        if not isinstance(unit, str) or unit.lower() not in (CREDITS, currency):
+            reader.error(
+                where, f"'unit' must be \"credits\" or the plan currency {currency!r}, not {unit!r}."
+            )
+        else:
+            units.add(unit.lower())
+    if "pricing_unit" in item:
+        pricing_unit = reader.choice(item, "pricing_unit", where, PricingUnit.values)
+        units.add(CREDITS if pricing_unit == PricingUnit.CREDITS else currency)
+    if len(units) > 1:
+        reader.error(where, "'unit' and 'pricing_unit' disagree; give one of them.")
+    return units.pop() if len(units) == 1 else currency
+
+
+def _entitlement_parse(reader: "_Reader", item: dict[str, Any], where: str) -> EntitlementEntry:
+    feature = reader.text(item, "feature", where, slug=True)
+    where = f"{where} ({feature})" if feature else where
+    reader.check_keys(item, _ENTITLEMENT_KEYS, where)
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        reader.error(where, "'enabled' must be true or false.")
+    limit = reader.decimal(item, "limit", where, QUANTITY, required=False)
+    if limit is not None and limit < 0:
+        reader.error(where, "'limit' cannot be negative.")
+    return EntitlementEntry(feature=feature, enabled=enabled is not False, limit=limit)
+
+
+def _credit_pack_parse(reader: "_Reader", item: dict[str, Any], where: str) -> CreditPackEntry:
+    reader.check_keys(item, _CREDIT_PACK_KEYS, where)
+    price = reader.decimal(item, "price", where, MONEY)
+    credits = reader.decimal(item, "credits", where, QUANTITY)
+    for key, value in (("price", price), ("credits", credits)):
+        if value is not None and value <= 0:
+            reader.error(where, f"{key!r} must be greater than 0.")
+    return CreditPackEntry(price=price or ZERO, credits=credits or ZERO)
+
+
+class _Reader:
+    """Reads values out of decoded JSON, collecting every problem instead of stopping at the first.
+
+    A value with a problem reads as a stand-in ("" or None) so that reading goes on; `raise_if_any` at the
+    end makes sure nothing built from a stand-in is used.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.known_meters: set[str] | None = None  # None: do not check that meters exist
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}" if where else message)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise CatalogInvalid(self.errors)
+
+    def objects(self, item: dict[str, Any], key: str, where: str) -> Iterator[tuple[dict[str, Any], str]]:
+        """The objects of the list `item[key]` (absent = empty), each with where it is: `plans[2]`."""
+        values = item.get(key)
+        if values is not None and not isinstance(values, list):
+            self.error(where, f"{key!r} must be a list.")
+            return
+        for index, value in enumerate(values or []):
+            at = f"{where}, {key}[{index}]" if where else f"{key}[{index}]"
+            if isinstance(value, dict):
+                yield value, at
+            else:
+                self.error(at, "must be a JSON object.")
+
+    def check_keys(self, item: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+        for key in sorted(set(item) - allowed):
+            self.error(where, f"unknown key {key!r}; allowed: {', '.join(sorted(allowed))}.")
+
+    def text(
+        self, item: dict[str, Any], key: str, where: str, *, max_length: int | None = None, slug: bool = False
+    ) -> str:
+        """A required string; "" (with an error) when it is missing or wrong."""
+        return self._text(item, key, where, max_length=max_length, slug=slug, required=True) or ""
+
+    def optional_text(
+        self, item: dict[str, Any], key: str, where: str, *, max_length: int | None = None
+    ) -> str | None:
+        """An optional string; None when absent."""
+        return self._text(item, key, where, max_length=max_length, slug=False, required=False)
+
+    def _text(
+        self,
+        item: dict[str, Any],
+        key: str,
+        where: str,
+        *,
+        max_length: int | None,
+        slug: bool,
+        required: bool,
+    ) -> str | None:
+        value = item.get(key)
+        if value is None:
+            if required:
+                self.error(where, f"{key!r} is missing.")
+                return ""
+            return None
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.error(where, f"{key!r} must be a {'non-empty ' if required else ''}string.")
+            return ""
+        if max_length is not None and len(value) > max_length:
+            self.error(where, f"{key!r} is longer than {max_length} characters.")
+            return ""
+        if slug and not _SLUG.match(value):
+            self.error(where, f"{key!r} {value!r} may only hold letters, digits, '-' and '_'.")
+            return ""
+        return value
+
+    def choice(
+        self, item: dict[str, Any], key: str, where: str, choices: list[str], *, default: str | None = None
+    ) -> str:
+        value = item.get(key, default)
+        if value not in choices:
+            given = "missing" if value is None else f"{value!r}"
+            self.error(where, f"{key!r} is {given}; use one of: {', '.join(choices)}.")
+            return ""
+        return str(value)
+
+    def decimal(
+        self, item: dict[str, Any], key: str, where: str, column: dict[str, int], *, required: bool = True
+    ) -> Decimal | None:
+        """A decimal from a string or a JSON number (read as Decimal) that fits the database column."""
+        value = item.get(key)
+        if value is None:
+            if required:
+                self.error(where, f"{key!r} is missing.")
+            return None
+        if isinstance(value, bool | float):
+            # A float means the JSON was decoded without parse_float=Decimal: 0.1 would not be one tenth.
+            self.error(where, f'{key!r} must be a decimal string such as "0.10", not {value!r}.')
+            return None
+        try:
+            number = Decimal(value) if isinstance(value, str | int | Decimal) else None
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            self.error(where, f'{key!r} must be a decimal number such as "0.10", not {value!r}.')
+            return None
+        places = column["decimal_places"]
+        if abs(number) >= Decimal(10) ** (column["max_digits"] - places):
+            self.error(where, f"{key!r} {value} is too large.")
+            return None
+        if number != number.quantize(Decimal(1).scaleb(-places)):
+            # The column would round it, and every later import would see a change.
+            self.error(where, f"{key!r} {value} has more than {places} decimal places.")
+            return None
+        return number
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a catalog can use.")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key!r} is given twice in one object, so one of them would be lost.")
+        data[key] = value
+    return data
+
+
+# --- Writing the file ---
+
+
+def catalog_dumps(catalog: Catalog) -> str:
+    """The file's text: a price, tier or meter that fits on a line is written on one, for readable diffs."""
+    return _json_text(catalog_data(catalog), indent="") + "\n"
+
+
+def _json_text(value: Any, *, indent: str, width: int = 110) -> str:
+    flat = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if len(indent) + len(flat) <= width or not isinstance(value, dict | list) or not value:
+        return flat
+    inner = indent + "  "
+    if isinstance(value, list):
+        items = [inner + _json_text(item, indent=inner, width=width) for item in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    items = [
+        f"{inner}{json.dumps(key, ensure_ascii=False)}: {_json_text(item, indent=inner, width=width)}"
+        for key, item in value.items()
+    ]
+    return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+
+
+def catalog_data(catalog: Catalog) -> dict[str, Any]:
+    """The catalog as the JSON-ready structure of the file format (decimals as strings)."""
+    return {
+        "meters": [_meter_data(meter) for meter in catalog.meters],
+        "plans": [_plan_data(plan) for plan in catalog.plans],
+    }
+
+
+def version_content_data(content: VersionContent) -> dict[str, Any]:
+    """A version's pricing content in the file's plan shape (without the plan's own keys)."""
+    currency = content.currency
+    return {
+        "currency": currency,
+        "interval": content.interval,
+        "base_fee": _decimal_text(content.base_fee, _money_places(currency)),
+        "prices": [_price_data(spec) for spec in content.prices],
+        "entitlements": [_entitlement_data(entry) for entry in content.entitlements],
+        "credit_packs": [
+            {
+                "price": _decimal_text(pack.price, _money_places(currency)),
+                "credits": _decimal_text(pack.credits),
+            }
+            for pack in content.credit_packs
+        ],
+    }
+
+
+def content_hash(content: VersionContent) -> str:
+    """SHA-256 of the canonical JSON of a version's pricing content: equal prices, equal hash."""
+    canonical = json.dumps(version_content_data(content), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _meter_data(meter: MeterEntry) -> dict[str, Any]:
+    data = {"key": meter.key, "name": meter.name, "unit": meter.unit, "aggregation": meter.aggregation}
+    if meter.unique_property:
+        data["unique_property"] = meter.unique_property
+    return data
+
+
+def _plan_data(plan: PlanEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {"code": plan.code, "name": plan.name}
+    for key in ("description", "display_order", "is_public", "changelog"):
+        if getattr(plan, key) is not None:
+            data[key] = getattr(plan, key)
+    return data | version_content_data(plan.version)
+
+
+def _price_data(spec: PriceSpec) -> dict[str, Any]:
+    """A price as the file writes it: only the keys that are set, amounts to the unit's minor places."""
+    places = 0 if spec.unit == CREDITS else _money_places(spec.unit)
+    data: dict[str, Any] = {"meter": spec.meter, "model": str(spec.model)}
+    if spec.unit == CREDITS:
+        data["unit"] = CREDITS
+    if spec.included:
+        data["included"] = _decimal_text(spec.included)
+    if spec.unit_amount is not None:
+        data["unit_amount"] = _decimal_text(spec.unit_amount, places)
+    if spec.tiers:
+        data["tiers"] = [_tier_data(tier, places) for tier in spec.tiers]
+    if spec.package_size is not None:
+        data["package_size"] = _decimal_text(spec.package_size)
+    if spec.package_amount is not None:
+        data["package_amount"] = _decimal_text(spec.package_amount, places)
+    if spec.model == PriceModel.DIMENSIONAL or spec.dimension or spec.rates:
+        data["dimension"] = spec.dimension
+        data["rates"] = {value: _decimal_text(rate, places) for value, rate in spec.rates}
+    if spec.model == PriceModel.DIMENSIONAL or spec.default_rate is not None:
+        data["default_rate"] = None if spec.default_rate is None else _decimal_text(spec.default_rate, places)
+    return data
+
+
+def _tier_data(tier: Tier, places: int) -> dict[str, Any]:
+    data = {
+        "up_to": None if tier.up_to is None else _decimal_text(tier.up_to),
+        "unit_amount": _decimal_text(tier.unit_amount, places),
+    }
+    if tier.flat_amount:
+        data["flat_amount"] = _decimal_text(tier.flat_amount, places)
+    return data
+
+
+def _entitlement_data(entry: EntitlementEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {"feature": entry.feature}
+    if entry.limit is None or not entry.enabled:
+        data["enabled"] = entry.enabled
+    if entry.limit is not None:
+        data["limit"] = _decimal_text(entry.limit)
+    return data
+
+
+def _money_places(currency: str) -> int:
+    try:
+        return currency_exponent(currency)
+    except ValueError:
+        return 0
+
+
+def _decimal_text(value: Decimal, min_places: int = 0) -> str:
+    """Plain notation, no trailing zeros beyond `min_places`: 20.0000 -> "20.00" (2), 0.000010 -> "0.00001".
+
+    A function of the value only, not of how it was written, which `content_hash` relies on.
+    """
+    text = format(value.normalize(), "f")
+    if len(text.partition(".")[2]) < min_places:
+        text = format(value.quantize(Decimal(1).scaleb(-min_places)), "f")
+    return text
+
+
+# --- The database side ---
+
+
+def version_content(plan_version: PlanVersion) -> VersionContent:
+    """The pricing content of a stored version, in the file's terms."""
+    spec = version_spec(plan_version)
+    return VersionContent(
+        currency=plan_version.currency.lower(),
+        interval=plan_version.interval,
+        base_fee=plan_version.base_fee,
+        prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
+        entitlements=tuple(
+            EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)
+            for e in plan_version.entitlements.order_by("feature")
+        ),
+        credit_packs=tuple(
+            sorted(
+                (CreditPackEntry(price=p.amount, credits=p.credits) for p in plan_version.credit_packs.all()),
+                key=lambda p: (p.price, p.credits),
+            )
+        ),
+    )
+
+
+def catalog_current() -> Catalog:
+    """Every meter, and every plan at its latest published version (plans never published are left out)."""
+    plans = []
+    for plan in Plan.objects.order_by("display_order", "code"):
+        latest = plan_latest_published_version(plan)
+        if latest is None:
+            continue
+        plans.append(
+            PlanEntry(
+                code=plan.code,
+                name=plan.name,
+                version=version_content(latest),
+                description=plan.description,
+                display_order=plan.display_order,
+                is_public=plan.is_public,
+            )
+        )
+    meters = tuple(
+        MeterEntry(
+            key=m.key, name=m.name, unit=m.unit, aggregation=m.aggregation, unique_property=m.unique_property
+        )
+        for m in Meter.objects.order_by("key")
+    )
+    return Catalog(meters=meters, plans=tuple(plans))

@@ -1,0 +1,440 @@
+"""Writes to the catalog: meters, plan versions (create, copy, publish, retire) and the catalog import.
+
+A plan version is a draft until it is published; from then on, and as soon as any subscription uses it, it
+is read-only (`plan_version_assert_editable`): a price change is a new version, and subscribers stay on
+theirs. Publishing retires nothing: older versions stay published for the subscribers on them until they are
+retired by hand; the pricing page shows only the latest.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from plans.catalog import (
+    CreditPackEntry,
+    EntitlementEntry,
+    PlanEntry,
+    VersionContent,
+    catalog_parse,
+    content_hash,
+    version_content,
+    version_content_parse,
+)
+from plans.errors import Conflict, InvalidInput, PlanVersionInUse
+from plans.models import (
+    ChangeEffect,
+    CreditPack,
+    DimensionRate,
+    Entitlement,
+    Meter,
+    Plan,
+    PlanVersion,
+    Price,
+    PriceTier,
+    PricingChangelogEntry,
+    PricingUnit,
+    VersionStatus,
+)
+from plans.money import CREDITS, format_money
+from plans.pricing import PriceModel, PriceSpec, validate_version
+from plans.selectors import plan_latest_published_version, version_spec
+
+
+class PlanVersionNotDraft(Conflict):
+    """Only a draft can be edited or published."""
+
+    code = "plan_version_not_draft"
+
+
+class PlanVersionNotPublished(Conflict):
+    """Only a published version can be retired."""
+
+    code = "plan_version_not_published"
+
+
+# --- Meters ---
+
+
+@transaction.atomic
+def meter_upsert(*, key: str, name: str, unit: str, aggregation: str, unique_property: str = "") -> Meter:
+    """Create the meter `key`, or update its name, unit and aggregation. Checked like the admin form."""
+    meter = Meter.objects.select_for_update().filter(key=key).first() or Meter(key=key)
+    meter.name = name
+    meter.unit = unit
+    meter.aggregation = aggregation
+    meter.unique_property = unique_property
+    try:
+        meter.full_clean()
+    except ValidationError as error:
+        raise InvalidInput(f"Meter {key!r}: {' '.join(error.messages)}", param="meter") from error
+    meter.save()
+    return meter
+
+
+# --- Plan versions ---
+
+
+@transaction.atomic
+def plan_version_create(
+    *,
+    plan: Plan,
+    currency: str,
+    interval: str,
+    base_fee: Decimal | str,
+    prices: Iterable[Mapping[str, Any]],
+    entitlements: Iterable[Mapping[str, Any]],
+    credit_packs: Iterable[Mapping[str, Any]],
+    changelog_note: str = "",
+) -> PlanVersion:
+    """A draft version of `plan` with its prices, entitlements and credit packs.
+
+    `prices`, `entitlements` and `credit_packs` are dicts in the catalog file's shape (docs/catalog.md);
+    decimals may be strings or `Decimal`s. Every problem is raised at once as `CatalogInvalid`.
+    """
+    content = version_content_parse(
+        {
+            "currency": currency,
+            "interval": interval,
+            "base_fee": base_fee,
+            "prices": [dict(price) for price in prices],
+            "entitlements": [dict(entry) for entry in entitlements],
+            "credit_packs": [dict(pack) for pack in credit_packs],
+        },
+        where=f'plan "{plan.code}"',
+        known_meters=Meter.objects.values_list("key", flat=True),
+    )
+    return _plan_version_write(plan=plan, content=content, changelog_note=changelog_note)
+
+
+@transaction.atomic
+def plan_version_draft_from(*, plan_version: PlanVersion) -> PlanVersion:
+    """A new draft of the same plan with a copy of `plan_version`'s prices, entitlements and packs.
+
+    Stripe ids are not copied: a new version gets new Stripe prices when it is synced.
+    """
+    return _plan_version_write(
+        plan=plan_version.plan, content=version_content(plan_version), changelog_note=""
+    )
+
+
+def plan_version_next_number(*, plan: Plan) -> int:
+    """The number the plan's next version gets. Call it inside the transaction that creates the version:
+    it locks the plan so that two versions created at once do not both take the same number."""
+    Plan.objects.select_for_update().get(pk=plan.pk)  # held until the caller's transaction ends
+    return (plan.versions.aggregate(last=Max("number"))["last"] or 0) + 1
+
+
+def plan_version_assert_editable(*, plan_version: PlanVersion) -> None:
+    """Raise unless the version may still change: a draft no subscription uses.
+
+    The admin calls it before saving any change to a version or to its prices, tiers, rates, packs or
+    entitlements, so a subscriber's price never changes under them.
+    """
+    in_use = _subscription_count(plan_version)
+    name = _version_name(plan_version)
+    if in_use:
+        noun = "subscription" if in_use == 1 else "subscriptions"
+        raise PlanVersionInUse(
+            f"{name} is used by {in_use} {noun}; publish a new version instead.",
+            plan_version=plan_version.pk,
+            subscriptions=in_use,
+        )
+    if plan_version.status != VersionStatus.DRAFT:
+        raise PlanVersionNotDraft(
+            f"{name} is {plan_version.get_status_display().lower()}, so it is read-only: subscribers keep "
+            "the prices they signed up for. Create a new draft version from it to change prices.",
+            plan_version=plan_version.pk,
+        )
+
+
+def plan_version_is_editable(*, plan_version: PlanVersion) -> bool:
+    """Whether `plan_version_assert_editable` would pass; a published version costs no query."""
+    return plan_version.status == VersionStatus.DRAFT and not _subscription_count(plan_version)
+
+
+def _subscription_count(plan_version: PlanVersion) -> int:
+    """Subscriptions on the version or due to move to it at renewal."""
+    # Reverse relations, so that plans does not import customers (dependencies point customers -> plans).
+    return plan_version.subscriptions.count() + plan_version.pending_subscriptions.count()
+
+
+@transaction.atomic
+def plan_version_publish(
+    *, plan_version: PlanVersion, summary: str | None = None, effect: str | None = None
+) -> PlanVersion:
+    """Publish a draft: check it with the rating engine, then write its pricing-changelog entry.
+
+    `summary` defaults to the version's changelog note (if any) followed by what changed against the
+    latest published version. `effect` defaults to `new_plan` for the plan's first version and to
+    `grandfathered` after that. Older versions are not retired.
+    """
+    # Locked so that a double-clicked "Publish" writes one changelog entry, not a constraint error.
+    version = PlanVersion.objects.select_for_update().select_related("plan").get(pk=plan_version.pk)
+    name = _version_name(version)
+    if version.status != VersionStatus.DRAFT:
+        raise PlanVersionNotDraft(f"{name} is already {version.status}.", plan_version=version.pk)
+    errors = validate_version(version_spec(version))
+    if errors:
+        raise InvalidInput(
+            f"{name} cannot be published:\n" + "\n".join(f"- {error}" for error in errors), errors=errors
+        )
+    if effect is not None and effect not in ChangeEffect.values:
+        raise InvalidInput(f"Unknown effect {effect!r}; use one of {', '.join(ChangeEffect.values)}.")
+
+    content = version_content(version)
+    previous = plan_latest_published_version(version.plan)
+    if effect is None:
+        published_before = version.plan.versions.exclude(status=VersionStatus.DRAFT).exists()
+        effect = ChangeEffect.GRANDFATHERED if published_before else ChangeEffect.NEW_PLAN
+    if summary is None:
+        changes = _version_changes(None if previous is None else version_content(previous), content)
+        summary = "\n".join([version.changelog_note.strip(), *changes] if version.changelog_note else changes)
+
+    version.status = VersionStatus.PUBLISHED
+    version.published_at = timezone.now()
+    version.content_hash = content_hash(content)
+    version.save(update_fields=["status", "published_at", "content_hash"])
+    PricingChangelogEntry.objects.create(
+        plan=version.plan,
+        plan_version=version,
+        published_at=version.published_at,
+        summary=summary,
+        effect=effect,
+    )
+    return version
+
+
+@transaction.atomic
+def plan_version_retire(*, plan_version: PlanVersion) -> PlanVersion:
+    """Stop offering a published version. Subscriptions on it keep it until they are migrated."""
+    version = PlanVersion.objects.select_for_update().select_related("plan").get(pk=plan_version.pk)
+    if version.status != VersionStatus.PUBLISHED:
+        raise PlanVersionNotPublished(
+            f"Only a published version can be retired; {_version_name(version)} is {version.status}.",
+            plan_version=version.pk,
+        )
+    version.status = VersionStatus.RETIRED
+    version.save(update_fields=["status"])
+    return version
+
+
+def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: str) -> PlanVersion:
+    """A draft version holding `content`, whose meters exist (the parse checked them)."""
+    meters = Meter.objects.in_bulk([spec.meter for spec in content.prices], field_name="key")
+    version = PlanVersion.objects.create(
+        plan=plan,
+        number=plan_version_next_number(plan=plan),
+        currency=content.currency,
+        interval=content.interval,
+        base_fee=content.base_fee,
+        changelog_note=changelog_note,
+    )
+    for spec in content.prices:
+        price = Price.objects.create(
+            plan_version=version,
+            meter=meters[spec.meter],
+            model=spec.model,
+            pricing_unit=PricingUnit.CREDITS if spec.unit == CREDITS else PricingUnit.CURRENCY,
+            included_quantity=spec.included,
+            unit_amount=spec.unit_amount,
+            package_size=spec.package_size,
+            package_amount=spec.package_amount,
+            dimension=spec.dimension or "",
+            default_rate=spec.default_rate,
+        )
+        PriceTier.objects.bulk_create(
+            PriceTier(
+                price=price,
+                position=position,
+                up_to=tier.up_to,
+                unit_amount=tier.unit_amount,
+                flat_amount=tier.flat_amount,
+            )
+            for position, tier in enumerate(spec.tiers, start=1)
+        )
+        DimensionRate.objects.bulk_create(
+            DimensionRate(price=price, value=value, unit_amount=rate) for value, rate in spec.rates
+        )
+    Entitlement.objects.bulk_create(
+        Entitlement(plan_version=version, feature=entry.feature, enabled=entry.enabled, limit=entry.limit)
+        for entry in content.entitlements
+    )
+    CreditPack.objects.bulk_create(
+        CreditPack(plan_version=version, amount=pack.price, credits=pack.credits)
+        for pack in content.credit_packs
+    )
+    return version
+
+
+def _version_name(plan_version: PlanVersion) -> str:
+    return f"v{plan_version.number} of {plan_version.plan.name}"
+
+
+# --- What changed, for the changelog ---
+
+
+def _version_changes(previous: VersionContent | None, current: VersionContent) -> list[str]:
+    """One line per change from `previous` (the latest published version) to `current`."""
+    currency = current.currency.upper()  # for the currency-change line
+    if previous is None:
+        meters = ", ".join(spec.meter for spec in current.prices) or "no metered prices"
+        fee = format_money(current.base_fee, current.currency)
+        return [f"New plan: {fee} per {current.interval}; prices for {meters}."]
+    lines = []
+    if previous.currency != current.currency:
+        lines.append(f"Currency: {previous.currency.upper()} → {currency}.")
+    if previous.interval != current.interval:
+        lines.append(f"Billed per {current.interval} instead of per {previous.interval}.")
+    if previous.base_fee != current.base_fee:
+        before, after = (format_money(v.base_fee, current.currency) for v in (previous, current))
+        lines.append(f"Base fee: {before} → {after} per {current.interval}.")
+    lines += _keyed_changes(
+        "price for",
+        {spec.meter: _price_text(spec) for spec in previous.prices},
+        {spec.meter: _price_text(spec) for spec in current.prices},
+    )
+    lines += _keyed_changes(
+        "entitlement",
+        {entry.feature: _entitlement_text(entry) for entry in previous.entitlements},
+        {entry.feature: _entitlement_text(entry) for entry in current.entitlements},
+    )
+    lines += _keyed_changes(
+        "credit pack",
+        {_pack_text(pack, previous.currency): "" for pack in previous.credit_packs},
+        {_pack_text(pack, current.currency): "" for pack in current.credit_packs},
+    )
+    return lines or ["No pricing change."]
+
+
+def _keyed_changes(label: str, before: dict[str, str], after: dict[str, str]) -> list[str]:
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        if key not in before:
+            lines.append(f"Added {label} {key}{': ' + after[key] if after[key] else ''}.")
+        elif key not in after:
+            lines.append(f"Removed {label} {key}.")
+        elif before[key] != after[key]:
+            lines.append(f"Changed {label} {key}: {before[key]} → {after[key]}.")
+    return lines
+
+
+def _price_text(spec: PriceSpec) -> str:
+    unit = "credits" if spec.unit == CREDITS else spec.unit.upper()
+    match spec.model:
+        case PriceModel.PER_UNIT:
+            text = f"{_amount(spec.unit_amount)} {unit} per unit"
+        case PriceModel.GRADUATED | PriceModel.VOLUME:
+            tiers = ", ".join(
+                ("above" if tier.up_to is None else f"up to {_amount(tier.up_to)}")
+                + f" at {_amount(tier.unit_amount)}"
+                + (f" + {_amount(tier.flat_amount)} flat" if tier.flat_amount else "")
+                for tier in spec.tiers
+            )
+            text = f"{spec.model} tiers in {unit}: {tiers}"
+        case PriceModel.PACKAGE:
+            text = f"{_amount(spec.package_amount)} {unit} per {_amount(spec.package_size)} units"
+        case PriceModel.DIMENSIONAL:
+            rates = ", ".join(f"{value} {_amount(rate)}" for value, rate in spec.rates)
+            other = "refused" if spec.default_rate is None else f"at {_amount(spec.default_rate)}"
+            text = f"by {spec.dimension} in {unit}: {rates}; others {other}"
+    return text + (f", first {_amount(spec.included)} included" if spec.included else "")
+
+
+def _entitlement_text(entry: EntitlementEntry) -> str:
+    if not entry.enabled:
+        return "off"
+    return "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
+
+
+def _pack_text(pack: CreditPackEntry, currency: str) -> str:
+    return f"{_amount(pack.credits)} credits for {format_money(pack.price, currency)}"
+
+
+def _amount(value: Decimal | None) -> str:
+    return "none" if value is None else format(value.normalize(), "f")
+
+
+# --- The catalog file ---
+
+
+@dataclass(frozen=True)
+class CatalogImportReport:
+    lines: tuple[str, ...]  # what happened to each meter and plan, in file order
+    changed: bool  # False: the database already matched the file, and nothing was written
+
+
+@transaction.atomic
+def catalog_import(*, data: Any) -> CatalogImportReport:
+    """Make the catalog match a decoded catalog file (docs/catalog.md), in one transaction.
+
+    Meters are created or updated. A plan whose pricing differs from its latest published version gets a
+    new published version (with a changelog entry); a plan whose pricing is the same keeps its version.
+    Plans and versions the file does not mention are left alone. Any problem raises `CatalogInvalid`
+    naming the plan and price before anything is written; importing the same file twice changes nothing.
+    """
+    meters = Meter.objects.in_bulk(field_name="key")
+    catalog = catalog_parse(data, known_meters=meters)
+    lines = []
+    changed = False
+    for entry in catalog.meters:
+        meter = meters.get(entry.key)
+        current = (
+            None if meter is None else (meter.name, meter.unit, meter.aggregation, meter.unique_property)
+        )
+        if current == (entry.name, entry.unit, entry.aggregation, entry.unique_property):
+            lines.append(f"meter {entry.key}: unchanged")
+            continue
+        meter_upsert(
+            key=entry.key,
+            name=entry.name,
+            unit=entry.unit,
+            aggregation=entry.aggregation,
+            unique_property=entry.unique_property,
+        )
+        lines.append(f"meter {entry.key}: {'created' if meter is None else 'updated'}")
+        changed = True
+    for plan_entry in catalog.plans:
+        line, plan_changed = _catalog_plan_import(plan_entry)
+        lines.append(line)
+        changed = changed or plan_changed
+    return CatalogImportReport(lines=tuple(lines), changed=changed)
+
+
+def _catalog_plan_import(entry: PlanEntry) -> tuple[str, bool]:
+    plan = Plan.objects.select_for_update().filter(code=entry.code).first()
+    created = plan is None
+    plan = plan or Plan(code=entry.code)
+    details = {
+        "name": entry.name,
+        "description": entry.description,
+        "display_order": entry.display_order,
+        "is_public": entry.is_public,
+    }
+    updated = [key for key, value in details.items() if value is not None and getattr(plan, key) != value]
+    for key in updated:
+        setattr(plan, key, details[key])
+    if created or updated:
+        plan.save()
+
+    latest = None if created else plan_latest_published_version(plan)
+    if latest is not None and (latest.content_hash or content_hash(version_content(latest))) == content_hash(
+        entry.version
+    ):
+        if created or updated:
+            return (
+                f"plan {entry.code}: updated {', '.join(updated)}; pricing unchanged (v{latest.number})",
+                True,
+            )
+        return f"plan {entry.code}: unchanged (v{latest.number})", False
+
+    version = _plan_version_write(plan=plan, content=entry.version, changelog_note=entry.changelog or "")
+    version = plan_version_publish(plan_version=version)
+    what = "created" if created else (f"updated {', '.join(updated)}" if updated else "")
+    published = f"v{version.number} published ({version.changelog_entry.effect})"
+    return f"plan {entry.code}: {what + ', ' if what else ''}{published}", True

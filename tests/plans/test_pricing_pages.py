@@ -1,0 +1,148 @@
+"""The public pricing pages: the published catalog on one screen and the pricing changelog."""
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from plans.models import Plan, VersionStatus
+from plans.services import catalog_import, plan_version_publish, plan_version_retire
+from tests.plans.factories import (
+    CreditPackFactory,
+    MeterFactory,
+    PlanFactory,
+    PlanVersionFactory,
+    PriceFactory,
+    PriceTierFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo_catalog():
+    data = json.loads((Path(settings.BASE_DIR) / "catalog" / "demo.json").read_text())
+    catalog_import(data=data)
+    return data
+
+
+def test_pricing_shows_every_published_plan_on_one_page(client, demo_catalog):
+    response = client.get("/pricing")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    for plan in demo_catalog["plans"]:
+        assert f'id="plan-{plan["code"]}"' in page
+    assert "$999.00" in page and "/ month" in page
+    free = page.split('id="plan-free"')[1].split("</article>")[0]
+    assert "AI actions: up to 20 actions per month" in free
+
+
+def test_pricing_shows_included_quantities_and_posted_rates(client, demo_catalog):
+    page = client.get("/pricing").content.decode()
+
+    hybrid = page.split('id="plan-hybrid"')[1].split("</article>")[0]
+    assert "100,000 actions" in hybrid
+    assert "$8.00 per 1K actions" in hybrid  # $0.008 an action, posted per thousand
+    assert "By model:" in hybrid
+    assert "claude-sonnet: $15.00 per 1M tokens" in hybrid
+    assert "gpt-4o: $10.00 per 1M tokens" in hybrid  # the same scale for every rate of a price
+    assert "5,000,000 tokens" in hybrid
+
+
+def test_pricing_shows_tiers_and_credit_packs(client, demo_catalog):
+    page = client.get("/pricing").content.decode()
+
+    pro = page.split('id="plan-pro"')[1].split("</article>")[0]
+    assert "first 1,000: free" in pro
+    assert "1,001–20,000: $20.00 per 1K actions" in pro
+    assert "above 20,000: $12.00 per 1K actions" in pro
+    credits = page.split('id="plan-credits"')[1].split("</article>")[0]
+    assert "$250.00 for 50,000 credits" in credits
+    assert "2 credits per action" in credits
+
+
+def test_pricing_shows_the_latest_published_version_only(client):
+    plan = PlanFactory(code="team", name="Team")
+    old = PlanVersionFactory(plan=plan, base_fee=Decimal("10"))
+    PriceFactory(plan_version=old, meter=MeterFactory(key="seat_call"), unit_amount=Decimal("0.50"))
+    new = PlanVersionFactory(plan=plan, base_fee=Decimal("15"))
+    PriceFactory(plan_version=new, meter=MeterFactory(key="seat_call"), unit_amount=Decimal("0.40"))
+    PlanVersionFactory(plan=plan, draft=True, base_fee=Decimal("99"))
+
+    page = client.get("/pricing").content.decode()
+
+    assert "$15.00" in page
+    assert "$0.40 per unit" in page
+    assert "$10.00" not in page
+    assert "$99.00" not in page
+
+
+def test_private_and_unpublished_plans_stay_off_the_pricing_page(client):
+    PlanVersionFactory(plan=PlanFactory(code="enterprise", name="Enterprise deal", is_public=False))
+    PlanVersionFactory(plan=PlanFactory(code="beta", name="Beta plan"), draft=True)
+
+    page = client.get("/pricing").content.decode()
+
+    assert "Enterprise deal" not in page
+    assert "Beta plan" not in page
+    assert "No plans are published yet" in page
+
+
+def test_rates_finer_than_a_cent_are_posted_exactly(client):
+    version = PlanVersionFactory(plan=PlanFactory(code="odd", name="Odd"))
+    PriceFactory(
+        plan_version=version,
+        meter=MeterFactory(key="odd_unit", unit="unit"),
+        unit_amount=Decimal("0.0000123"),
+    )
+    graduated = PriceFactory(
+        plan_version=version,
+        meter=MeterFactory(key="tiered", unit="call"),
+        model="graduated",
+        unit_amount=None,
+    )
+    PriceTierFactory(price=graduated, up_to=Decimal(10), unit_amount=Decimal(0), flat_amount=Decimal(5))
+    PriceTierFactory(price=graduated, up_to=None, unit_amount=Decimal("0.01"))
+    CreditPackFactory(plan_version=version, amount=Decimal(10), credits=Decimal(1000))
+
+    page = client.get("/pricing").content.decode()
+
+    assert "$12.30 per 1M units" in page
+    assert "first 10: free + $5.00 flat" in page
+    assert "above 10: $0.01 per call" in page
+
+
+def test_the_changelog_lists_every_published_version_with_its_effect(client, make_plan):
+    first = make_plan(
+        "pro", base_fee="20.00", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}]
+    )
+    second = make_plan(
+        "pro", base_fee="25.00", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}]
+    )
+    plan_version_retire(plan_version=first)
+
+    page = client.get("/pricing/changelog").content.decode()
+
+    assert page.index(f"v{second.number}") < page.index(f"v{first.number}")  # newest first
+    assert "Existing customers keep their version" in page
+    assert "New plan" in page
+    assert "$25.00 / month" in page
+    assert "Retired" in page
+    assert "25" in second.changelog_entry.summary and second.changelog_entry.summary.split("\n")[0] in page
+
+
+def test_the_changelog_hides_private_plans_and_drafts(client):
+    hidden = PlanVersionFactory(
+        plan=PlanFactory(code="secret", name="Secret plan", is_public=False), draft=True
+    )
+    plan_version_publish(plan_version=hidden)
+    PlanVersionFactory(plan=PlanFactory(code="later", name="Later plan"), draft=True)
+
+    page = client.get("/pricing/changelog").content.decode()
+
+    assert "Secret plan" not in page
+    assert "Later plan" not in page
+    assert Plan.objects.filter(versions__status=VersionStatus.PUBLISHED).count() == 1

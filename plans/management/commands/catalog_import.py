@@ -29,6 +29,8 @@ class Command(BaseCommand):
             report = catalog_import(data=catalog_decode(text))
         except BillingError as error:
             raise CommandError(f"{path}: nothing was imported. {error.message}") from error
+        if options["verbosity"] < 1:
+            return
         for line in report.lines:
             self.stdout.write(f"  {line}")
         if report.changed:

@@ -11,7 +11,7 @@ ledger rows, period totals, daily rollups and the Stripe outbox are written in b
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -509,13 +509,9 @@ def _write_rollups(customer: Customer, events: list[UsageEvent]) -> None:
         return
     deltas: dict[RollupKey, DailyUsageRollup] = {}
     for event in events:
-        key: RollupKey = (
-            event.meter_id,
-            event.member_id,
-            event.action,
-            event.dimension_value,
-            event.timestamp.date(),
-        )
+        # UTC days, whatever offset the client sent, so every page counts the same day.
+        day = event.timestamp.astimezone(UTC).date()
+        key: RollupKey = (event.meter_id, event.member_id, event.action, event.dimension_value, day)
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = DailyUsageRollup(
@@ -571,7 +567,7 @@ def _write_outbox(customer: Customer, ledger: CustomerLedger, events: list[Usage
     for event in events:
         if event.overage_amount <= 0 or (event.cost_unit == CREDITS and not ledger.credit_rate):
             continue
-        window = event.timestamp.replace(minute=0, second=0, microsecond=0)
+        window = event.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         key = (event.meter_id, event.dimension_value, event.period_start, window)
         row = rows.get(key)
         if row is None:

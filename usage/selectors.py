@@ -31,7 +31,7 @@ from customers.models import Customer, Member, Notification, SpendControls, Subs
 from plans.errors import InvalidInput, NotFound
 from plans.models import Entitlement, Meter, PlanVersion, Price, PricingUnit
 from plans.money import CREDITS, format_money
-from plans.pricing import PriceModel, PriceSpec, UnknownDimensionValue, marginal_cost, split_included
+from plans.pricing import PriceModel, PriceSpec, marginal_cost, split_included
 from plans.selectors import price_spec, prices_with_rates
 from usage.models import (
     CreditGrant,
@@ -66,7 +66,7 @@ CHART_MAX_DAYS = 31
 RUNWAY_HORIZON_DAYS = 730
 # Top-ups are looked for among this many latest ledger rows, so finding them costs the same however
 # many draw-downs a busy customer has.
-TOP_UP_LOOKBACK_ROWS = 2000
+TOP_UP_LOOKBACK_ROWS = 500
 
 
 class UsageLevel(models.TextChoices):
@@ -784,10 +784,7 @@ def _added_cost(
 
 
 def _cheapest_rate(spec: PriceSpec) -> Decimal:
-    try:
-        return min((rate for _, rate in spec.rates), default=ZERO)
-    except UnknownDimensionValue:  # pragma: no cover - rates are explicit here
-        return ZERO
+    return min((rate for _, rate in spec.rates), default=ZERO)
 
 
 def _spend_level(spend: Decimal, *, soft: Decimal | None, hard: Decimal | None) -> UsageLevel:
@@ -1406,10 +1403,10 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
     entries = CreditLedgerEntry.objects.filter(customer=customer).order_by("-created_at", "-id")
     recent = tuple(_ledger_line(entry) for entry in entries[:recent_limit])
     # Only the latest rows are looked at, so a busy customer's draw-downs never make this a scan.
-    window = entries.values_list("pk", flat=True)[:TOP_UP_LOOKBACK_ROWS]
+    window = entries.values("pk")[:TOP_UP_LOOKBACK_ROWS]
     top_ups = tuple(
         _ledger_line(entry)
-        for entry in CreditLedgerEntry.objects.filter(pk__in=list(window))
+        for entry in CreditLedgerEntry.objects.filter(pk__in=window)
         .exclude(kind=LedgerEntryKind.DRAWDOWN)
         .order_by("-created_at", "-id")[:5]
     )

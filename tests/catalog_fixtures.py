@@ -26,10 +26,17 @@ def make_plan(db) -> Callable[..., PlanVersion]:
         currency: str = "usd",
     ) -> PlanVersion:
         for price in prices:
-            meter_upsert(key=price["meter"], name=price["meter"].replace("_", " ").title(), unit="unit", aggregation="sum")
+            meter_upsert(
+                key=price["meter"],
+                name=price["meter"].replace("_", " ").title(),
+                unit="unit",
+                aggregation="sum",
+            )
         for entitlement in entitlements:
             if "limit" in entitlement:
-                meter_upsert(key=entitlement["feature"], name=entitlement["feature"], unit="unit", aggregation="sum")
+                meter_upsert(
+                    key=entitlement["feature"], name=entitlement["feature"], unit="unit", aggregation="sum"
+                )
         plan, _ = Plan.objects.get_or_create(code=code, defaults={"name": code.title()})
         version = plan_version_create(
             plan=plan,
@@ -95,7 +102,10 @@ def free_plan(make_plan) -> PlanVersion:
     return make_plan(
         "free",
         prices=[{"meter": "ai_action", "model": "per_unit", "unit_amount": "0", "included": "20"}],
-        entitlements=[{"feature": "ai_action", "limit": "20"}, {"feature": "premium_models", "enabled": False}],
+        entitlements=[
+            {"feature": "ai_action", "limit": "20"},
+            {"feature": "premium_models", "enabled": False},
+        ],
     )
 
 

@@ -19,4 +19,4 @@ os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_test_secret")
 
-from billing_app.settings import *  # noqa: E402, F403
+from billing_app.settings import *  # noqa: F403

@@ -20,11 +20,15 @@ def acme(pro_plan, make_customer):
 
 
 def nothing_written() -> bool:
-    return not (UsageEvent.objects.exists() or PeriodUsage.objects.exists() or DailyUsageRollup.objects.exists())
+    return not (
+        UsageEvent.objects.exists() or PeriodUsage.objects.exists() or DailyUsageRollup.objects.exists()
+    )
 
 
 def test_a_single_event_object_is_accepted(api, acme):
-    response = api.post(URL, event("one", quantity="2.5", user="ana", properties={"action": "chat"}), format="json")
+    response = api.post(
+        URL, event("one", quantity="2.5", user="ana", properties={"action": "chat"}), format="json"
+    )
     assert response.status_code == 200
     [result] = response.json()["results"]
     assert result["status"] == "accepted"
@@ -95,7 +99,9 @@ def test_timestamps_outside_the_window_are_rejected(api, acme, timestamp):
 def test_timestamp_in_a_closed_period_is_rejected(api, acme):
     acme.subscription.current_period_start = timezone.now() - timedelta(hours=1)
     acme.subscription.save()
-    response = api.post(URL, event("t", timestamp=(timezone.now() - timedelta(days=2)).isoformat()), format="json")
+    response = api.post(
+        URL, event("t", timestamp=(timezone.now() - timedelta(days=2)).isoformat()), format="json"
+    )
     assert response.json()["error"]["events"][0]["code"] == "period_closed"
 
 

@@ -84,7 +84,8 @@ def test_concurrent_batches_never_overdraw_credits(credits_plan, make_customer):
 
     def spend(index):
         events = [
-            event(f"t{index}-{n}", meter="workflow_run", properties={"complexity": "standard"}) for n in range(10)
+            event(f"t{index}-{n}", meter="workflow_run", properties={"complexity": "standard"})
+            for n in range(10)
         ]
         return usage_events_ingest(raw_events=events)
 

@@ -97,8 +97,12 @@ def test_consumption_order_included_then_grants_by_priority_then_wallet_then_ove
     late = timezone.now() + timedelta(days=20)
     soon = timezone.now() + timedelta(days=2)
     low_priority, _ = credit_grant_create(customer=customer, amount=Decimal("1.00"), priority=60)
-    later_expiry, _ = credit_grant_create(customer=customer, amount=Decimal("1.00"), priority=10, expires_at=late)
-    earlier_expiry, _ = credit_grant_create(customer=customer, amount=Decimal("1.00"), priority=10, expires_at=soon)
+    later_expiry, _ = credit_grant_create(
+        customer=customer, amount=Decimal("1.00"), priority=10, expires_at=late
+    )
+    earlier_expiry, _ = credit_grant_create(
+        customer=customer, amount=Decimal("1.00"), priority=10, expires_at=soon
+    )
     wallet_top_up(customer=customer, amount=Decimal("2.00"))
 
     # 100 included, then 80 calls × $0.10 = $8: 3 × $1 of grants, $2 of wallet, $3 of overage.
@@ -264,7 +268,12 @@ def test_only_overage_reaches_the_stripe_outbox(pro_plan, make_customer):
     assert not StripeUsageOutbox.objects.exists()
     ingest(event("out", quantity=7))
     outbox = StripeUsageOutbox.objects.get()
-    assert (outbox.quantity, outbox.amount, outbox.currency, outbox.event_count) == (Decimal(7), Decimal("0.70"), "usd", 1)
+    assert (outbox.quantity, outbox.amount, outbox.currency, outbox.event_count) == (
+        Decimal(7),
+        Decimal("0.70"),
+        "usd",
+        1,
+    )
 
 
 def test_ledger_rows_cannot_be_rewritten(pro_plan, make_customer):

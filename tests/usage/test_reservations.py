@@ -21,7 +21,12 @@ def tokens_customer(make_plan, make_customer):
     make_plan(
         "tokens",
         prices=[
-            {"meter": "llm_tokens", "model": "dimensional", "dimension": "model", "rates": {"gpt-4o": "0.00001"}}
+            {
+                "meter": "llm_tokens",
+                "model": "dimensional",
+                "dimension": "model",
+                "rates": {"gpt-4o": "0.00001"},
+            }
         ],
     )
     customer = make_customer("tokens", block_overage=True)

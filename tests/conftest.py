@@ -8,7 +8,6 @@ from billing_app.models import ApiKey
 pytest_plugins = ["tests.catalog_fixtures", "tests.stripe_fake.plugin"]
 
 
-
 @pytest.fixture
 def api_key(db) -> str:
     """A raw API key whose hash is stored, as an operator would create one."""

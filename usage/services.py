@@ -19,7 +19,7 @@ from plans.models import CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
 from usage.balances import CustomerLedger
 from usage.errors import NoSubscription, ReservationNotHeld
-from usage.ingest import EventInput, events_record_for_customer, members_get_or_create
+from usage.ingest import events_record_for_customer, members_get_or_create
 from usage.locks import customer_balance_for_update
 from usage.models import (
     CreditGrant,
@@ -30,6 +30,7 @@ from usage.models import (
     ReservationStatus,
     UsageEvent,
 )
+from usage.validation import EventInput
 
 
 def _subscription_of(customer: Customer) -> Subscription:

@@ -5,7 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from usage.ingest import parse_quantity
+from usage.validation import parse_quantity
 
 
 class QuantityField(serializers.Field):

@@ -19,9 +19,10 @@ from plans.errors import NotFound
 from plans.models import Meter
 from usage.api.fields import PropertiesField, QuantityField, decimal_string
 from usage.balances import usage_decide
-from usage.ingest import events_from_payload, usage_events_ingest
+from usage.ingest import usage_events_ingest
 from usage.models import Reservation, UsageEvent
 from usage.services import reservation_commit, reservation_create, reservation_release
+from usage.validation import events_from_payload
 
 
 def meter_by_key(key: str) -> Meter:

@@ -31,7 +31,8 @@ fi
 
 if [ ! -x /usr/bin/chromium ]; then
   echo "Installing Chromium for the browser tests…"
-  as_root apt-get install -y -qq chromium >/dev/null || {
+  as_root apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { as_root apt-get update -qq >/dev/null && as_root apt-get install -y -qq chromium >/dev/null; } || {
     echo "Chromium is missing and could not be installed (apt-get install chromium)." >&2
     exit 1
   }

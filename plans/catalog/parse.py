@@ -1,38 +1,23 @@
-"""The catalog file: parse, validate and serialize the JSON format of docs/catalog.md.
+"""Reading a catalog file: decode the JSON, then validate it into a `Catalog`, reporting every problem."""
 
-`catalog_import` and `catalog_export` share this module, so a file they write reads back unchanged. Parsing
-is pure (no database): it checks the structure, refuses floats, and runs each price through the rating
-engine's `validate_price`, reporting every problem with where it is (`plan "pro", prices[1] (llm_tokens)`).
-The caller passes the meter keys the database has, so that a price naming an unknown meter is reported too.
-
-A plan version's pricing content is a `VersionContent`; its prices are the rating engine's own `PriceSpec`s.
-`content_hash` hashes the canonical JSON of that content, so two versions with the same prices hash alike
-however their decimals were written ("20", "20.00", 20.0000 in the database).
-"""
-
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from plans.errors import InvalidInput
-from plans.models import (
-    MONEY,
-    QUANTITY,
-    RATE,
-    Aggregation,
-    BillingInterval,
-    Meter,
-    Plan,
-    PlanVersion,
-    PricingUnit,
+from plans.catalog.content import (
+    Catalog,
+    CreditPackEntry,
+    EntitlementEntry,
+    MeterEntry,
+    PlanEntry,
+    VersionContent,
 )
-from plans.money import CREDITS, currency_exponent
+from plans.errors import InvalidInput
+from plans.models import MONEY, QUANTITY, RATE, Aggregation, BillingInterval, PricingUnit
+from plans.money import CREDITS
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
-from plans.selectors import plan_latest_published_version, version_spec
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
 _METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property"])
@@ -83,67 +68,6 @@ class CatalogInvalid(InvalidInput):
         count = "1 problem" if len(errors) == 1 else f"{len(errors)} problems"
         super().__init__(f"The catalog has {count}:\n" + "\n".join(f"- {e}" for e in errors), errors=errors)
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class MeterEntry:
-    key: str
-    name: str
-    unit: str
-    aggregation: str = Aggregation.SUM
-    unique_property: str = ""
-
-
-@dataclass(frozen=True)
-class EntitlementEntry:
-    """A feature switch, or with `limit` a per-period cap on the meter whose key is `feature`."""
-
-    feature: str
-    enabled: bool = True
-    limit: Decimal | None = None  # meter units per period; None = no cap
-
-
-@dataclass(frozen=True)
-class CreditPackEntry:
-    price: Decimal  # in major units of the plan currency
-    credits: Decimal
-
-
-@dataclass(frozen=True)
-class VersionContent:
-    """A plan version's pricing content: what `content_hash` covers and what makes a new version.
-
-    Collections are sorted (prices by meter, entitlements by feature, packs by price) so that equal content
-    compares and hashes equal whatever order a file lists it in. Tiers keep their order: it is their meaning.
-    """
-
-    currency: str  # lower case
-    interval: str  # a BillingInterval value
-    base_fee: Decimal  # per period, major units of `currency`
-    prices: tuple[PriceSpec, ...]
-    entitlements: tuple[EntitlementEntry, ...] = ()
-    credit_packs: tuple[CreditPackEntry, ...] = ()
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    code: str
-    name: str
-    version: VersionContent
-    # None means "not in the file": a new plan gets the model default, an existing one keeps its value.
-    description: str | None = None
-    display_order: int | None = None
-    is_public: bool | None = None
-    changelog: str | None = None  # the changelog summary if this import publishes a new version
-
-
-@dataclass(frozen=True)
-class Catalog:
-    meters: tuple[MeterEntry, ...]
-    plans: tuple[PlanEntry, ...]
-
-
-# --- Reading the file ---
 
 
 def catalog_decode(text: str) -> Any:
@@ -466,185 +390,3 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"the key {key!r} is given twice in one object, so one of them would be lost.")
         data[key] = value
     return data
-
-
-# --- Writing the file ---
-
-
-def catalog_dumps(catalog: Catalog) -> str:
-    """The file's text: a price, tier or meter that fits on a line is written on one, for readable diffs."""
-    return _json_text(catalog_data(catalog), indent="") + "\n"
-
-
-def _json_text(value: Any, *, indent: str, width: int = 110) -> str:
-    flat = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    if len(indent) + len(flat) <= width or not isinstance(value, dict | list) or not value:
-        return flat
-    inner = indent + "  "
-    if isinstance(value, list):
-        items = [inner + _json_text(item, indent=inner, width=width) for item in value]
-        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
-    items = [
-        f"{inner}{json.dumps(key, ensure_ascii=False)}: {_json_text(item, indent=inner, width=width)}"
-        for key, item in value.items()
-    ]
-    return "{\n" + ",\n".join(items) + "\n" + indent + "}"
-
-
-def catalog_data(catalog: Catalog) -> dict[str, Any]:
-    """The catalog as the JSON-ready structure of the file format (decimals as strings)."""
-    return {
-        "meters": [_meter_data(meter) for meter in catalog.meters],
-        "plans": [_plan_data(plan) for plan in catalog.plans],
-    }
-
-
-def version_content_data(content: VersionContent) -> dict[str, Any]:
-    """A version's pricing content in the file's plan shape (without the plan's own keys)."""
-    currency = content.currency
-    return {
-        "currency": currency,
-        "interval": content.interval,
-        "base_fee": _decimal_text(content.base_fee, _money_places(currency)),
-        "prices": [_price_data(spec) for spec in content.prices],
-        "entitlements": [_entitlement_data(entry) for entry in content.entitlements],
-        "credit_packs": [
-            {
-                "price": _decimal_text(pack.price, _money_places(currency)),
-                "credits": _decimal_text(pack.credits),
-            }
-            for pack in content.credit_packs
-        ],
-    }
-
-
-def content_hash(content: VersionContent) -> str:
-    """SHA-256 of the canonical JSON of a version's pricing content: equal prices, equal hash."""
-    canonical = json.dumps(version_content_data(content), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _meter_data(meter: MeterEntry) -> dict[str, Any]:
-    data = {"key": meter.key, "name": meter.name, "unit": meter.unit, "aggregation": meter.aggregation}
-    if meter.unique_property:
-        data["unique_property"] = meter.unique_property
-    return data
-
-
-def _plan_data(plan: PlanEntry) -> dict[str, Any]:
-    data: dict[str, Any] = {"code": plan.code, "name": plan.name}
-    for key in ("description", "display_order", "is_public", "changelog"):
-        if getattr(plan, key) is not None:
-            data[key] = getattr(plan, key)
-    return data | version_content_data(plan.version)
-
-
-def _price_data(spec: PriceSpec) -> dict[str, Any]:
-    """A price as the file writes it: only the keys that are set, amounts to the unit's minor places."""
-    places = 0 if spec.unit == CREDITS else _money_places(spec.unit)
-    data: dict[str, Any] = {"meter": spec.meter, "model": str(spec.model)}
-    if spec.unit == CREDITS:
-        data["unit"] = CREDITS
-    if spec.included:
-        data["included"] = _decimal_text(spec.included)
-    if spec.unit_amount is not None:
-        data["unit_amount"] = _decimal_text(spec.unit_amount, places)
-    if spec.tiers:
-        data["tiers"] = [_tier_data(tier, places) for tier in spec.tiers]
-    if spec.package_size is not None:
-        data["package_size"] = _decimal_text(spec.package_size)
-    if spec.package_amount is not None:
-        data["package_amount"] = _decimal_text(spec.package_amount, places)
-    if spec.model == PriceModel.DIMENSIONAL or spec.dimension or spec.rates:
-        data["dimension"] = spec.dimension
-        data["rates"] = {value: _decimal_text(rate, places) for value, rate in spec.rates}
-    if spec.model == PriceModel.DIMENSIONAL or spec.default_rate is not None:
-        data["default_rate"] = None if spec.default_rate is None else _decimal_text(spec.default_rate, places)
-    return data
-
-
-def _tier_data(tier: Tier, places: int) -> dict[str, Any]:
-    data = {
-        "up_to": None if tier.up_to is None else _decimal_text(tier.up_to),
-        "unit_amount": _decimal_text(tier.unit_amount, places),
-    }
-    if tier.flat_amount:
-        data["flat_amount"] = _decimal_text(tier.flat_amount, places)
-    return data
-
-
-def _entitlement_data(entry: EntitlementEntry) -> dict[str, Any]:
-    data: dict[str, Any] = {"feature": entry.feature}
-    if entry.limit is None or not entry.enabled:
-        data["enabled"] = entry.enabled
-    if entry.limit is not None:
-        data["limit"] = _decimal_text(entry.limit)
-    return data
-
-
-def _money_places(currency: str) -> int:
-    try:
-        return currency_exponent(currency)
-    except ValueError:
-        return 0
-
-
-def _decimal_text(value: Decimal, min_places: int = 0) -> str:
-    """Plain notation, no trailing zeros beyond `min_places`: 20.0000 -> "20.00" (2), 0.000010 -> "0.00001".
-
-    A function of the value only, not of how it was written, which `content_hash` relies on.
-    """
-    text = format(value.normalize(), "f")
-    if len(text.partition(".")[2]) < min_places:
-        text = format(value.quantize(Decimal(1).scaleb(-min_places)), "f")
-    return text
-
-
-# --- The database side ---
-
-
-def version_content(plan_version: PlanVersion) -> VersionContent:
-    """The pricing content of a stored version, in the file's terms."""
-    spec = version_spec(plan_version)
-    return VersionContent(
-        currency=plan_version.currency.lower(),
-        interval=plan_version.interval,
-        base_fee=plan_version.base_fee,
-        prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
-        entitlements=tuple(
-            EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)
-            for e in plan_version.entitlements.order_by("feature")
-        ),
-        credit_packs=tuple(
-            sorted(
-                (CreditPackEntry(price=p.amount, credits=p.credits) for p in plan_version.credit_packs.all()),
-                key=lambda p: (p.price, p.credits),
-            )
-        ),
-    )
-
-
-def catalog_current() -> Catalog:
-    """Every meter, and every plan at its latest published version (plans never published are left out)."""
-    plans = []
-    for plan in Plan.objects.order_by("display_order", "code"):
-        latest = plan_latest_published_version(plan)
-        if latest is None:
-            continue
-        plans.append(
-            PlanEntry(
-                code=plan.code,
-                name=plan.name,
-                version=version_content(latest),
-                description=plan.description,
-                display_order=plan.display_order,
-                is_public=plan.is_public,
-            )
-        )
-    meters = tuple(
-        MeterEntry(
-            key=m.key, name=m.name, unit=m.unit, aggregation=m.aggregation, unique_property=m.unique_property
-        )
-        for m in Meter.objects.order_by("key")
-    )
-    return Catalog(meters=meters, plans=tuple(plans))

@@ -1,0 +1,116 @@
+"""A catalog's content (meters, plans, each version's pricing), and that content read from the database."""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from plans.models import Aggregation, Meter, Plan, PlanVersion
+from plans.pricing import PriceSpec
+from plans.selectors import plan_latest_published_version, version_spec
+
+
+@dataclass(frozen=True)
+class MeterEntry:
+    key: str
+    name: str
+    unit: str
+    aggregation: str = Aggregation.SUM
+    unique_property: str = ""
+
+
+@dataclass(frozen=True)
+class EntitlementEntry:
+    """A feature switch, or with `limit` a per-period cap on the meter whose key is `feature`."""
+
+    feature: str
+    enabled: bool = True
+    limit: Decimal | None = None  # meter units per period; None = no cap
+
+
+@dataclass(frozen=True)
+class CreditPackEntry:
+    price: Decimal  # in major units of the plan currency
+    credits: Decimal
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """A plan version's pricing content: what `content_hash` covers and what makes a new version.
+
+    Collections are sorted (prices by meter, entitlements by feature, packs by price) so that equal content
+    compares and hashes equal whatever order a file lists it in. Tiers keep their order: it is their meaning.
+    """
+
+    currency: str  # lower case
+    interval: str  # a BillingInterval value
+    base_fee: Decimal  # per period, major units of `currency`
+    prices: tuple[PriceSpec, ...]
+    entitlements: tuple[EntitlementEntry, ...] = ()
+    credit_packs: tuple[CreditPackEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    code: str
+    name: str
+    version: VersionContent
+    # None means "not in the file": a new plan gets the model default, an existing one keeps its value.
+    description: str | None = None
+    display_order: int | None = None
+    is_public: bool | None = None
+    changelog: str | None = None  # the changelog summary if this import publishes a new version
+
+
+@dataclass(frozen=True)
+class Catalog:
+    meters: tuple[MeterEntry, ...]
+    plans: tuple[PlanEntry, ...]
+
+
+# --- The database side ---
+
+
+def version_content(plan_version: PlanVersion) -> VersionContent:
+    """The pricing content of a stored version, in the file's terms."""
+    spec = version_spec(plan_version)
+    return VersionContent(
+        currency=plan_version.currency.lower(),
+        interval=plan_version.interval,
+        base_fee=plan_version.base_fee,
+        prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
+        entitlements=tuple(
+            EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)
+            for e in plan_version.entitlements.order_by("feature")
+        ),
+        credit_packs=tuple(
+            sorted(
+                (CreditPackEntry(price=p.amount, credits=p.credits) for p in plan_version.credit_packs.all()),
+                key=lambda p: (p.price, p.credits),
+            )
+        ),
+    )
+
+
+def catalog_current() -> Catalog:
+    """Every meter, and every plan at its latest published version (plans never published are left out)."""
+    plans = []
+    for plan in Plan.objects.order_by("display_order", "code"):
+        latest = plan_latest_published_version(plan)
+        if latest is None:
+            continue
+        plans.append(
+            PlanEntry(
+                code=plan.code,
+                name=plan.name,
+                version=version_content(latest),
+                description=plan.description,
+                display_order=plan.display_order,
+                is_public=plan.is_public,
+            )
+        )
+    meters = tuple(
+        MeterEntry(
+            key=m.key, name=m.name, unit=m.unit, aggregation=m.aggregation, unique_property=m.unique_property
+        )
+        for m in Meter.objects.order_by("key")
+    )
+    return Catalog(meters=meters, plans=tuple(plans))

@@ -1,0 +1,173 @@
+"""What drives usage: the top actions and the per-member breakdown, per meter."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Sum
+
+from customers.models import Customer, Member
+from usage.models import DailyUsageRollup
+from usage.selectors.catalog import SubscribedCatalog
+from usage.selectors.formatting import format_amount, format_quantity_short, unit_label
+from usage.selectors.periods import PeriodStart, usage_period_resolve
+from usage.selectors.units import ZERO
+
+
+@dataclass(frozen=True)
+class ActionLine:
+    """What drove one meter's usage: an action (the event's ``action`` property)."""
+
+    meter_key: str
+    meter_name: str
+    unit: str
+    action: str  # "" when events carried none
+    quantity: Decimal  # units recorded (cache hits included)
+    cost: Decimal
+    cost_unit: str
+    share: Decimal  # of the meter's units recorded this period, 0..1
+
+    @property
+    def label(self) -> str:
+        return self.action or "(no action given)"
+
+    @property
+    def quantity_display(self) -> str:
+        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
+
+    @property
+    def cost_display(self) -> str:
+        return format_amount(self.cost, self.cost_unit)
+
+    @property
+    def share_percent(self) -> int:
+        return int((self.share * 100).to_integral_value())
+
+
+def usage_top_actions(
+    *, customer: Customer, period_start: PeriodStart = None, limit: int = 10
+) -> tuple[ActionLine, ...]:
+    """The actions that used the most, per meter, largest first; shares are of the meter's total."""
+    period = usage_period_resolve(customer=customer, period_start=period_start)
+    rows = list(
+        DailyUsageRollup.objects.filter(customer=customer, period_start=period.start)
+        .values("meter_id", "meter__key", "meter__name", "meter__unit", "action")
+        .annotate(quantity=Sum("quantity"), cost=Sum("cost"))
+    )
+    return _shared_lines(customer=customer, rows=rows, limit=limit, make=_action_line)
+
+
+def _action_line(row: dict[str, Any], unit: str, share: Decimal) -> ActionLine:
+    return ActionLine(
+        meter_key=row["meter__key"],
+        meter_name=row["meter__name"],
+        unit=row["meter__unit"],
+        action=row["action"],
+        quantity=row["quantity"] or ZERO,
+        cost=row["cost"] or ZERO,
+        cost_unit=unit,
+        share=share,
+    )
+
+
+@dataclass(frozen=True)
+class MemberLine:
+    """One member's usage of one meter; member_id None is usage sent without a user."""
+
+    member_id: int | None
+    member_name: str
+    member_email: str
+    meter_key: str
+    meter_name: str
+    unit: str
+    quantity: Decimal
+    cost: Decimal
+    cost_unit: str
+    share: Decimal  # of the meter's units recorded this period, 0..1
+
+    @property
+    def label(self) -> str:
+        if self.member_id is None:
+            return "Not attributed to a user"
+        return self.member_name or self.member_email or f"Member {self.member_id}"
+
+    @property
+    def quantity_display(self) -> str:
+        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
+
+    @property
+    def cost_display(self) -> str:
+        return format_amount(self.cost, self.cost_unit)
+
+    @property
+    def share_percent(self) -> int:
+        return int((self.share * 100).to_integral_value())
+
+
+def usage_member_breakdown(
+    *,
+    customer: Customer,
+    period_start: PeriodStart = None,
+    only_member: Member | None = None,
+) -> tuple[MemberLine, ...]:
+    """Which members drive usage, per meter, largest first. ``only_member`` keeps that member's lines
+    (shares stay shares of the whole customer's usage).
+    """
+    period = usage_period_resolve(customer=customer, period_start=period_start)
+    rows = list(
+        DailyUsageRollup.objects.filter(customer=customer, period_start=period.start)
+        .values(
+            "meter_id",
+            "meter__key",
+            "meter__name",
+            "meter__unit",
+            "member_id",
+            "member__name",
+            "member__email",
+        )
+        .annotate(quantity=Sum("quantity"), cost=Sum("cost"))
+    )
+    lines = _shared_lines(customer=customer, rows=rows, limit=None, make=_member_line)
+    if only_member is not None:
+        lines = tuple(line for line in lines if line.member_id == only_member.pk)
+    return lines
+
+
+def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
+    return MemberLine(
+        member_id=row["member_id"],
+        member_name=row["member__name"] or "",
+        member_email=row["member__email"] or "",
+        meter_key=row["meter__key"],
+        meter_name=row["meter__name"],
+        unit=row["meter__unit"],
+        quantity=row["quantity"] or ZERO,
+        cost=row["cost"] or ZERO,
+        cost_unit=unit,
+        share=share,
+    )
+
+
+def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int | None, make: Any) -> Any:
+    """Rows grouped by meter with their share of the meter's total, ranked by cost then quantity."""
+    catalog = SubscribedCatalog.of(customer)
+    totals: dict[int, Decimal] = defaultdict(Decimal)
+    for row in rows:
+        totals[row["meter_id"]] += row["quantity"] or ZERO
+    rows = [row for row in rows if (row["quantity"] or ZERO) != 0 or (row["cost"] or ZERO) != 0]
+    rows.sort(
+        key=lambda row: (
+            -catalog.to_money(row["cost"] or ZERO, catalog.cost_unit(row["meter_id"])),
+            -(row["quantity"] or ZERO),
+            row["meter__key"],
+        )
+    )
+    if limit is not None:
+        rows = rows[:limit]
+    lines = []
+    for row in rows:
+        total = totals[row["meter_id"]]
+        share = (row["quantity"] or ZERO) / total if total > 0 else ZERO
+        lines.append(make(row, catalog.cost_unit(row["meter_id"]), share))
+    return tuple(lines)

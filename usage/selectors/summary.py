@@ -1,0 +1,421 @@
+"""The period summary: usage per meter, spend against limits, projection, balances; and its JSON form."""
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from django.db import models
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from customers.models import Customer, SpendControls
+from plans.models import Meter
+from plans.money import CREDITS, format_money
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
+from usage.selectors.catalog import SubscribedCatalog
+from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
+from usage.selectors.periods import BillingPeriod, PeriodStart, usage_period_resolve
+from usage.selectors.projection import (
+    PROJECTION_WINDOW_DAYS,
+    PeriodClock,
+    Projection,
+    Runway,
+    added_cost,
+    daily_rate,
+    projection_for,
+    runways_for,
+)
+from usage.selectors.series import DayTotals, daily_by_meter
+from usage.selectors.units import LEDGER_PLACES, QUANTITY_PLACES, ZERO
+
+# The included-quota bar turns amber here (percent of the allowance), red at 100.
+QUOTA_WARN_PERCENT = 80
+
+
+class UsageLevel(models.TextChoices):
+    """How close something is to its limit; the page colours bars by it."""
+
+    OK = "ok", "Within limits"
+    WARN = "warn", "Near the limit"
+    OVER = "over", "At or over the limit"
+
+
+@dataclass(frozen=True)
+class MeterLine:
+    """One meter's usage this period, and where it is heading."""
+
+    key: str
+    name: str
+    unit: str  # the meter's unit, singular ("token")
+    quantity: Decimal  # billable units used (cache hits are in non_billable_quantity)
+    non_billable_quantity: Decimal
+    included: Decimal  # allowance per period, meter units; 0 = none
+    included_used: Decimal
+    cap: Decimal | None  # the plan's per-period cap (an entitlement), meter units
+    cost_unit: str  # the plan currency or "credits"
+    cost: Decimal  # unrounded, in cost_unit, whatever pays for it
+    credits_amount: Decimal  # of cost, paid by credit grants
+    wallet_amount: Decimal  # of cost, paid from the wallet
+    overage_amount: Decimal  # of cost, billed after the period
+    projected_quantity: Decimal
+    projected_cost: Decimal
+    level: UsageLevel  # of the included allowance
+
+    @property
+    def unit_plural(self) -> str:
+        return unit_label(self.unit, self.quantity)
+
+    @property
+    def percent_of_included(self) -> int | None:
+        if self.included <= 0:
+            return None
+        return int(self.quantity * 100 / self.included)
+
+    @property
+    def bar_percent(self) -> int:
+        percent = self.percent_of_included
+        return 0 if percent is None else min(percent, 100)
+
+    @property
+    def overage_quantity(self) -> Decimal:
+        return max(self.quantity - self.included, ZERO)
+
+    @property
+    def quantity_display(self) -> str:
+        return format_quantity(self.quantity)
+
+    @property
+    def quantity_short(self) -> str:
+        return format_quantity_short(self.quantity)
+
+    @property
+    def included_display(self) -> str:
+        return format_quantity(self.included)
+
+    @property
+    def projected_quantity_display(self) -> str:
+        return format_quantity_short(self.projected_quantity)
+
+    @property
+    def cost_display(self) -> str:
+        return format_amount(self.cost, self.cost_unit)
+
+    @property
+    def projected_cost_display(self) -> str:
+        return format_amount(self.projected_cost, self.cost_unit)
+
+    @property
+    def non_billable_display(self) -> str:
+        return format_quantity(self.non_billable_quantity)
+
+    @property
+    def cap_display(self) -> str:
+        return format_quantity(self.cap) if self.cap is not None else ""
+
+
+@dataclass(frozen=True)
+class SpendStatus:
+    """This period's spend against the customer's own limits, as the API's checks see it."""
+
+    spend: Decimal  # money, in the plan currency: usage charges so far
+    held: Decimal  # money held by reservations in flight; the hard limit counts it too
+    soft_limit: Decimal | None
+    hard_limit: Decimal | None
+    block_overage: bool
+    level: UsageLevel
+
+    @property
+    def limit_for_bar(self) -> Decimal | None:
+        return self.hard_limit if self.hard_limit is not None else self.soft_limit
+
+    @property
+    def bar_percent(self) -> int:
+        limit = self.limit_for_bar
+        if limit is None:
+            return 0
+        if limit <= 0:
+            return 100
+        return min(int((self.spend + self.held) * 100 / limit), 100)
+
+    @property
+    def soft_marker_percent(self) -> int | None:
+        """Where the soft limit sits on a bar that runs to the hard limit."""
+        if self.soft_limit is None or self.hard_limit is None or self.hard_limit <= 0:
+            return None
+        return min(int(self.soft_limit * 100 / self.hard_limit), 100)
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """Everything the page's numbers show for one period; the usage API returns it as is."""
+
+    customer_id: str  # the customer's external id
+    customer_name: str
+    plan_name: str
+    plan_version: int | None
+    currency: str
+    period: BillingPeriod
+    as_of: datetime
+    days_in_period: Decimal
+    days_elapsed: Decimal
+    days_remaining: Decimal
+    meters: tuple[MeterLine, ...]
+    base_fee: Decimal
+    credit_unit_amount: Decimal | None  # money per credit (cheapest credit pack); None: no packs
+    spend: SpendStatus
+    projection: Projection
+    wallet_balance: Decimal  # money
+    credits_remaining: Decimal  # credit grants in credits, active now
+    monetary_credits_remaining: Decimal  # credit grants in the currency, active now
+    runways: tuple[Runway, ...]
+    account_frozen: bool
+    frozen_reason: str
+
+    def money(self, amount: Decimal) -> str:
+        return format_money(amount, self.currency)
+
+    @property
+    def spend_display(self) -> str:
+        return self.money(self.spend.spend)
+
+    @property
+    def projected_total_display(self) -> str:
+        return self.money(self.projection.total)
+
+    @property
+    def projected_usage_display(self) -> str:
+        return self.money(self.projection.usage_spend)
+
+    @property
+    def projected_billed_display(self) -> str:
+        return self.money(self.projection.billed)
+
+    @property
+    def base_fee_display(self) -> str:
+        return self.money(self.base_fee)
+
+    @property
+    def soft_limit_display(self) -> str:
+        return self.money(self.spend.soft_limit) if self.spend.soft_limit is not None else ""
+
+    @property
+    def hard_limit_display(self) -> str:
+        return self.money(self.spend.hard_limit) if self.spend.hard_limit is not None else ""
+
+    @property
+    def held_display(self) -> str:
+        return self.money(self.spend.held)
+
+    @property
+    def days_remaining_display(self) -> str:
+        return format_quantity(self.days_remaining.quantize(Decimal("0.1")))
+
+    @property
+    def wallet_display(self) -> str:
+        return self.money(self.wallet_balance)
+
+    @property
+    def credits_remaining_display(self) -> str:
+        return format_amount(self.credits_remaining, CREDITS)
+
+    @property
+    def has_credit_pricing(self) -> bool:
+        return any(line.cost_unit == CREDITS for line in self.meters)
+
+
+def usage_period_summary(
+    *, customer: Customer, period_start: PeriodStart = None, now: datetime | None = None
+) -> UsageSummary:
+    """The period's usage per meter, spend against limits, the projection and prepaid balances.
+
+    ``period_start`` picks an earlier period (a start date, or the exact start); None is the current
+    one. Raises ``NoBillingPeriod`` or ``PeriodNotFound`` (both 404 ``NotFound``).
+    """
+    now = now or timezone.now()
+    period = usage_period_resolve(customer=customer, period_start=period_start)
+    catalog = SubscribedCatalog.of(customer, for_rating=True)
+    version = catalog.version
+
+    usage_rows = {
+        row.meter_id: row
+        for row in PeriodUsage.objects.filter(customer=customer, period_start=period.start).select_related(
+            "meter"
+        )
+    }
+    # The projection reads only the days its rate is measured over.
+    daily = daily_by_meter(
+        customer=customer, period=period, since=now.date() - timedelta(days=PROJECTION_WINDOW_DAYS)
+    )
+    clock = PeriodClock(period=period, now=now)
+
+    meters: list[MeterLine] = []
+    for meter in catalog.meters_with(extra=[row.meter for row in usage_rows.values()]):
+        row = usage_rows.get(meter.pk)
+        meters.append(
+            _meter_line(meter=meter, row=row, catalog=catalog, daily=daily.get(meter.pk, {}), clock=clock)
+        )
+    controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(customer=customer)
+    spend = catalog.money_total((line.cost, line.cost_unit) for line in meters)
+    held = _held_money(customer=customer, catalog=catalog, now=now) if period.is_current else ZERO
+    spend_status = SpendStatus(
+        spend=spend,
+        held=held,
+        soft_limit=controls.soft_limit,
+        hard_limit=controls.hard_limit,
+        block_overage=controls.block_overage,
+        level=_spend_level(spend + held, soft=controls.soft_limit, hard=controls.hard_limit),
+    )
+    balance = CustomerBalance.objects.filter(customer=customer).first()
+    wallet = balance.wallet_balance if balance else ZERO
+    grants = _active_grants(customer=customer, now=now)
+    credits_remaining = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
+    monetary_remaining = sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
+
+    projection = projection_for(
+        meters=meters, catalog=catalog, clock=clock, grants=grants, wallet=wallet, controls=controls
+    )
+    runways = (
+        runways_for(meters=meters, catalog=catalog, clock=clock, grants=grants, wallet=wallet)
+        if period.is_current
+        else ()
+    )
+    return UsageSummary(
+        customer_id=customer.external_id,
+        customer_name=customer.name,
+        plan_name=version.plan.name if version else "",
+        plan_version=version.number if version else None,
+        currency=catalog.currency,
+        period=period,
+        as_of=now,
+        days_in_period=clock.days_in_period,
+        days_elapsed=clock.days_elapsed,
+        days_remaining=clock.days_remaining,
+        meters=tuple(meters),
+        base_fee=catalog.base_fee,
+        credit_unit_amount=catalog.credit_rate,
+        spend=spend_status,
+        projection=projection,
+        wallet_balance=wallet,
+        credits_remaining=credits_remaining,
+        monetary_credits_remaining=monetary_remaining,
+        runways=runways,
+        account_frozen=customer.is_frozen,
+        frozen_reason=customer.frozen_reason,
+    )
+
+
+def usage_summary_as_dict(summary: UsageSummary) -> dict[str, Any]:
+    """The summary as JSON-ready data: decimals as strings (never floats), dates in ISO 8601."""
+    data = _plain(dataclasses.asdict(summary))
+    data["period"]["key"] = summary.period.key
+    for line, meter in zip(data["meters"], summary.meters, strict=True):
+        line["percent_of_included"] = meter.percent_of_included
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _decimal_text(value: Decimal) -> str:
+    """Plain digits, no exponent, no trailing zeros: Decimal("12.340000000000") -> "12.34"."""
+    if value == 0:
+        return "0"
+    return f"{value.normalize():f}"
+
+
+def _meter_line(
+    *,
+    meter: Meter,
+    row: PeriodUsage | None,
+    catalog: SubscribedCatalog,
+    daily: Mapping[date, DayTotals],
+    clock: PeriodClock,
+) -> MeterLine:
+    spec = catalog.spec(meter.pk)
+    quantity = row.quantity if row else ZERO
+    cost = row.cost if row else ZERO
+    included = spec.included if spec else ZERO
+    unit = catalog.cost_unit(meter.pk)
+
+    projected_add = ZERO
+    if clock.days_remaining > 0:
+        rate = daily_rate(
+            daily, clock, billable=quantity, non_billable=row.non_billable_quantity if row else ZERO
+        )
+        projected_add = (rate * clock.days_remaining).quantize(QUANTITY_PLACES)
+    projected_cost = cost + added_cost(
+        spec=spec, before=quantity, add=projected_add, cost=cost, daily=daily, meter=meter
+    ).quantize(LEDGER_PLACES)
+
+    percent = quantity * 100 / included if included > 0 else None
+    if percent is None:
+        level = UsageLevel.OK
+    elif percent >= 100:
+        level = UsageLevel.OVER
+    elif percent >= QUOTA_WARN_PERCENT:
+        level = UsageLevel.WARN
+    else:
+        level = UsageLevel.OK
+    return MeterLine(
+        key=meter.key,
+        name=meter.name,
+        unit=meter.unit,
+        quantity=quantity,
+        non_billable_quantity=row.non_billable_quantity if row else ZERO,
+        included=included,
+        included_used=min(quantity, included) if included > 0 else ZERO,
+        cap=catalog.caps.get(meter.key),
+        cost_unit=unit,
+        cost=cost,
+        credits_amount=row.credits_amount if row else ZERO,
+        wallet_amount=row.wallet_amount if row else ZERO,
+        overage_amount=row.overage_amount if row else ZERO,
+        projected_quantity=quantity + projected_add,
+        projected_cost=projected_cost,
+        level=level,
+    )
+
+
+def _spend_level(spend: Decimal, *, soft: Decimal | None, hard: Decimal | None) -> UsageLevel:
+    if hard is not None and spend >= hard:
+        return UsageLevel.OVER
+    if soft is not None and spend >= soft:
+        return UsageLevel.WARN
+    return UsageLevel.OK
+
+
+def _held_money(*, customer: Customer, catalog: SubscribedCatalog, now: datetime) -> Decimal:
+    rows = (
+        Reservation.objects.filter(customer=customer, status=ReservationStatus.HELD, expires_at__gt=now)
+        .values("unit")
+        .annotate(cost=Sum("held_cost"))
+    )
+    return catalog.money_total((row["cost"] or ZERO, row["unit"] or catalog.currency) for row in rows)
+
+
+def _active_grants(*, customer: Customer, now: datetime) -> list[CreditGrant]:
+    """Grants usable now, in the order the ledger draws them (as ``usage.balances``)."""
+    return list(
+        CreditGrant.objects.filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+            customer=customer,
+            expired_at__isnull=True,
+            effective_at__lte=now,
+            remaining__gt=0,
+        ).order_by("priority", "expires_at", "id")
+    )

@@ -107,6 +107,19 @@ def version_terms(plan_version_id: int) -> VersionTerms:
     )
 
 
+def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGrant]:
+    """The grants usable now, in the order usage draws them: lower priority number, then earliest expiry."""
+    return list(
+        CreditGrant.objects.filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+            customer=customer,
+            expired_at__isnull=True,
+            effective_at__lte=now,
+            remaining__gt=0,
+        ).order_by("priority", "expires_at", "id")
+    )
+
+
 class CustomerLedger:
     def __init__(
         self,
@@ -130,15 +143,7 @@ class CustomerLedger:
         self.controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(
             customer=customer
         )
-        self.grants = list(
-            CreditGrant.objects.filter(
-                Q(expires_at__isnull=True) | Q(expires_at__gt=now),
-                customer=customer,
-                expired_at__isnull=True,
-                effective_at__lte=now,
-                remaining__gt=0,
-            ).order_by("priority", "expires_at", "id")
-        )
+        self.grants = grants_in_draw_order(customer=customer, now=now)
         self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {}
         self.loaded_periods: set[datetime] = set()
         self.holds = self._load_holds(exclude_reservation)

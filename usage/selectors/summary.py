@@ -9,13 +9,14 @@ from enum import Enum
 from typing import Any
 
 from django.db import models
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from customers.models import Customer, SpendControls
 from plans.models import Meter
 from plans.money import CREDITS, format_money
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
+from usage.balances import grants_in_draw_order
+from usage.models import CustomerBalance, PeriodUsage, Reservation, ReservationStatus
 from usage.selectors.catalog import SubscribedCatalog
 from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
 from usage.selectors.periods import BillingPeriod, PeriodStart, usage_period_resolve
@@ -271,7 +272,7 @@ def usage_period_summary(
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()
     wallet = balance.wallet_balance if balance else ZERO
-    grants = _active_grants(customer=customer, now=now)
+    grants = grants_in_draw_order(customer=customer, now=now)
     credits_remaining = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
     monetary_remaining = sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
 
@@ -406,16 +407,3 @@ def _held_money(*, customer: Customer, catalog: SubscribedCatalog, now: datetime
         .annotate(cost=Sum("held_cost"))
     )
     return catalog.money_total((row["cost"] or ZERO, row["unit"] or catalog.currency) for row in rows)
-
-
-def _active_grants(*, customer: Customer, now: datetime) -> list[CreditGrant]:
-    """Grants usable now, in the order the ledger draws them (as ``usage.balances``)."""
-    return list(
-        CreditGrant.objects.filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=now),
-            customer=customer,
-            expired_at__isnull=True,
-            effective_at__lte=now,
-            remaining__gt=0,
-        ).order_by("priority", "expires_at", "id")
-    )

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install install-dev services lint typecheck pytest demo clean
+.PHONY: run run-stripe test install install-dev services lint typecheck pytest demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py migrate --noinput
 	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py seed_demo
 	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+# The same, with the bundled fake Stripe server, so the Stripe side of the demo works offline too.
+run-stripe: install
+	bash scripts/run_with_fake_stripe.sh
 
 services:
 	@bash scripts/ensure_services.sh

@@ -1,7 +1,24 @@
-from django.contrib import admin, messages
-from django.http import HttpRequest
+from decimal import Decimal
+from typing import Any
 
-from billing_app.models import ApiKey
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from billing_app.models import (
+    ApiKey,
+    OperatorAlert,
+    ReconciliationDivergence,
+    StripeInvoice,
+    StripeMeterEvent,
+    StripeWebhookEvent,
+)
+from billing_app.stripe.client import stripe_connected
+from billing_app.stripe.outbox import outbox_backlog
+from billing_app.stripe.reconciliation import meter_label
+from customers.services import customer_unfreeze
 
 
 @admin.register(ApiKey)
@@ -18,10 +35,211 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # A new key: generate the secret and show it once; only its hash is stored.
         api_key, raw_key = ApiKey.generate(name=obj.name)
         obj.pk, obj.prefix, obj.key_hash = api_key.pk, api_key.prefix, api_key.key_hash
-        messages.warning(request, f"The secret of {obj.name} is {raw_key}. Copy it now: it will not be shown again.")
+        messages.warning(
+            request, f"The secret of {obj.name} is {raw_key}. Copy it now: it will not be shown again."
+        )
 
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset) -> None:
         from django.utils import timezone
 
         queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+# --- Stripe and alerts -----------------------------------------------------------------------------------
+
+STRIPE_NOT_CONNECTED = (
+    "Stripe not connected: STRIPE_API_KEY is not set. Usage is recorded and queued in the Stripe outbox, "
+    "and nothing is sent until a key is configured."
+)
+
+
+def _stripe_status_message(request: HttpRequest) -> None:
+    if not stripe_connected():
+        messages.warning(request, STRIPE_NOT_CONNECTED)
+
+
+_admin_index = admin.site.index
+
+
+def _index_with_stripe_status(
+    request: HttpRequest, extra_context: dict[str, Any] | None = None
+) -> TemplateResponse:
+    """The admin home page, with the Stripe connection warning above the app list."""
+    _stripe_status_message(request)
+    return _admin_index(request, extra_context)
+
+
+# The admin builds its URLs after every admin module is imported, so the index it routes to is this one.
+admin.site.index = _index_with_stripe_status  # type: ignore[method-assign]
+
+
+class _StripeStatusAdmin(admin.ModelAdmin):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        _stripe_status_message(request)
+        return super().changelist_view(request, extra_context)
+
+
+class _ReadOnlyAdmin(_StripeStatusAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ReconciliationDivergence)
+class ReconciliationDivergenceAdmin(_StripeStatusAdmin):
+    """Local and Stripe numbers side by side; open ones first."""
+
+    list_display = (
+        "customer",
+        "kind",
+        "subject_label",
+        "period_start",
+        "local_value_display",
+        "stripe_value_display",
+        "difference_display",
+        "percent_display",
+        "checked_at",
+        "resolved_at",
+    )
+    list_filter = ("kind", ("resolved_at", admin.EmptyFieldListFilter))
+    list_select_related = ("customer", "meter")
+    search_fields = ("customer__name", "customer__external_id", "subject")
+    readonly_fields = (
+        "kind",
+        "customer",
+        "meter",
+        "dimension_value",
+        "subject",
+        "invoice",
+        "period_start",
+        "period_end",
+        "local_value",
+        "stripe_value",
+        "percent",
+        "detected_at",
+        "checked_at",
+        "resolved_at",
+    )
+    fields = (*readonly_fields, "note")
+    actions = ("mark_resolved",)
+    ordering = ("resolved_at", "-detected_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="Meter / invoice")
+    def subject_label(self, divergence: ReconciliationDivergence) -> str:
+        return meter_label(divergence)
+
+    @admin.display(description="Local", ordering="local_value")
+    def local_value_display(self, divergence: ReconciliationDivergence) -> str:
+        return _number(divergence.local_value)
+
+    @admin.display(description="Stripe", ordering="stripe_value")
+    def stripe_value_display(self, divergence: ReconciliationDivergence) -> str:
+        return _number(divergence.stripe_value)
+
+    @admin.display(description="Stripe − local")
+    def difference_display(self, divergence: ReconciliationDivergence) -> str:
+        difference = divergence.difference
+        return ("+" if difference > 0 else "") + _number(difference)
+
+    @admin.display(description="Difference", ordering="percent")
+    def percent_display(self, divergence: ReconciliationDivergence) -> str:
+        return f"{divergence.percent}%"
+
+    @admin.action(description="Mark the selected divergences resolved")
+    def mark_resolved(self, request: HttpRequest, queryset: QuerySet[ReconciliationDivergence]) -> None:
+        count = queryset.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
+        messages.success(request, f"{count} divergence(s) marked resolved.")
+
+
+def _number(value: Decimal) -> str:
+    return f"{value.normalize():,f}" if value == value.to_integral_value() else f"{value:,.2f}"
+
+
+@admin.register(OperatorAlert)
+class OperatorAlertAdmin(_ReadOnlyAdmin):
+    list_display = ("created_at", "kind", "customer", "message", "acknowledged_at")
+    list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
+    list_select_related = ("customer",)
+    search_fields = ("message", "customer__name", "customer__external_id")
+    readonly_fields = ("kind", "customer", "message", "data", "dedupe_key", "created_at", "acknowledged_at")
+    actions = ("acknowledge", "unfreeze_and_acknowledge")
+
+    @admin.action(description="Acknowledge")
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[OperatorAlert]) -> None:
+        queryset.filter(acknowledged_at__isnull=True).update(acknowledged_at=timezone.now())
+
+    @admin.action(description="Unfreeze the customers and acknowledge")
+    def unfreeze_and_acknowledge(self, request: HttpRequest, queryset: QuerySet[OperatorAlert]) -> None:
+        alerts = list(queryset.select_related("customer").filter(customer__isnull=False))
+        for alert in alerts:
+            if alert.customer is not None and alert.customer.is_frozen:
+                customer_unfreeze(customer=alert.customer)
+        # Acknowledging keeps the circuit breaker from freezing them again within the hour.
+        queryset.update(acknowledged_at=timezone.now())
+        messages.success(request, f"{len({a.customer_id for a in alerts})} customer(s) unfrozen.")
+
+
+@admin.register(StripeInvoice)
+class StripeInvoiceAdmin(_ReadOnlyAdmin):
+    list_display = (
+        "stripe_invoice_id",
+        "customer",
+        "status",
+        "period_start",
+        "period_end",
+        "total",
+        "usage_total",
+        "local_preview_total",
+        "currency",
+    )
+    list_filter = ("status",)
+    list_select_related = ("customer",)
+    search_fields = ("stripe_invoice_id", "customer__name", "customer__external_id")
+
+
+@admin.register(StripeWebhookEvent)
+class StripeWebhookEventAdmin(_ReadOnlyAdmin):
+    list_display = ("received_at", "type", "stripe_event_id", "processed_at", "attempts", "error")
+    list_filter = ("type", ("processed_at", admin.EmptyFieldListFilter))
+    search_fields = ("stripe_event_id", "type")
+
+
+@admin.register(StripeMeterEvent)
+class StripeMeterEventAdmin(_ReadOnlyAdmin):
+    """What the outbox drain sent (or owes) Stripe, one row per meter event."""
+
+    list_display = (
+        "created_at",
+        "customer",
+        "event_name",
+        "window_start",
+        "quantity",
+        "value",
+        "status",
+        "attempts",
+        "sent_at",
+        "last_error",
+    )
+    list_filter = ("status", "event_name")
+    list_select_related = ("customer",)
+    search_fields = ("identifier", "customer__name", "customer__external_id")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        backlog = outbox_backlog()
+        if backlog["pending_rows"]:
+            messages.info(
+                request,
+                f"{backlog['pending_rows']} outbox row(s) and {backlog['pending_events']} meter event(s) are "
+                f"waiting for Stripe (oldest queued {backlog['oldest_pending']:%Y-%m-%d %H:%M} UTC).",
+            )
+        return super().changelist_view(request, extra_context)

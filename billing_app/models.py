@@ -1,9 +1,15 @@
-"""Operator-side records: API keys for the metering API (Stripe records live in ``billing_app.stripe``)."""
+"""Operator-side records: API keys for the metering API, and what the Stripe integration and the alerting
+jobs remember (``billing_app.stripe``, ``billing_app.alerts``)."""
 
 import hashlib
 import secrets
+from decimal import Decimal
 
 from django.db import models
+from django.db.models import Q
+
+from customers.models import Customer, Subscription
+from plans.models import MONEY, QUANTITY, Meter, PlanVersion
 
 
 def api_key_hash(raw_key: str) -> str:
@@ -33,3 +39,271 @@ class ApiKey(models.Model):
         raw_key = "sk_live_" + secrets.token_urlsafe(32)
         api_key = cls.objects.create(name=name, prefix=raw_key[:12], key_hash=api_key_hash(raw_key))
         return api_key, raw_key
+
+
+# --- Stripe ----------------------------------------------------------------------------------------
+
+
+class StripeDimensionMeter(models.Model):
+    """The Stripe meter of one dimension value of a meter (``llm_tokens.gpt-4o``).
+
+    A dimensional price becomes one Stripe price per dimension value, and each of those needs its own
+    Stripe meter so that Stripe can total (and bill) the values apart. The meter is shared by every plan
+    version that prices the value: Stripe allows one meter per event name.
+    """
+
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="stripe_dimension_meters")
+    value = models.CharField(max_length=120)
+    event_name = models.CharField(max_length=100, unique=True)
+    stripe_meter_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["meter", "value"], name="stripe_dimension_meter_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.event_name
+
+
+class StripeSubscriptionSync(models.Model):
+    """Which plan version and status the Stripe subscription was last brought to.
+
+    When a migration at renewal moves the local subscription to another version (or it is canceled), the
+    difference shows here without asking Stripe, and the sync job swaps the Stripe items.
+    """
+
+    subscription = models.OneToOneField(Subscription, on_delete=models.CASCADE, related_name="stripe_sync")
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=10)
+    synced_at = models.DateTimeField(auto_now=True)
+
+
+class MeterEventStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent (or nothing to send)"
+    TOO_OLD = "too_old", "Too old for Stripe: invoice manually"
+    FAILED = "failed", "Refused by Stripe"
+
+
+class StripeMeterEvent(models.Model):
+    """One meter event the outbox drain owes Stripe: a group of outbox rows, fixed when they were claimed.
+
+    ``identifier`` is derived from the outbox rows it carries, so every retry (after a timeout, an outage or
+    a worker killed mid-call) sends the same identifier and Stripe counts it once. ``value`` is in whole
+    units, as Stripe requires; the fraction stays in ``StripeUsageCarry``.
+    """
+
+    identifier = models.CharField(max_length=100, unique=True)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_meter_events")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="stripe_meter_events")
+    dimension_value = models.CharField(max_length=120, blank=True)
+    event_name = models.CharField(max_length=100)
+    stripe_meter_id = models.CharField(max_length=64)
+    stripe_customer_id = models.CharField(max_length=64)
+    period_start = models.DateTimeField()
+    window_start = models.DateTimeField(help_text="The hour the usage happened in (UTC).")
+    timestamp = models.DateTimeField(
+        help_text="The timestamp sent to Stripe, inside the hour and the period."
+    )
+    quantity = models.DecimalField(**QUANTITY, help_text="Exact overage units of the outbox rows.")
+    value = models.BigIntegerField(help_text="Whole units sent to Stripe.")
+    row_count = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=10, choices=MeterEventStatus.choices, default=MeterEventStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    # A lease, not a lock: a drain takes it before the HTTP call so that two drains do not post the same
+    # event at once; a drain that dies keeps it only until ``claimed_until``.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "id"]),
+            models.Index(fields=["customer", "event_name", "period_start"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} × {self.value} ({self.identifier})"
+
+
+class StripeUsageCarry(models.Model):
+    """What the drain has claimed and sent for one customer, Stripe meter and billing period.
+
+    Stripe takes whole meter values only. Each meter event sends ``floor(quantity) - value`` units of the
+    running total, so the fraction is carried into the next event of the same meter and period and the
+    sum sent never drifts from the ledger by a unit or more; at period close the last fraction is rounded
+    half up (``usage_carries_finalize``). The row is also the lock that serializes those sums.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_usage_carries")
+    event_name = models.CharField(max_length=100)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    quantity = models.DecimalField(**QUANTITY, default=Decimal(0), help_text="Overage units claimed, exact.")
+    value = models.BigIntegerField(default=0, help_text="Whole units put into meter events.")
+    finalized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "event_name", "period_start"], name="stripe_usage_carry_unique"
+            ),
+        ]
+
+
+class StripeWebhookEvent(models.Model):
+    """Every event Stripe posted, stored before it is processed and processed once (by its Stripe id)."""
+
+    stripe_event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=120)
+    thin = models.BooleanField(
+        default=False, help_text="A v2 thin event: the payload names, not holds, the object."
+    )
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["type", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.type} ({self.stripe_event_id})"
+
+
+class StripeInvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    OPEN = "open", "Open"
+    PAID = "paid", "Paid"
+    VOID = "void", "Void"
+    UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+
+class StripeInvoice(models.Model):
+    """A Stripe invoice as its webhooks described it, beside what the local ledger expected.
+
+    Amounts are in major units of ``currency``; ``total_minor`` is Stripe's integer as received.
+    """
+
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="stripe_invoices"
+    )
+    stripe_invoice_id = models.CharField(max_length=255, unique=True)
+    stripe_customer_id = models.CharField(max_length=64)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=StripeInvoiceStatus.choices)
+    billing_reason = models.CharField(max_length=40, blank=True)
+    currency = models.CharField(max_length=3)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    total_minor = models.BigIntegerField()
+    total = models.DecimalField(**MONEY)
+    usage_total = models.DecimalField(**MONEY, null=True, blank=True, help_text="The metered lines.")
+    local_preview_total = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="The post-paid overage the local ledger rated for the period.",
+    )
+    stripe_created_at = models.DateTimeField()
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-stripe_created_at"]
+        indexes = [models.Index(fields=["customer", "-stripe_created_at"])]
+
+    def __str__(self) -> str:
+        return self.stripe_invoice_id
+
+
+class DivergenceKind(models.TextChoices):
+    METER_USAGE = "meter_usage", "Meter usage (local ledger vs Stripe meter)"
+    INVOICE_TOTAL = "invoice_total", "Invoice (local preview vs Stripe invoice)"
+
+
+class ReconciliationDivergence(models.Model):
+    """Local and Stripe numbers that differ by more than the tolerance. Open until they agree again.
+
+    ``local_value`` and ``stripe_value`` are meter units for meter usage, money (major units) for invoices.
+    """
+
+    kind = models.CharField(max_length=16, choices=DivergenceKind.choices)
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="reconciliation_divergences"
+    )
+    meter = models.ForeignKey(Meter, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    dimension_value = models.CharField(max_length=120, blank=True)
+    # The Stripe meter (meter usage) or invoice (invoice total) compared: one open divergence per subject.
+    subject = models.CharField(max_length=255)
+    invoice = models.ForeignKey(
+        StripeInvoice, null=True, blank=True, on_delete=models.PROTECT, related_name="divergences"
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    local_value = models.DecimalField(**QUANTITY)
+    stripe_value = models.DecimalField(**QUANTITY)
+    percent = models.DecimalField(
+        max_digits=12, decimal_places=2, help_text="|Stripe − local| / local × 100."
+    )
+    detected_at = models.DateTimeField(auto_now_add=True)
+    checked_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "customer", "subject", "period_start"],
+                condition=Q(resolved_at__isnull=True),
+                name="reconciliation_divergence_one_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.customer_id} {self.subject} {self.percent}%"
+
+    @property
+    def difference(self) -> Decimal:
+        return self.stripe_value - self.local_value
+
+
+class OperatorAlertKind(models.TextChoices):
+    CIRCUIT_BREAKER = "circuit_breaker", "Circuit breaker tripped"
+    INVOICE_SPIKE = "invoice_spike", "Invoice spike"
+    METER_ERROR = "meter_error", "Stripe meter error"
+    RECONCILIATION = "reconciliation", "Reconciliation divergence"
+    TOO_OLD_USAGE = "too_old_usage", "Usage too old for Stripe"
+    STRIPE_REFUSED = "stripe_refused", "Stripe refused usage"
+
+
+class OperatorAlert(models.Model):
+    """Something an operator must look at. Raised once per ``dedupe_key``; emailed (and posted to Slack)."""
+
+    kind = models.CharField(max_length=20, choices=OperatorAlertKind.choices)
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="operator_alerts"
+    )
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+    # NULL when the alert may repeat; otherwise what makes it the same alert (e.g. the invoice id).
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "customer", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.message[:80]}"

@@ -126,10 +126,26 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
+# The periodic jobs; the database scheduler installs them on beat's start.
+from billing_app.schedule import CELERY_BEAT_SCHEDULE  # noqa: E402, F401
 
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# Thin (v2) event destinations have their own signing secret.
+STRIPE_THIN_WEBHOOK_SECRET = env.str("STRIPE_THIN_WEBHOOK_SECRET", default="")
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_TIMEOUT_SECONDS = env.int("STRIPE_TIMEOUT_SECONDS", default=20)
+# How long a drain may hold a claimed meter event before another drain may send it.
+STRIPE_OUTBOX_LEASE_SECONDS = env.int("STRIPE_OUTBOX_LEASE_SECONDS", default=120)
+
+# Alerting: a customer whose last hour exceeds MULTIPLE × max(typical hour, MIN) units is frozen.
+CIRCUIT_BREAKER_MULTIPLE = env.int("CIRCUIT_BREAKER_MULTIPLE", default=10)
+CIRCUIT_BREAKER_MIN_HOURLY_QUANTITY = env.int("CIRCUIT_BREAKER_MIN_HOURLY_QUANTITY", default=100)
+CIRCUIT_BREAKER_HISTORY_DAYS = env.int("CIRCUIT_BREAKER_HISTORY_DAYS", default=14)
+# An invoice over RATIO × the previous one is flagged to operators before it finalizes.
+INVOICE_SPIKE_RATIO = env.str("INVOICE_SPIKE_RATIO", default="1.5")
+RECONCILIATION_TOLERANCE_PERCENT = env.str("RECONCILIATION_TOLERANCE_PERCENT", default="1")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],
@@ -163,4 +179,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # The SDK logs every request at INFO.
+    "loggers": {"stripe": {"level": "WARNING"}},
 }

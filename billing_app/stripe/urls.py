@@ -1,3 +1,7 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from billing_app.stripe.webhooks import stripe_webhook
+
+urlpatterns = [
+    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
+]

@@ -1,0 +1,61 @@
+"""The periodic jobs, for django-celery-beat.
+
+Settings import this as ``CELERY_BEAT_SCHEDULE``; beat's ``DatabaseScheduler`` copies the entries into its
+``PeriodicTask`` table on start, where staff can see, pause or re-time them in the admin. Every task here is
+safe to run twice or concurrently. ``expires`` drops a run that waited longer than its interval (a worker
+was down): the next one does the same work.
+"""
+
+from typing import Any
+
+from celery.schedules import crontab
+
+MINUTE = 60.0
+
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "stripe-outbox-drain": {
+        "task": "billing_app.tasks.stripe_outbox_drain_task",
+        "schedule": MINUTE,
+        "options": {"expires": MINUTE},
+    },
+    "stripe-sync": {
+        "task": "billing_app.tasks.stripe_sync_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
+    "stripe-reconcile": {
+        "task": "billing_app.tasks.stripe_reconcile_task",
+        "schedule": crontab(minute=17),
+        "options": {"expires": 3600.0},
+    },
+    "spend-alerts": {
+        "task": "billing_app.tasks.spend_alerts_task",
+        "schedule": MINUTE,
+        "options": {"expires": MINUTE},
+    },
+    "circuit-breaker": {
+        "task": "billing_app.tasks.circuit_breaker_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
+    "reservations-expire": {
+        "task": "usage.tasks.reservations_expire_task",
+        "schedule": MINUTE,
+        "options": {"expires": MINUTE},
+    },
+    "credit-grants-expire": {
+        "task": "usage.tasks.credit_grants_expire_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
+    "subscriptions-roll-periods": {
+        "task": "customers.tasks.subscriptions_roll_periods_task",
+        "schedule": MINUTE,
+        "options": {"expires": MINUTE},
+    },
+    "usage-carries-finalize": {
+        "task": "billing_app.tasks.usage_carries_finalize_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
+}

@@ -1,0 +1,306 @@
+"""Compare the local ledger with Stripe and record where they disagree.
+
+- Meter usage (hourly job): per customer × Stripe meter × billing period (the current one and the one
+  before), the overage units the drain has sent (``StripeMeterEvent`` rows marked sent, exact quantities)
+  against Stripe's meter event summary for the customer over the period.
+- Invoices (on ``invoice.finalized``): the post-paid overage the local engine rated for the period (the
+  outbox amounts, rounded once) against the invoice's metered lines.
+
+A difference over ``RECONCILIATION_TOLERANCE_PERCENT`` (1%) of the local number is a
+``ReconciliationDivergence`` (one open row per subject and period, updated on each check and resolved when
+the numbers agree again), a ``logger.warning`` and, the first time, an operator alert. Differences smaller
+than what whole units and rounding explain (under one unit; under one minor unit of money) are ignored:
+Stripe takes whole units, and the drain carries the fraction.
+
+Usage still in the outbox is in neither number, so a Stripe outage shows as a backlog, not a divergence.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing_app.alerts import operator_alert_raise
+from billing_app.models import (
+    DivergenceKind,
+    MeterEventStatus,
+    OperatorAlertKind,
+    ReconciliationDivergence,
+    StripeDimensionMeter,
+    StripeInvoice,
+    StripeMeterEvent,
+)
+from billing_app.stripe.client import stripe_client
+from customers.models import Customer, Subscription
+from plans.models import Meter, PriceModel
+from plans.money import currency_exponent, round_money
+from plans.selectors import prices_with_rates
+from usage.models import OutboxStatus, StripeUsageOutbox
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE_PERCENT = Decimal(1)
+STRIPE_MAX_LEAD = timedelta(minutes=5)
+HUNDRED = Decimal(100)
+
+
+def tolerance_percent() -> Decimal:
+    return Decimal(str(getattr(settings, "RECONCILIATION_TOLERANCE_PERCENT", DEFAULT_TOLERANCE_PERCENT)))
+
+
+def percent_difference(*, local: Decimal, remote: Decimal) -> Decimal:
+    """|remote − local| as a percentage of local (100 when local is zero and remote is not)."""
+    if local == 0:
+        return Decimal(0) if remote == 0 else HUNDRED
+    return (abs(remote - local) * HUNDRED / abs(local)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+@dataclass
+class ReconciliationReport:
+    checked: int = 0
+    diverged: list[ReconciliationDivergence] = field(default_factory=list)
+    resolved: int = 0
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """One Stripe meter of a customer: what the drain sends as ``event_name`` and the meter it lands on."""
+
+    event_name: str
+    stripe_meter_id: str
+    meter_id: int
+    dimension_value: str
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
+
+
+def _plan_subjects(subscription: Subscription) -> set[_Subject]:
+    subjects = set()
+    for price in prices_with_rates(subscription.plan_version):
+        if price.meter.stripe_meter_id:
+            subjects.add(_Subject(price.meter.key, price.meter.stripe_meter_id, price.meter_id, ""))
+        if price.model == PriceModel.DIMENSIONAL:
+            values = [rate.value for rate in price.dimension_rates.all()]
+            for dimension_meter in StripeDimensionMeter.objects.filter(meter=price.meter, value__in=values):
+                if dimension_meter.stripe_meter_id:
+                    subjects.add(
+                        _Subject(
+                            dimension_meter.event_name,
+                            dimension_meter.stripe_meter_id,
+                            price.meter_id,
+                            dimension_meter.value,
+                        )
+                    )
+    return subjects
+
+
+def stripe_meter_total(
+    client: stripe.StripeClient,
+    *,
+    stripe_meter_id: str,
+    stripe_customer_id: str,
+    start: datetime,
+    end: datetime,
+) -> Decimal:
+    """Stripe's aggregate of one meter for one customer over [start, end), widened to whole minutes.
+
+    The start is rounded down: Stripe's own period starts a few seconds after the local one (its subscription
+    is created a moment later), and usage it counts from there belongs to this period.
+    """
+    params: Any = {
+        "customer": stripe_customer_id,
+        "start_time": int(start.replace(second=0, microsecond=0).timestamp()),
+        "end_time": int(_ceil_minute(end).timestamp()),
+    }
+    total = Decimal(0)
+    for summary in client.v1.billing.meters.event_summaries.list(stripe_meter_id, params).auto_paging_iter():
+        total += Decimal(str(summary.aggregated_value))
+    return total
+
+
+def divergence_check(
+    *,
+    kind: str,
+    customer: Customer,
+    subject: str,
+    period: tuple[datetime, datetime],
+    local: Decimal,
+    remote: Decimal,
+    smallest_difference: Decimal,
+    now: datetime,
+    meter_id: int | None = None,
+    dimension_value: str = "",
+    invoice: StripeInvoice | None = None,
+) -> ReconciliationDivergence | None:
+    """Record (or update) a divergence when the numbers differ beyond the tolerance, else resolve any open
+    one for the subject. Returns the open divergence, if any."""
+    percent = percent_difference(local=local, remote=remote)
+    open_divergences = ReconciliationDivergence.objects.filter(
+        kind=kind, customer=customer, subject=subject, period_start=period[0], resolved_at__isnull=True
+    )
+    if abs(remote - local) < smallest_difference or percent <= tolerance_percent():
+        open_divergences.update(resolved_at=now, checked_at=now, note="The numbers agree again.")
+        return None
+    with transaction.atomic():
+        divergence, created = ReconciliationDivergence.objects.update_or_create(
+            kind=kind,
+            customer=customer,
+            subject=subject,
+            period_start=period[0],
+            resolved_at=None,
+            defaults={
+                "period_end": period[1],
+                "meter_id": meter_id,
+                "dimension_value": dimension_value,
+                "invoice": invoice,
+                "local_value": local,
+                "stripe_value": remote,
+                "percent": percent,
+                "checked_at": now,
+            },
+        )
+        logger.warning(
+            "Reconciliation: %s for %s (%s, period from %s): local %s, Stripe %s (%s%%)",
+            DivergenceKind(kind).label,
+            customer,
+            subject,
+            period[0].isoformat(),
+            f"{local.normalize():f}",
+            f"{remote.normalize():f}",
+            percent,
+        )
+        if created:
+            operator_alert_raise(
+                kind=OperatorAlertKind.RECONCILIATION,
+                customer=customer,
+                message=(
+                    f"{DivergenceKind(kind).label} differ by {percent}% for {customer} ({subject}): "
+                    f"local {local.normalize():f}, Stripe {remote.normalize():f}."
+                ),
+                data={"divergence": divergence.pk, "local": str(local), "stripe": str(remote)},
+                dedupe_key=f"divergence-{divergence.pk}",
+            )
+    return divergence
+
+
+def customer_meters_reconcile(
+    *, subscription: Subscription, client: stripe.StripeClient, now: datetime
+) -> ReconciliationReport:
+    """Check every Stripe meter of the customer for the current period and the one before."""
+    report = ReconciliationReport()
+    customer = subscription.customer
+    current = (subscription.current_period_start, subscription.current_period_end)
+    previous = subscription.period_containing(current[0] - timedelta(microseconds=1))
+    for period in (previous, current):
+        sent = StripeMeterEvent.objects.filter(
+            customer=customer, period_start=period[0], status=MeterEventStatus.SENT
+        )
+        subjects = _plan_subjects(subscription) if period == current else set()
+        subjects |= {
+            _Subject(row["event_name"], row["stripe_meter_id"], row["meter_id"], row["dimension_value"])
+            for row in sent.values("event_name", "stripe_meter_id", "meter_id", "dimension_value").distinct()
+        }
+        totals = dict(sent.values_list("event_name").annotate(total=Sum("quantity")))
+        # Events may be dated up to five minutes ahead (Stripe's limit), e.g. at the first whole minute of a
+        # period that has just begun.
+        end = min(period[1], now + STRIPE_MAX_LEAD)
+        if end <= period[0]:
+            continue
+        for subject in sorted(subjects, key=lambda s: s.event_name):
+            local = totals.get(subject.event_name) or Decimal(0)
+            remote = stripe_meter_total(
+                client,
+                stripe_meter_id=subject.stripe_meter_id,
+                stripe_customer_id=customer.stripe_customer_id,
+                start=period[0],
+                end=end,
+            )
+            report.checked += 1
+            divergence = divergence_check(
+                kind=DivergenceKind.METER_USAGE,
+                customer=customer,
+                subject=subject.stripe_meter_id,
+                period=period,
+                local=local,
+                remote=remote,
+                # Stripe holds whole units; the drain carries the fraction (under one unit) to the next event.
+                smallest_difference=Decimal(1),
+                now=now,
+                meter_id=subject.meter_id,
+                dimension_value=subject.dimension_value,
+            )
+            if divergence is not None:
+                report.diverged.append(divergence)
+    return report
+
+
+def reconciliation_run(
+    *, client: stripe.StripeClient | None = None, now: datetime | None = None
+) -> ReconciliationReport:
+    """The hourly job: every customer known to Stripe, every Stripe meter of theirs."""
+    client = client or stripe_client()
+    now = now or timezone.now()
+    report = ReconciliationReport()
+    subscriptions = (
+        Subscription.objects.exclude(customer__stripe_customer_id="")
+        .select_related("customer", "plan_version")
+        .order_by("pk")
+    )
+    for subscription in subscriptions:
+        result = customer_meters_reconcile(subscription=subscription, client=client, now=now)
+        report.checked += result.checked
+        report.diverged.extend(result.diverged)
+    return report
+
+
+def invoice_compare(*, invoice: StripeInvoice) -> ReconciliationDivergence | None:
+    """Store the local preview of a finalized invoice's usage and compare it with the invoice's metered lines.
+
+    The local period is the one containing the middle of Stripe's: Stripe's subscription is anchored when it
+    was created in Stripe, a little after the local one, so the two periods nearly coincide.
+    """
+    subscription = (
+        Subscription.objects.filter(customer=invoice.customer).first() if invoice.customer else None
+    )
+    if subscription is None or invoice.usage_total is None:
+        return None
+    middle = invoice.period_start + (invoice.period_end - invoice.period_start) / 2
+    period = subscription.period_containing(middle)
+    overage = StripeUsageOutbox.objects.filter(customer=invoice.customer, period_start=period[0]).exclude(
+        status=OutboxStatus.TOO_OLD
+    )
+    rated = overage.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+    preview = round_money(rated, invoice.currency)
+    StripeInvoice.objects.filter(pk=invoice.pk).update(local_preview_total=preview)
+    invoice.local_preview_total = preview
+    return divergence_check(
+        kind=DivergenceKind.INVOICE_TOTAL,
+        customer=subscription.customer,
+        subject=invoice.stripe_invoice_id,
+        period=period,
+        local=preview,
+        remote=invoice.usage_total,
+        # Stripe rounds each line and the preview rounds once: one minor unit apart is rounding.
+        smallest_difference=2 * Decimal(1).scaleb(-currency_exponent(invoice.currency)),
+        now=timezone.now(),
+        invoice=invoice,
+    )
+
+
+def meter_label(divergence: ReconciliationDivergence) -> str:
+    """How the admin names a divergence's subject: the meter key and dimension value, or the invoice id."""
+    if divergence.kind == DivergenceKind.INVOICE_TOTAL:
+        return divergence.subject
+    meter: Meter | None = divergence.meter
+    name = meter.key if meter else divergence.subject
+    return f"{name}.{divergence.dimension_value}" if divergence.dimension_value else name

@@ -1,0 +1,91 @@
+"""Celery tasks of the Stripe integration and the alerting jobs: take ids, call one service, retry.
+
+Transient Stripe errors (a dropped connection, a rate limit, a 5xx) retry with exponential backoff (about
+1 s, 2 s, 4 s, ... capped at five minutes, with jitter), up to 12 times; the periodic ones are run again by
+beat anyway, so an outage of any length only delays them. Other errors fail the task loudly. Without
+``STRIPE_API_KEY`` the Stripe tasks do nothing and the outbox keeps everything until Stripe is connected.
+"""
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import stripe
+from celery import shared_task
+
+from billing_app.alerts import circuit_breaker_check, spend_alerts_send
+from billing_app.stripe.client import stripe_connected
+from billing_app.stripe.outbox import outbox_drain, usage_carries_finalize
+from billing_app.stripe.reconciliation import reconciliation_run
+from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_sync_pending, subscription_sync
+from customers.models import Customer, Subscription
+from plans.models import PlanVersion
+
+logger = logging.getLogger(__name__)
+
+STRIPE_RETRY: dict[str, Any] = {
+    "autoretry_for": (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError),
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 12,
+}
+NOT_CONNECTED = {"skipped": "Stripe is not connected (STRIPE_API_KEY is empty)."}
+
+
+@shared_task(bind=True, **STRIPE_RETRY)
+def stripe_outbox_drain_task(self: Any) -> dict[str, Any]:
+    """Send the outbox to Stripe. The task id names the drain's leases, so a retry resumes its own."""
+    if not stripe_connected():
+        return NOT_CONNECTED
+    return asdict(outbox_drain(owner=self.request.id))
+
+
+@shared_task(**STRIPE_RETRY)
+def stripe_sync_task() -> dict[str, Any]:
+    """Create in Stripe whatever is missing there: catalog, customers, subscriptions, plan migrations."""
+    if not stripe_connected():
+        return NOT_CONNECTED
+    return asdict(stripe_sync_pending())
+
+
+@shared_task(**STRIPE_RETRY)
+def stripe_plan_version_sync_task(plan_version_id: int) -> None:
+    if stripe_connected():
+        plan_version_sync(plan_version=PlanVersion.objects.get(pk=plan_version_id))
+
+
+@shared_task(**STRIPE_RETRY)
+def stripe_customer_sync_task(customer_id: int) -> None:
+    if stripe_connected():
+        customer_sync(customer=Customer.objects.get(pk=customer_id))
+
+
+@shared_task(**STRIPE_RETRY)
+def stripe_subscription_sync_task(subscription_id: int) -> None:
+    if stripe_connected():
+        subscription_sync(subscription=Subscription.objects.get(pk=subscription_id))
+
+
+@shared_task(**STRIPE_RETRY)
+def stripe_reconcile_task() -> dict[str, Any]:
+    if not stripe_connected():
+        return NOT_CONNECTED
+    report = reconciliation_run()
+    return {"checked": report.checked, "diverged": [divergence.pk for divergence in report.diverged]}
+
+
+@shared_task
+def usage_carries_finalize_task() -> int:
+    """Period close for Stripe: round the last fraction of each ended period (sent by the next drain)."""
+    return usage_carries_finalize()
+
+
+@shared_task
+def spend_alerts_task() -> int:
+    return spend_alerts_send()
+
+
+@shared_task
+def circuit_breaker_task() -> list[int]:
+    return [customer.pk for customer in circuit_breaker_check()]

@@ -1,0 +1,207 @@
+"""Catalog, customer and subscription sync, checked by what the fake Stripe received."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
+from billing_app.stripe.client import StripeNotConnected, stripe_client
+from billing_app.stripe.sync import (
+    customer_sync,
+    minor_units_decimal,
+    plan_version_price_ids,
+    stripe_sync_pending,
+)
+from customers.models import Customer, Subscription
+from customers.services import subscription_roll_period
+from plans.models import DimensionRate, Meter, Price
+
+GRADUATED = {
+    "meter": "ai_action",
+    "model": "graduated",
+    "tiers": [
+        {"up_to": "1000", "unit_amount": "0"},
+        {"up_to": "10000", "unit_amount": "0.005", "flat_amount": "5"},
+        {"up_to": None, "unit_amount": "0.0025"},
+    ],
+}
+TOKENS = {
+    "meter": "llm_tokens",
+    "model": "dimensional",
+    "dimension": "model",
+    "rates": {"gpt-4o": "0.00001", "gpt-4o-mini": "0.0000006"},
+}
+
+
+def posted(fake, path):
+    return [request.params for request in fake.requests(path, method="POST") if request.status == 200]
+
+
+def test_amounts_become_stripe_minor_unit_decimals():
+    assert minor_units_decimal(Decimal("0.008"), "usd") == "0.8"
+    assert minor_units_decimal(Decimal("0.10"), "usd") == "10"
+    assert minor_units_decimal(Decimal("0.0000006"), "usd") == "0.00006"
+    assert minor_units_decimal(Decimal("2"), "jpy") == "2"
+    assert minor_units_decimal(Decimal("0"), "usd") == "0"
+
+
+def test_catalog_sync_creates_the_meter_product_and_prices(stripe_on, pro_plan):
+    stripe_sync_pending()
+
+    [meter] = posted(stripe_on, "/v1/billing/meters")
+    assert meter == {
+        "display_name": "Api Call",
+        "event_name": "api_call",
+        "default_aggregation": {"formula": "sum"},
+        "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+        "value_settings": {"event_payload_key": "value"},
+    }
+    [product] = posted(stripe_on, "/v1/products")
+    assert product["name"] == "Pro"
+    base, usage = posted(stripe_on, "/v1/prices")
+    # $20 a month, in cents, billed in advance; $0.10 a call past the allowance, metered by the meter.
+    assert base["unit_amount"] == "2000"
+    assert base["recurring"] == {"interval": "month", "usage_type": "licensed"}
+    assert usage["unit_amount_decimal"] == "10"
+    meter_id = Meter.objects.get(key="api_call").stripe_meter_id
+    assert usage["recurring"] == {"interval": "month", "usage_type": "metered", "meter": meter_id}
+    pro_plan.refresh_from_db()
+    assert pro_plan.plan.stripe_product_id and pro_plan.stripe_base_price_id
+    assert Price.objects.get(plan_version=pro_plan).stripe_price_id
+
+
+def test_graduated_tiers_map_one_to_one(stripe_on, make_plan):
+    make_plan("team", prices=[GRADUATED])
+
+    stripe_sync_pending()
+
+    [price] = posted(stripe_on, "/v1/prices")
+    assert price["billing_scheme"] == "tiered"
+    assert price["tiers_mode"] == "graduated"
+    assert price["tiers"] == [
+        {"up_to": "1000", "unit_amount_decimal": "0", "flat_amount_decimal": "0"},
+        {"up_to": "10000", "unit_amount_decimal": "0.5", "flat_amount_decimal": "500"},
+        {"up_to": "inf", "unit_amount_decimal": "0.25", "flat_amount_decimal": "0"},
+    ]
+    stored = stripe_client().v1.prices.retrieve(Price.objects.get().stripe_price_id, {"expand": ["tiers"]})
+    assert [tier.up_to for tier in stored.tiers] == [1000, 10000, None]
+
+
+def test_dimensional_price_gets_a_meter_and_a_price_per_value(stripe_on, make_plan):
+    make_plan("ai", prices=[TOKENS])
+
+    stripe_sync_pending()
+
+    meters = posted(stripe_on, "/v1/billing/meters")
+    assert sorted(meter["event_name"] for meter in meters) == ["llm_tokens.gpt-4o", "llm_tokens.gpt-4o-mini"]
+    prices = {price["metadata"]["dimension_value"]: price for price in posted(stripe_on, "/v1/prices")}
+    assert prices["gpt-4o"]["unit_amount_decimal"] == "0.001"
+    assert prices["gpt-4o-mini"]["unit_amount_decimal"] == "0.00006"
+    by_value = {m.value: m.stripe_meter_id for m in StripeDimensionMeter.objects.all()}
+    assert prices["gpt-4o"]["recurring"]["meter"] == by_value["gpt-4o"]
+    assert all(rate.stripe_price_id for rate in DimensionRate.objects.all())
+    # No default rate: values without a rate are refused at ingest, so no catch-all price exists.
+    assert Price.objects.get().stripe_price_id == ""
+
+
+def test_sync_twice_sends_nothing_new(stripe_on, pro_plan, make_customer):
+    make_customer("pro")
+    stripe_sync_pending()
+    before = len(stripe_on.requests(method="POST"))
+
+    report = stripe_sync_pending()
+
+    assert (report.plan_versions, report.customers, report.subscriptions) == (0, 0, 0)
+    assert len(stripe_on.requests(method="POST")) == before
+
+
+def test_customer_and_subscription_carry_the_plan_prices(stripe_on, pro_plan, make_customer):
+    customer = make_customer("pro")
+    customer.email = "billing@acme.test"
+    customer.save()
+
+    stripe_sync_pending()
+
+    customer.refresh_from_db()
+    pro_plan.refresh_from_db()
+    [created] = posted(stripe_on, "/v1/customers")
+    assert created["metadata"] == {"external_id": "acme", "customer_id": str(customer.pk)}
+    assert created["email"] == "billing@acme.test"
+    remote = stripe_client().v1.subscriptions.retrieve(customer.subscription.stripe_subscription_id)
+    assert remote.customer == customer.stripe_customer_id
+    assert sorted(item.price.id for item in remote["items"].data) == sorted(plan_version_price_ids(pro_plan))
+    assert StripeSubscriptionSync.objects.get().plan_version == pro_plan
+
+
+def test_a_retry_after_a_lost_answer_reuses_the_stripe_customer(stripe_on, pro_plan, make_customer):
+    customer = make_customer("pro")
+    first = customer_sync(customer=customer)
+    # The worker died after Stripe created the customer but before the id was saved.
+    Customer.objects.filter(pk=customer.pk).update(stripe_customer_id="")
+    customer.refresh_from_db()
+
+    again = customer_sync(customer=customer)
+
+    assert again == first
+    assert len(stripe_client().v1.customers.list().data) == 1
+    assert [request.replayed for request in stripe_on.requests("/v1/customers", method="POST")] == [
+        False,
+        True,
+    ]
+
+
+def test_plan_migration_at_renewal_swaps_the_stripe_items(stripe_on, make_plan, make_customer):
+    v1 = make_plan("pro", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}])
+    customer = make_customer("pro")
+    stripe_sync_pending()
+    v2 = make_plan("pro", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.08"}])
+    Subscription.objects.filter(customer=customer).update(pending_plan_version=v2)
+    subscription = Subscription.objects.select_related("plan_version").get(customer=customer)
+
+    with time_machine.travel(subscription.current_period_end + timedelta(minutes=5), tick=False):
+        assert subscription_roll_period(subscription=subscription, now=timezone.now())
+        report = stripe_sync_pending()
+    v2.refresh_from_db()
+
+    assert report.subscriptions == 1
+    remote = stripe_client().v1.subscriptions.retrieve(subscription.stripe_subscription_id)
+    assert [item.price.id for item in remote["items"].data] == plan_version_price_ids(v2)
+    [update] = posted(stripe_on, f"/v1/subscriptions/{subscription.stripe_subscription_id}")
+    assert update["proration_behavior"] == "none"
+    assert {"id": remote_item_id(v1, update), "deleted": "true"} in update["items"]
+
+
+def remote_item_id(version, update):
+    return next(item["id"] for item in update["items"] if "id" in item)
+
+
+def test_a_locally_canceled_subscription_is_canceled_in_stripe(synced_customer, stripe_on):
+    Subscription.objects.filter(customer=synced_customer).update(status="canceled")
+
+    stripe_sync_pending()
+
+    remote = stripe_client().v1.subscriptions.retrieve(synced_customer.subscription.stripe_subscription_id)
+    assert remote.status == "canceled"
+
+
+def test_without_a_key_stripe_is_not_connected(settings):
+    settings.STRIPE_API_KEY = ""
+    with pytest.raises(StripeNotConnected):
+        stripe_client()
+
+
+def test_a_version_stripe_refuses_is_reported_and_does_not_stop_the_others(stripe_on, pro_plan, make_plan):
+    # Stripe would take a package price (transform_quantity); this fake does not model it, which makes it a
+    # handy price that Stripe refuses.
+    make_plan(
+        "bulk", prices=[{"meter": "export", "model": "package", "package_size": "100", "package_amount": "5"}]
+    )
+
+    report = stripe_sync_pending()
+
+    assert report.plan_versions == 1
+    assert len(report.errors) == 1 and "transform_quantity" in report.errors[0]
+    assert Price.objects.get(meter__key="api_call").stripe_price_id

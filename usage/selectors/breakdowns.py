@@ -15,8 +15,30 @@ from usage.selectors.periods import PeriodStart, usage_period_resolve
 from usage.selectors.units import ZERO
 
 
+class _ShareDisplay:
+    """How a line of a breakdown table shows its quantity, cost and share of the meter."""
+
+    quantity: Decimal
+    unit: str
+    cost: Decimal
+    cost_unit: str
+    share: Decimal
+
+    @property
+    def quantity_display(self) -> str:
+        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
+
+    @property
+    def cost_display(self) -> str:
+        return format_amount(self.cost, self.cost_unit)
+
+    @property
+    def share_percent(self) -> int:
+        return int((self.share * 100).to_integral_value())
+
+
 @dataclass(frozen=True)
-class ActionLine:
+class ActionLine(_ShareDisplay):
     """What drove one meter's usage: an action (the event's ``action`` property)."""
 
     meter_key: str
@@ -31,18 +53,6 @@ class ActionLine:
     @property
     def label(self) -> str:
         return self.action or "(no action given)"
-
-    @property
-    def quantity_display(self) -> str:
-        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
-
-    @property
-    def cost_display(self) -> str:
-        return format_amount(self.cost, self.cost_unit)
-
-    @property
-    def share_percent(self) -> int:
-        return int((self.share * 100).to_integral_value())
 
 
 def usage_top_actions(
@@ -72,7 +82,7 @@ def _action_line(row: dict[str, Any], unit: str, share: Decimal) -> ActionLine:
 
 
 @dataclass(frozen=True)
-class MemberLine:
+class MemberLine(_ShareDisplay):
     """One member's usage of one meter; member_id None is usage sent without a user."""
 
     member_id: int | None
@@ -91,18 +101,6 @@ class MemberLine:
         if self.member_id is None:
             return "Not attributed to a user"
         return self.member_name or self.member_email or f"Member {self.member_id}"
-
-    @property
-    def quantity_display(self) -> str:
-        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
-
-    @property
-    def cost_display(self) -> str:
-        return format_amount(self.cost, self.cost_unit)
-
-    @property
-    def share_percent(self) -> int:
-        return int((self.share * 100).to_integral_value())
 
 
 def usage_member_breakdown(

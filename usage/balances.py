@@ -145,6 +145,7 @@ class CustomerLedger:
         )
         self.grants = grants_in_draw_order(customer=customer, now=now)
         self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {}
+        self.changed_keys: set[tuple[datetime, int]] = set()
         self.loaded_periods: set[datetime] = set()
         self.holds = self._load_holds(exclude_reservation)
 
@@ -364,7 +365,9 @@ class CustomerLedger:
 
     def apply(self, coverage: Coverage, *, meter: Meter, timestamp: datetime) -> list[Draw]:
         """Add a decided event to the totals, take its credits and wallet share; return the draws."""
-        row = self.usage_row(meter_id=meter.pk, period=self.period_for(timestamp))
+        period = self.period_for(timestamp)
+        row = self.usage_row(meter_id=meter.pk, period=period)
+        self.changed_keys.add((period[0], meter.pk))
         row.unit = coverage.unit
         row.event_count += 1
         if not coverage.billable:
@@ -382,6 +385,10 @@ class CustomerLedger:
             self.balance.wallet_balance -= money
             draws.append(Draw(grant=None, amount=-money))
         return draws
+
+    def changed_period_usage(self) -> list[PeriodUsage]:
+        """The period totals that ``apply`` changed, to be saved."""
+        return [self.period_usage[key] for key in self.changed_keys]
 
     def _draw_grants(self, unit: str, amount: Decimal) -> list[Draw]:
         draws = []

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from customers.models import Customer, Member, NotificationKind, Subscription
@@ -25,6 +25,7 @@ from usage.locks import customer_balance_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
+    CustomerBalance,
     DailyUsageRollup,
     LedgerEntryKind,
     PeriodUsage,
@@ -42,6 +43,11 @@ class EventResult:
     id: int | None = None
     code: str | None = None
     message: str | None = None
+    recorded_event: UsageEvent | None = None  # this batch's event, whose id exists once written
+
+    def resolve_id(self) -> None:
+        if self.id is None and self.recorded_event is not None:
+            self.id = self.recorded_event.pk
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"idempotency_key": self.idempotency_key, "status": self.status, "id": self.id}
@@ -68,26 +74,68 @@ def usage_events_ingest(*, raw_events: list[Any], now: datetime | None = None) -
     for event in events:
         by_customer[event.customer_id].append(event)
     results: dict[int, EventResult] = {}
-    written: list[UsageEvent] = []
+    writes = BatchWrites()
     with transaction.atomic():
+        # Each customer is decided under its lock, taken in primary-key order; the locks are held
+        # until the batch commits, so writing every customer's rows together at the end is safe.
         for external_id in sorted(by_customer, key=lambda key: named.customers[key].pk):
             customer = named.customers[external_id]
-            outcome = events_record_for_customer(
-                customer=customer,
-                subscription=named.subscriptions[customer.pk],
-                events=by_customer[external_id],
-                meters=named.meters,
-                now=now,
+            results.update(
+                events_record_for_customer(
+                    customer=customer,
+                    subscription=named.subscriptions[customer.pk],
+                    events=by_customer[external_id],
+                    meters=named.meters,
+                    now=now,
+                    writes=writes,
+                )
             )
-            results.update(outcome.results_by_index)
-            written.extend(outcome.events)
-    return IngestResult(results=[results[event.index] for event in events], events=written)
+        writes.flush()
+    for result in results.values():
+        result.resolve_id()
+    return IngestResult(results=[results[event.index] for event in events], events=writes.events)
 
 
-@dataclass
-class _CustomerOutcome:
-    results_by_index: dict[int, EventResult]
-    events: list[UsageEvent]
+class BatchWrites:
+    """The rows a batch writes, gathered customer by customer and written with one statement each.
+
+    Rows may point at events not yet inserted: ``flush`` inserts the events first, and Django then
+    takes each foreign key from the saved event.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[UsageEvent] = []
+        self.ledger_entries: list[CreditLedgerEntry] = []
+        self.grants: list[CreditGrant] = []
+        self.balances: list[CustomerBalance] = []
+        self.period_rows: list[PeriodUsage] = []
+        self.rollups: dict[tuple[int, RollupKey], DailyUsageRollup] = {}
+        self.outbox: list[StripeUsageOutbox] = []
+
+    def flush(self) -> None:
+        UsageEvent.objects.bulk_create(self.events)
+        CreditLedgerEntry.objects.bulk_create(self.ledger_entries)
+        CreditGrant.objects.bulk_update(self.grants, ["remaining"])
+        CustomerBalance.objects.bulk_update(self.balances, ["wallet_balance", "updated_at"])
+        PeriodUsage.objects.bulk_create([row for row in self.period_rows if row.pk is None])
+        PeriodUsage.objects.bulk_update(
+            [row for row in self.period_rows if row.pk is not None], PERIOD_TOTALS
+        )
+        _rollups_add(list(self.rollups.values()))
+        StripeUsageOutbox.objects.bulk_create(self.outbox)
+
+
+PERIOD_TOTALS = [
+    "unit",
+    "quantity",
+    "non_billable_quantity",
+    "event_count",
+    "cost",
+    "included_quantity",
+    "credits_amount",
+    "wallet_amount",
+    "overage_amount",
+]
 
 
 def events_record_for_customer(
@@ -97,9 +145,25 @@ def events_record_for_customer(
     events: list[EventInput],
     meters: dict[str, Meter],
     now: datetime,
+    writes: BatchWrites,
     exclude_reservation: Reservation | None = None,
-) -> _CustomerOutcome:
+) -> dict[int, EventResult]:
+    """Lock the customer, decide each new event in order, and add what must be written to ``writes``.
+
+    The caller flushes ``writes`` in the same transaction.
+    """
     balance = customer_balance_for_update(customer)
+    # Read after the lock: a concurrent request recording the same keys has committed by now.
+    existing = dict(
+        UsageEvent.objects.filter(
+            customer=customer, idempotency_key__in=[e.idempotency_key for e in events]
+        ).values_list("idempotency_key", "id")
+    )
+    if all(event.idempotency_key in existing for event in events):
+        # A replayed batch: answer from the ledger without loading balances or writing anything.
+        return {
+            e.index: EventResult(e.idempotency_key, "duplicate", existing[e.idempotency_key]) for e in events
+        }
     ledger = CustomerLedger(
         customer=customer,
         balance=balance,
@@ -108,22 +172,20 @@ def events_record_for_customer(
         exclude_reservation=exclude_reservation,
     )
     check_dimensions(ledger, events, meters)
-    existing = dict(
-        UsageEvent.objects.filter(
-            customer=customer, idempotency_key__in=[e.idempotency_key for e in events]
-        ).values_list("idempotency_key", "id")
-    )
     members = members_get_or_create(customer, {e.user for e in events if e.user})
     spend_before = ledger.period_spend(subscription.current_period_start)
 
     results: dict[int, EventResult] = {}
-    first_in_batch: dict[str, int] = {}
+    recorded: dict[str, UsageEvent] = {}
     new_events: list[UsageEvent] = []
     draws_by_event: list[list[Draw]] = []
     for event in events:
         key = event.idempotency_key
-        if key in existing or key in first_in_batch:
-            results[event.index] = EventResult(key, "duplicate", existing.get(key))
+        if key in existing:
+            results[event.index] = EventResult(key, "duplicate", existing[key])
+            continue
+        if key in recorded:  # a duplicate within the batch points at the event recorded first
+            results[event.index] = EventResult(key, "duplicate", recorded_event=recorded[key])
             continue
         meter = meters[event.meter_key]
         try:
@@ -138,24 +200,18 @@ def events_record_for_customer(
             results[event.index] = EventResult(key, "refused", code=refusal.code, message=refusal.message)
             continue
         draws_by_event.append(ledger.apply(coverage, meter=meter, timestamp=event.timestamp))
-        first_in_batch[key] = event.index
-        results[event.index] = EventResult(key, "accepted")
-        new_events.append(_event_row(event, coverage, customer, meter, members, ledger, now))
+        usage_event = _event_row(event, coverage, customer, meter, members, ledger, now)
+        recorded[key] = usage_event
+        new_events.append(usage_event)
+        results[event.index] = EventResult(key, "accepted", recorded_event=usage_event)
 
-    UsageEvent.objects.bulk_create(new_events)
-    for usage_event in new_events:
-        results[first_in_batch[usage_event.idempotency_key]].id = usage_event.pk
-    for event in events:  # in-batch duplicates point at the event recorded first
-        result = results[event.index]
-        if result.status == "duplicate" and result.id is None:
-            result.id = results[first_in_batch[event.idempotency_key]].id
-
-    _write_ledger(customer, ledger, new_events, draws_by_event)
-    _write_period_totals(ledger)
-    _write_rollups(customer, new_events)
-    _write_outbox(customer, ledger, new_events)
+    writes.events.extend(new_events)
+    _collect_ledger(writes, customer, ledger, new_events, draws_by_event)
+    writes.period_rows.extend(ledger.changed_period_usage())
+    _collect_rollups(writes, customer, new_events)
+    _collect_outbox(writes, customer, ledger, new_events)
     _record_limit_notifications(customer, ledger, spend_before)
-    return _CustomerOutcome(results, new_events)
+    return results
 
 
 def members_get_or_create(customer: Customer, external_ids: set[str]) -> dict[str, Member]:
@@ -210,8 +266,12 @@ def _event_row(
     )
 
 
-def _write_ledger(
-    customer: Customer, ledger: CustomerLedger, events: list[UsageEvent], draws_by_event: list[list[Draw]]
+def _collect_ledger(
+    writes: BatchWrites,
+    customer: Customer,
+    ledger: CustomerLedger,
+    events: list[UsageEvent],
+    draws_by_event: list[list[Draw]],
 ) -> None:
     """One draw-down row per grant and one for the wallet per batch, pointing at the last event drawn.
 
@@ -244,30 +304,11 @@ def _write_ledger(
         for key, amount in totals.items()
         if amount
     ]
-    CreditLedgerEntry.objects.bulk_create(rows)
-    if grants:
-        CreditGrant.objects.bulk_update(list(grants.values()), ["remaining"])
+    writes.ledger_entries.extend(rows)
+    writes.grants.extend(grants.values())
     if None in totals:
-        ledger.balance.save(update_fields=["wallet_balance", "updated_at"])
-
-
-def _write_period_totals(ledger: CustomerLedger) -> None:
-    rows = [row for row in ledger.period_usage.values() if row.event_count]
-    PeriodUsage.objects.bulk_create([row for row in rows if row.pk is None])
-    PeriodUsage.objects.bulk_update(
-        [row for row in rows if row.pk is not None],
-        [
-            "unit",
-            "quantity",
-            "non_billable_quantity",
-            "event_count",
-            "cost",
-            "included_quantity",
-            "credits_amount",
-            "wallet_amount",
-            "overage_amount",
-        ],
-    )
+        ledger.balance.updated_at = ledger.now
+        writes.balances.append(ledger.balance)
 
 
 def _overage_quantity(event: UsageEvent) -> Decimal:
@@ -283,15 +324,17 @@ def _overage_quantity(event: UsageEvent) -> Decimal:
 RollupKey = tuple[int, int | None, str, str, Any]
 
 
-def _write_rollups(customer: Customer, events: list[UsageEvent]) -> None:
-    """Add the batch to the daily rollups. The customer's lock makes read-then-write safe here."""
-    if not events:
-        return
-    deltas: dict[RollupKey, DailyUsageRollup] = {}
+ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
+ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "day")
+
+
+def _collect_rollups(writes: BatchWrites, customer: Customer, events: list[UsageEvent]) -> None:
+    """Sum the customer's new events per daily rollup key, to be added to the rollups."""
+    deltas = writes.rollups
     for event in events:
         # UTC days, whatever offset the client sent, so every page counts the same day.
         day = event.timestamp.astimezone(UTC).date()
-        key: RollupKey = (event.meter_id, event.member_id, event.action, event.dimension_value, day)
+        key = (customer.pk, (event.meter_id, event.member_id, event.action, event.dimension_value, day))
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = DailyUsageRollup(
@@ -300,7 +343,7 @@ def _write_rollups(customer: Customer, events: list[UsageEvent]) -> None:
                 member_id=event.member_id,
                 action=event.action,
                 dimension_value=event.dimension_value,
-                day=key[4],
+                day=day,
                 period_start=event.period_start,
             )
         delta.quantity += event.quantity
@@ -310,35 +353,61 @@ def _write_rollups(customer: Customer, events: list[UsageEvent]) -> None:
             delta.overage_quantity += _overage_quantity(event)
             delta.cost += event.cost
             delta.overage_amount += event.overage_amount
+
+
+def _rollups_add(deltas: list[DailyUsageRollup]) -> None:
+    if not deltas:
+        return
+    if connection.vendor == "postgresql":
+        _rollups_add_upsert(deltas)
+        return
+    by_customer: dict[int, dict[RollupKey, DailyUsageRollup]] = defaultdict(dict)
+    for delta in deltas:
+        key = (delta.meter_id, delta.member_id, delta.action, delta.dimension_value, delta.day)
+        by_customer[delta.customer_id][key] = delta
+    for customer_id, customer_deltas in by_customer.items():
+        _rollups_add_read_then_write(customer_id, customer_deltas)
+
+
+def _rollups_add_upsert(deltas: list[DailyUsageRollup]) -> None:
+    """One statement: insert new days, add to existing ones (the unique key treats no member as one)."""
+    table = DailyUsageRollup._meta.db_table
+    columns = (*ROLLUP_KEY, "period_start", *ROLLUP_TOTALS)
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    # Only constant names are formatted in; every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * len(deltas))} "  # noqa: S608
+        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+        + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in ROLLUP_TOTALS)
+    )
+    params = [getattr(delta, column) for delta in deltas for column in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _rollups_add_read_then_write(customer_id: int, deltas: dict[RollupKey, DailyUsageRollup]) -> None:
+    """The portable way, for SQLite (the embedded default), which cannot key on an empty member.
+
+    Safe because the caller holds the customer's lock: no one else writes these rows meanwhile.
+    """
     existing = DailyUsageRollup.objects.filter(
-        customer=customer,
-        day__in={key[4] for key in deltas},
-        meter_id__in={key[0] for key in deltas},
+        customer_id=customer_id, day__in={key[4] for key in deltas}, meter_id__in={key[0] for key in deltas}
     )
     to_update = []
     for rollup in existing:
         key = (rollup.meter_id, rollup.member_id, rollup.action, rollup.dimension_value, rollup.day)
         delta = deltas.pop(key, None)
-        if delta is None:
-            continue
-        for name in (
-            "quantity",
-            "billable_quantity",
-            "overage_quantity",
-            "event_count",
-            "cost",
-            "overage_amount",
-        ):
-            setattr(rollup, name, getattr(rollup, name) + getattr(delta, name))
-        to_update.append(rollup)
-    DailyUsageRollup.objects.bulk_update(
-        to_update,
-        ["quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount"],
-    )
+        if delta is not None:
+            for name in ROLLUP_TOTALS:
+                setattr(rollup, name, getattr(rollup, name) + getattr(delta, name))
+            to_update.append(rollup)
+    DailyUsageRollup.objects.bulk_update(to_update, list(ROLLUP_TOTALS))
     DailyUsageRollup.objects.bulk_create(list(deltas.values()))
 
 
-def _write_outbox(customer: Customer, ledger: CustomerLedger, events: list[UsageEvent]) -> None:
+def _collect_outbox(
+    writes: BatchWrites, customer: Customer, ledger: CustomerLedger, events: list[UsageEvent]
+) -> None:
     """Queue what Stripe must bill: post-paid overage only, in the same transaction as the usage.
 
     Summed per (meter, dimension value, period, hour), which is as fine as Stripe needs it.
@@ -367,7 +436,7 @@ def _write_outbox(customer: Customer, ledger: CustomerLedger, events: list[Usage
         row.event_count += 1
         row.quantity += _overage_quantity(event)
         row.amount += ledger.to_money(event.overage_amount, event.cost_unit)
-    StripeUsageOutbox.objects.bulk_create(list(rows.values()))
+    writes.outbox.extend(rows.values())
 
 
 def _record_limit_notifications(customer: Customer, ledger: CustomerLedger, spend_before: Decimal) -> None:
@@ -385,6 +454,7 @@ def _record_limit_notifications(customer: Customer, ledger: CustomerLedger, spen
                 kind=kind,
                 period_start=period_start,
                 threshold=f"{limit:f}",
-                message=f"Usage charges reached {spend_after:.2f} {currency} this period "
+                message=f"Usage charges reached {spend_after:.2f} {currency} in the billing period "
+                f"that began {period_start:%b} {period_start.day} "
                 f"({'soft' if kind == NotificationKind.SOFT_LIMIT_CROSSED else 'hard'} limit {limit:.2f} {currency}).",
             )

@@ -12,7 +12,10 @@ def customer_balance_for_update(customer: Customer) -> CustomerBalance:
     while different customers proceed in parallel. Callers that lock several customers do so in
     primary-key order to avoid deadlocks. Outside a transaction Django refuses select_for_update.
     """
-    # Insert-if-missing without a race: a concurrent creator makes this a no-op, then both lock.
+    balance = CustomerBalance.objects.select_for_update().filter(customer=customer).first()
+    if balance is not None:
+        return balance
+    # First use: insert without a race (a concurrent creator makes this a no-op), then both lock.
     CustomerBalance.objects.bulk_create(
         [CustomerBalance(customer=customer, currency=customer.currency)], ignore_conflicts=True
     )

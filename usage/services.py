@@ -19,7 +19,7 @@ from plans.models import CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
 from usage.balances import CustomerLedger
 from usage.errors import NoSubscription, ReservationNotHeld
-from usage.ingest import events_record_for_customer, members_get_or_create
+from usage.ingest import BatchWrites, events_record_for_customer, members_get_or_create
 from usage.locks import customer_balance_for_update
 from usage.models import (
     CreditGrant,
@@ -142,19 +142,22 @@ def reservation_commit(
         properties=reservation.properties,
         reservation=reservation,
     )
-    outcome = events_record_for_customer(
+    writes = BatchWrites()
+    events_record_for_customer(
         customer=reservation.customer,
         subscription=_subscription_of(reservation.customer),
         events=[event],
         meters={reservation.meter.key: reservation.meter},
         now=now,
+        writes=writes,
         exclude_reservation=reservation,
     )
+    writes.flush()
     reservation.status = ReservationStatus.COMMITTED
     reservation.committed_quantity = quantity
     reservation.settled_at = now
     reservation.save(update_fields=["status", "committed_quantity", "settled_at"])
-    return reservation, outcome.events[0]
+    return reservation, writes.events[0]
 
 
 @transaction.atomic

@@ -303,3 +303,13 @@ def test_rollup_days_are_utc_days_whatever_offset_the_client_sends(pro_plan, mak
     new_york = moment.astimezone(timezone.get_fixed_timezone(-300))
     ingest(event("ny", timestamp=new_york.isoformat()))
     assert DailyUsageRollup.objects.get().day == moment.date()
+
+
+def test_usage_without_a_user_adds_up_in_one_rollup_row(pro_plan, make_customer):
+    make_customer("pro")
+    ingest(event("first", quantity=2))
+    ingest(event("second", quantity=3))
+    rollup = DailyUsageRollup.objects.get()
+    assert rollup.member_id is None
+    assert (rollup.quantity, rollup.event_count) == (5, 2)
+    assert not ledger_mismatches()

@@ -49,6 +49,8 @@ ACTIONS = [
     ("translate_doc", 0.06, 3500),
 ]
 MODELS = [("gpt-4o", 0.35), ("gpt-4o-mini", 0.5), ("claude-sonnet", 0.15)]
+# Most of Acme's actions run on its own models; this share calls a hosted LLM and is billed in tokens.
+HOSTED_LLM_SHARE = 0.05
 
 
 class Command(BaseCommand):
@@ -156,7 +158,7 @@ class Command(BaseCommand):
                         **common,
                         "idempotency_key": f"demo-{day:%Y%m%d}-{n}-t",
                         "meter": "llm_tokens",
-                        "quantity": int(tokens * actions * rng.uniform(0.6, 1.4)),
+                        "quantity": int(tokens * actions * HOSTED_LLM_SHARE * rng.uniform(0.6, 1.4)),
                         "properties": {"action": action, "model": model, "cached": rng.random() < 0.1},
                     }
                 )

@@ -22,6 +22,7 @@ from typing import Any
 from django.db.models import Q, Sum
 
 from customers.models import Customer, SpendControls, Subscription
+from plans.errors import NotFound
 from plans.models import Entitlement, Meter, PlanVersion
 from plans.money import CREDITS
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
@@ -31,7 +32,9 @@ from usage.errors import (
     EntitlementLimitReached,
     HardLimitReached,
     InsufficientBalance,
+    NoSubscription,
     NotEntitled,
+    UsageRefused,
 )
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
 
@@ -107,6 +110,14 @@ def version_terms(plan_version_id: int) -> VersionTerms:
     )
 
 
+def _spend_controls(customer: Customer) -> SpendControls:
+    """The customer's limits, from the customer row's cache when the caller joined them in."""
+    try:
+        return customer.spend_controls
+    except SpendControls.DoesNotExist:
+        return SpendControls(customer=customer)
+
+
 def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGrant]:
     """The grants usable now, in the order usage draws them: lower priority number, then earliest expiry."""
     return list(
@@ -140,9 +151,7 @@ class CustomerLedger:
         self.credit_rate = terms.credit_rate
         self.specs = terms.specs
         self.entitlements = terms.entitlements
-        self.controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(
-            customer=customer
-        )
+        self.controls = _spend_controls(customer)
         self.grants = grants_in_draw_order(customer=customer, now=now)
         self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {}
         self.changed_keys: set[tuple[datetime, int]] = set()
@@ -419,6 +428,18 @@ class Decision:
     remaining: Decimal | None  # how many more units of the meter could be used now, when bounded
 
 
+def customer_for_decision(external_id: str) -> Customer:
+    """The customer with subscription, plan version, balance and limits joined in: one query for /check."""
+    customer = (
+        Customer.objects.select_related("subscription__plan_version", "balance", "spend_controls")
+        .filter(external_id=external_id)
+        .first()
+    )
+    if customer is None:
+        raise NotFound(f"No customer with external id {external_id!r}.", param="customer")
+    return customer
+
+
 def usage_decide(
     *, customer: Customer, meter: Meter, quantity: Decimal, properties: dict[str, Any], now: datetime
 ) -> Decision:
@@ -426,15 +447,16 @@ def usage_decide(
 
     A read without the lock: the answer is advice for this instant. To be sure the customer can
     pay when the work is done, take a reservation, which decides the same way under the lock.
+    Pass a customer from ``customer_for_decision`` to save the lookups of its related rows.
     """
-    from usage.errors import NoSubscription, UsageRefused
-
-    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version").first()
-    if subscription is None:
-        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.")
-    balance = CustomerBalance.objects.filter(customer=customer).first() or CustomerBalance(
-        customer=customer, currency=customer.currency
-    )
+    try:
+        subscription = customer.subscription
+    except Subscription.DoesNotExist:
+        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.") from None
+    try:
+        balance = customer.balance
+    except CustomerBalance.DoesNotExist:
+        balance = CustomerBalance(customer=customer, currency=customer.currency)
     ledger = CustomerLedger(customer=customer, balance=balance, subscription=subscription, now=now)
     remaining = ledger.remaining_quantity(meter)
     try:

@@ -18,7 +18,7 @@ from customers.selectors import customer_by_external_id
 from plans.errors import NotFound
 from plans.models import Meter
 from usage.api.fields import PropertiesField, QuantityField, decimal_string
-from usage.balances import usage_decide
+from usage.balances import customer_for_decision, usage_decide
 from usage.ingest import usage_events_ingest
 from usage.models import Reservation, UsageEvent
 from usage.services import reservation_commit, reservation_create, reservation_release
@@ -96,7 +96,7 @@ def _decide(request: Request) -> tuple[Any, dict[str, Any]]:
     data.is_valid(raise_exception=True)
     values = data.validated_data
     decision = usage_decide(
-        customer=customer_by_external_id(values["customer"]),
+        customer=customer_for_decision(values["customer"]),
         meter=meter_by_key(values["meter"]),
         quantity=values["quantity"],
         properties=values["properties"],

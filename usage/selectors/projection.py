@@ -212,7 +212,7 @@ def projection_for(
     if limited_by == "hard_limit" and spend_now < (controls.hard_limit or ZERO) and clock.days_remaining > 0:
         per_day = new_money / clock.days_remaining
         days_to_limit = ((controls.hard_limit or ZERO) - spend_now) / per_day
-        hard_limit_on = (clock.now + timedelta(days=float(days_to_limit))).date()
+        hard_limit_on = (clock.now + _timedelta_days(days_to_limit)).date()
 
     window = len(clock.rate_days())
     if clock.days_remaining <= 0:
@@ -399,4 +399,5 @@ def _days_exact(delta: timedelta) -> Decimal:
 
 
 def _timedelta_days(days: Decimal) -> timedelta:
-    return timedelta(seconds=float(days * SECONDS_PER_DAY))
+    """A Decimal number of days as a timedelta, to the whole second (a date is all that is shown)."""
+    return timedelta(seconds=int(days * SECONDS_PER_DAY))

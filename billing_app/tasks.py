@@ -14,8 +14,9 @@ import stripe
 from celery import shared_task
 
 from billing_app.alerts import circuit_breaker_check, spend_alerts_send
+from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.client import stripe_connected
-from billing_app.stripe.outbox import outbox_drain, usage_carries_finalize
+from billing_app.stripe.outbox import outbox_drain
 from billing_app.stripe.reconciliation import reconciliation_run
 from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_sync_pending, subscription_sync
 from customers.models import Customer, Subscription

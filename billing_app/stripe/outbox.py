@@ -22,7 +22,7 @@ sent, and a rolled-back claim leaves the rows pending as they were.
 
 Whole units: Stripe meter values are integers. Each event sends ``floor(total claimed) - units sent so far``
 for its carry key, so a fraction is carried into the next event instead of being rounded away, and what
-Stripe has is always within one unit of the ledger. At period close ``usage_carries_finalize`` rounds the
+Stripe has is always within one unit of the ledger. At period close ``billing_app.stripe.carries`` rounds the
 last fraction half up. Only the drain reads the outbox; it never looks at usage events.
 """
 
@@ -459,70 +459,6 @@ def outbox_drain(
     result.events_failed = sent.events_failed
     result.rows_too_old += sent.rows_too_old
     return result
-
-
-# --- period close ----------------------------------------------------------------------------------------
-
-
-def usage_carries_finalize(*, now: datetime | None = None) -> int:
-    """Round the last fraction of each ended period half up, once, so Stripe bills the rounded total.
-
-    A carry is finalized when its period has ended and none of the customer's usage for that period is
-    still waiting in the outbox or unsent. Returns the number of carries finalized.
-    """
-    now = now or timezone.now()
-    finalized = 0
-    due = StripeUsageCarry.objects.filter(period_end__lte=now, finalized_at__isnull=True)
-    for carry_id in list(due.values_list("pk", flat=True)):
-        with transaction.atomic():
-            carry = (
-                StripeUsageCarry.objects.select_for_update(skip_locked=True)
-                .select_related("customer")
-                .filter(pk=carry_id, finalized_at__isnull=True)
-                .first()
-            )
-            if carry is None or _period_busy(carry):
-                continue
-            remainder = carry.quantity - carry.value
-            last = (
-                StripeMeterEvent.objects.filter(
-                    customer=carry.customer, event_name=carry.event_name, period_start=carry.period_start
-                )
-                .order_by("-window_start")
-                .first()
-            )
-            if remainder >= Decimal("0.5") and last is not None:
-                timestamp = meter_event_timestamp(
-                    window_start=last.window_start, period_start=carry.period_start, now=now
-                )
-                if timestamp is not None:
-                    StripeMeterEvent.objects.create(
-                        identifier=f"carry-{carry.pk}-{int(carry.period_start.timestamp())}",
-                        customer=carry.customer,
-                        meter_id=last.meter_id,
-                        dimension_value=last.dimension_value,
-                        event_name=carry.event_name,
-                        stripe_meter_id=last.stripe_meter_id,
-                        stripe_customer_id=last.stripe_customer_id,
-                        period_start=carry.period_start,
-                        window_start=last.window_start,
-                        timestamp=timestamp,
-                        quantity=Decimal(0),
-                        value=1,
-                        row_count=0,
-                    )
-                    carry.value += 1
-            carry.finalized_at = now
-            carry.save(update_fields=["value", "finalized_at"])
-            finalized += 1
-    return finalized
-
-
-def _period_busy(carry: StripeUsageCarry) -> bool:
-    waiting_rows = StripeUsageOutbox.objects.filter(
-        customer=carry.customer, period_start=carry.period_start, status=OutboxStatus.PENDING
-    )
-    return waiting_rows.exists()
 
 
 def outbox_backlog() -> dict[str, Any]:

@@ -75,16 +75,16 @@ def grant_output(grant: CreditGrant) -> dict[str, Any]:
 
 
 class CustomersView(APIView):
-    class Input(serializers.Serializer):
+    class CustomerCreateInput(serializers.Serializer):
         external_id = serializers.CharField(max_length=120)
         name = serializers.CharField(max_length=200)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
         plan = serializers.CharField(max_length=64, required=False, allow_null=True)
         currency = serializers.CharField(min_length=3, max_length=3, required=False)
 
-    @extend_schema(request=Input, responses={201: dict})
+    @extend_schema(request=CustomerCreateInput, responses={201: dict})
     def post(self, request: Request) -> Response:
-        data = self.Input(data=request.data)
+        data = self.CustomerCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         customer = customer_create(
@@ -104,12 +104,12 @@ class CustomerView(APIView):
 
 
 class SubscriptionView(APIView):
-    class Input(serializers.Serializer):
+    class SubscriptionChangeInput(serializers.Serializer):
         plan = serializers.CharField(max_length=64)
 
-    @extend_schema(request=Input, responses={200: dict})
+    @extend_schema(request=SubscriptionChangeInput, responses={200: dict})
     def post(self, request: Request, external_id: str) -> Response:
-        data = self.Input(data=request.data)
+        data = self.SubscriptionChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
         customer = customer_by_external_id(external_id)
         subscription = subscription_start(
@@ -119,7 +119,7 @@ class SubscriptionView(APIView):
 
 
 class CreditsView(APIView):
-    class Input(serializers.Serializer):
+    class CreditGrantInput(serializers.Serializer):
         amount = serializers.DecimalField(max_digits=24, decimal_places=6, min_value=0)
         kind = serializers.ChoiceField(choices=GrantKind.values, default=GrantKind.PURCHASED)
         unit = serializers.CharField(max_length=10, required=False)
@@ -128,9 +128,9 @@ class CreditsView(APIView):
         description = serializers.CharField(max_length=200, required=False, default="")
         idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
 
-    @extend_schema(request=Input, responses={201: dict})
+    @extend_schema(request=CreditGrantInput, responses={201: dict})
     def post(self, request: Request, external_id: str) -> Response:
-        data = self.Input(data=request.data)
+        data = self.CreditGrantInput(data=request.data)
         data.is_valid(raise_exception=True)
         grant, created = credit_grant_create(
             customer=customer_by_external_id(external_id), **data.validated_data
@@ -141,13 +141,13 @@ class CreditsView(APIView):
 
 
 class WalletTopUpView(APIView):
-    class Input(serializers.Serializer):
+    class WalletTopUpInput(serializers.Serializer):
         amount = MoneyField()
         note = serializers.CharField(max_length=200, required=False, default="")
 
-    @extend_schema(request=Input, responses={201: dict})
+    @extend_schema(request=WalletTopUpInput, responses={201: dict})
     def post(self, request: Request, external_id: str) -> Response:
-        data = self.Input(data=request.data)
+        data = self.WalletTopUpInput(data=request.data)
         data.is_valid(raise_exception=True)
         customer = customer_by_external_id(external_id)
         wallet_top_up(customer=customer, **data.validated_data)
@@ -159,14 +159,14 @@ class WalletTopUpView(APIView):
 
 
 class LimitsView(APIView):
-    class Input(serializers.Serializer):
+    class LimitsInput(serializers.Serializer):
         soft_limit = MoneyField(required=False, allow_null=True, default=None)
         hard_limit = MoneyField(required=False, allow_null=True, default=None)
         block_overage = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(request=Input, responses={200: dict})
+    @extend_schema(request=LimitsInput, responses={200: dict})
     def put(self, request: Request, external_id: str) -> Response:
-        data = self.Input(data=request.data)
+        data = self.LimitsInput(data=request.data)
         data.is_valid(raise_exception=True)
         controls = spend_controls_update(customer=customer_by_external_id(external_id), **data.validated_data)
         return Response(limits_output(controls))

@@ -3,11 +3,14 @@
 from decimal import Decimal
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from usage.validation import parse_quantity
 
 
+@extend_schema_field(OpenApiTypes.DECIMAL)
 class QuantityField(serializers.Field):
     """A non-negative decimal given as a JSON number or a string; returned as a string."""
 

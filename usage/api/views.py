@@ -151,14 +151,14 @@ class EstimateView(APIView):
 class ReservationsView(APIView):
     """Hold credit for work about to run; 402 with the reason when the customer may not."""
 
-    class Input(UsageQuestionInput):
+    class ReservationInput(UsageQuestionInput):
         idempotency_key = serializers.CharField(max_length=255)
         user = serializers.CharField(max_length=120, required=False)
         ttl_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False)
 
-    @extend_schema(request=Input, responses={201: dict, 402: dict})
+    @extend_schema(request=ReservationInput, responses={201: dict, 402: dict})
     def post(self, request: Request) -> Response:
-        data = self.Input(data=request.data)
+        data = self.ReservationInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         reservation, created = reservation_create(
@@ -178,12 +178,12 @@ class ReservationsView(APIView):
 class ReservationCommitView(APIView):
     """Record what the work really used; the rest of the hold is released."""
 
-    class Input(serializers.Serializer):
+    class ReservationCommitInput(serializers.Serializer):
         quantity = QuantityField()
 
-    @extend_schema(request=Input, responses={200: dict})
+    @extend_schema(request=ReservationCommitInput, responses={200: dict})
     def post(self, request: Request, reservation_id: str) -> Response:
-        data = self.Input(data=request.data)
+        data = self.ReservationCommitInput(data=request.data)
         data.is_valid(raise_exception=True)
         reservation, event = reservation_commit(
             reservation_id=reservation_id, quantity=data.validated_data["quantity"]

@@ -17,9 +17,8 @@ from customers.services import (
     subscription_start,
 )
 from usage.api.fields import MoneyField, decimal_string
-from usage.api.views import credits_remaining
 from usage.models import CreditGrant, CustomerBalance, GrantKind
-from usage.selectors import usage_period_summary, usage_summary_as_dict
+from usage.selectors import credits_remaining_by_unit, usage_period_summary, usage_summary_as_dict
 from usage.services import credit_grant_create, wallet_top_up
 
 
@@ -37,7 +36,10 @@ def customer_output(customer: Customer) -> dict[str, Any]:
         "subscription": subscription_output(subscription) if subscription else None,
         "limits": limits_output(controls) if controls else None,
         "wallet_balance": decimal_string(balance.wallet_balance if balance else None) or "0",
-        "credits_remaining": credits_remaining(customer.pk),
+        "credits_remaining": {
+            unit: decimal_string(amount)
+            for unit, amount in credits_remaining_by_unit(customer=customer).items()
+        },
     }
 
 

@@ -6,7 +6,6 @@ Views parse, call one service and shape the answer; errors become ``{"error": {.
 
 from typing import Any
 
-from django.db.models import Sum
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -200,14 +199,3 @@ class ReservationReleaseView(APIView):
     @extend_schema(request=None, responses={200: dict})
     def post(self, request: Request, reservation_id: str) -> Response:
         return Response(reservation_output(reservation_release(reservation_id=reservation_id)))
-
-
-def credits_remaining(customer_id: int) -> dict[str, str]:
-    from usage.models import CreditGrant
-
-    rows = (
-        CreditGrant.objects.filter(customer_id=customer_id, expired_at__isnull=True, remaining__gt=0)
-        .values("unit")
-        .annotate(total=Sum("remaining"))
-    )
-    return {row["unit"]: decimal_string(row["total"]) or "0" for row in rows}

@@ -29,7 +29,7 @@ from usage.selectors.periods import (
 from usage.selectors.projection import PROJECTION_DECAY
 from usage.selectors.series import DailySeries, usage_daily_series
 from usage.selectors.summary import UsageLevel, UsageSummary, usage_period_summary, usage_summary_as_dict
-from usage.selectors.wallet import usage_wallet
+from usage.selectors.wallet import credits_remaining_by_unit, usage_wallet
 
 __all__ = [
     "PROJECTION_DECAY",
@@ -39,6 +39,7 @@ __all__ = [
     "PeriodNotFound",
     "UsageLevel",
     "UsageSummary",
+    "credits_remaining_by_unit",
     "format_amount",
     "format_quantity",
     "format_quantity_short",

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from customers.models import Customer
 from plans.money import format_money
+from usage.balances import grants_in_draw_order
 from usage.models import CreditGrant, CreditLedgerEntry, CustomerBalance, LedgerEntryKind
 from usage.selectors.formatting import format_amount
 from usage.selectors.units import ZERO
@@ -132,3 +133,11 @@ def _ledger_line(entry: CreditLedgerEntry) -> LedgerLine:
         note=entry.note,
         is_grant=entry.grant_id is not None,
     )
+
+
+def credits_remaining_by_unit(*, customer: Customer, now: datetime | None = None) -> dict[str, Decimal]:
+    """What the customer's usable grants have left, per unit (credits, or a currency for monetary credits)."""
+    totals: dict[str, Decimal] = {}
+    for grant in grants_in_draw_order(customer=customer, now=now or timezone.now()):
+        totals[grant.unit] = totals.get(grant.unit, ZERO) + grant.remaining
+    return totals

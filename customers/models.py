@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from customers.periods import period_bounds
 from plans.models import MONEY, BillingInterval, PlanVersion
 
 
@@ -110,8 +111,6 @@ class Subscription(models.Model):
         return str(self.plan_version.interval)
 
     def period_containing(self, moment: datetime) -> tuple[datetime, datetime]:
-        from customers.periods import period_bounds
-
         return period_bounds(
             anchor=self.billing_anchor, interval=BillingInterval(self.interval), moment=moment
         )

@@ -238,11 +238,17 @@ class CustomerLedger:
         properties: dict[str, Any],
         timestamp: datetime,
         authorized: bool = False,
+        after_holds: bool = False,
     ) -> Coverage:
         """Decide one unit of work. Raises a ``UsageRefused`` with the reason when it may not run.
 
         ``authorized`` is for settling work a reservation already allowed: it skips the limits
         (they were checked when the hold was taken) and lets any shortfall become overage.
+
+        Holds always count against plan caps and balances. ``after_holds`` also prices the work as
+        if the held units were already used (the allowance they may take is not offered twice): right
+        for a new hold or a question about one, wrong for usage being recorded, which is priced after
+        recorded usage only, so two pieces of work never both pay for the same units.
         """
         spec = self.specs.get(meter.pk)
         unit = spec.unit if spec else self.currency
@@ -258,19 +264,20 @@ class CustomerLedger:
             if period[0] == self.subscription.current_period_start
             else ZERO
         )
-        before = row.quantity + held
+        used_or_held = row.quantity + held
         limit = self.entitlements.get(meter.key)
         if (
             not authorized
             and limit is not None
             and limit.limit is not None
-            and before + quantity > limit.limit
+            and used_or_held + quantity > limit.limit
         ):
             raise EntitlementLimitReached(
                 f"The plan allows {limit.limit.normalize():f} {meter.unit} of {meter.name} per period; "
-                f"{before.normalize():f} are used or held.",
+                f"{used_or_held.normalize():f} are used or held.",
                 limit=str(limit.limit),
             )
+        before = used_or_held if after_holds else row.quantity
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
         dimension_value = self._dimension_value(spec, properties)
@@ -460,7 +467,9 @@ def usage_decide(
     ledger = CustomerLedger(customer=customer, balance=balance, subscription=subscription, now=now)
     remaining = ledger.remaining_quantity(meter)
     try:
-        coverage = ledger.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
+        coverage = ledger.quote(
+            meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
+        )
     except UsageRefused as refusal:
         return Decision(False, refusal.code, refusal.message, None, ledger.currency, remaining)
     return Decision(True, None, None, coverage, ledger.currency, remaining)

@@ -71,7 +71,9 @@ def reservation_create(
     ledger = CustomerLedger(
         customer=customer, balance=balance, subscription=_subscription_of(customer), now=now
     )
-    coverage = ledger.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
+    coverage = ledger.quote(
+        meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
+    )
     member: Member | None = members_get_or_create(customer, {user})[user] if user else None
     ttl = ttl_seconds if ttl_seconds is not None else settings.RESERVATION_DEFAULT_TTL_SECONDS
     reservation = Reservation.objects.create(

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from usage.balances import CustomerLedger
 from usage.ledger_audit import ledger_mismatches
-from usage.models import CreditGrant, CustomerBalance, Reservation, ReservationStatus, UsageEvent
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus, UsageEvent
 from usage.services import credit_grant_create, reservations_expire, wallet_top_up
 
 pytestmark = pytest.mark.django_db
@@ -173,3 +173,25 @@ def test_check_for_unknown_customer_is_404(api, pro_plan):
     response = api.post("/api/v1/check", {"customer": "ghost", "meter": "api_call"}, format="json")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_usage_recorded_beside_a_hold_is_billed_once_past_the_allowance(api, pro_plan, make_customer):
+    """100 calls included: a hold of 50, 60 calls sent directly, then the hold commits 50 → 10 over, not 20."""
+    make_customer("pro")
+    held = api.post(
+        "/api/v1/reservations",
+        {"customer": "acme", "meter": "api_call", "quantity": 50, "idempotency_key": "job"},
+        format="json",
+    ).json()
+    api.post(
+        "/api/v1/events",
+        {"idempotency_key": "direct", "customer": "acme", "meter": "api_call", "quantity": 60},
+        format="json",
+    )
+    api.post(f"/api/v1/reservations/{held['id']}/commit", {"quantity": 50}, format="json")
+
+    period = PeriodUsage.objects.get()
+    assert period.quantity == 110
+    assert period.included_quantity == 100
+    assert period.cost == Decimal("1.00")  # 10 calls × $0.10
+    assert not ledger_mismatches()

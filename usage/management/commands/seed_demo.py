@@ -5,6 +5,7 @@ the subscription rolls into its next period on the way, so the dashboard shows a
 and a current one. Running it again changes nothing.
 """
 
+import os
 import random
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -67,11 +68,12 @@ class Command(BaseCommand):
             self._acme()
             self._small_customers()
             self.stdout.write(self.style.SUCCESS("Demo data loaded."))
+        base = f"http://127.0.0.1:{os.environ.get('PORT') or 8000}"  # where `make run` serves
         self.stdout.write(
             "\nDemo logins (development only):\n"
-            "  customer admin  demo / demo      http://127.0.0.1:8000/settings/usage\n"
-            "  customer member member / member  http://127.0.0.1:8000/settings/usage\n"
-            "  staff           admin / admin    http://127.0.0.1:8000/admin/\n"
+            f"  customer admin  demo / demo      {base}/settings/usage\n"
+            f"  customer member member / member  {base}/settings/usage\n"
+            f"  staff           admin / admin    {base}/admin/\n"
         )
 
     def _logins(self) -> None:

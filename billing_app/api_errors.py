@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -23,6 +24,10 @@ def _first_message(detail: Any) -> str:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(
+            "request_too_large", "The body is larger than the 10 MB an event batch can need.", 413
+        )
     if isinstance(exc, BillingError):
         return error_response(exc.code, exc.message, exc.http_status, **exc.details)
     if isinstance(exc, exceptions.ParseError):

@@ -166,6 +166,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# The largest valid event batch (1,000 events with 8 KB of properties each) is about 9.3 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
 # Usage rules the API enforces; see docs/api.md.
 USAGE_MAX_BATCH = 1000
 USAGE_MAX_EVENT_AGE_DAYS = 35

@@ -150,3 +150,14 @@ def test_api_keys_are_stored_only_as_hashes(api_key):
     stored = ApiKey.objects.get()
     assert api_key not in (stored.key_hash, stored.prefix)
     assert len(stored.key_hash) == 64
+
+
+def test_the_largest_valid_batch_fits_and_a_larger_body_gets_a_json_413(api, acme):
+    blob = "x" * 8000  # just under the 8 KB allowed per event
+    largest = {"events": [event(f"e{i}", properties={"blob": blob}) for i in range(1000)]}
+    assert api.post(URL, largest, format="json").status_code == 200
+
+    too_large = {"events": [event(f"f{i}", properties={"blob": blob * 2}) for i in range(1000)]}
+    response = api.post(URL, too_large, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"

@@ -159,7 +159,11 @@ def test_usage_endpoint_answers_for_the_customer(api, acme):
     )
     usage = api.get("/api/v1/customers/acme/usage")
     assert usage.status_code == 200
-    assert "150" in str(usage.json())
+    [meter] = usage.json()["meters"]
+    # 150 calls with 100 included: 50 over at $0.10.
+    assert (meter["key"], meter["quantity"], meter["included_used"]) == ("api_call", "150", "100")
+    assert (meter["cost"], meter["overage_amount"]) == ("5", "5")
+    assert usage.json()["spend"]["spend"] == "5"
 
 
 def test_openapi_schema_lists_the_contract(api):

@@ -118,17 +118,61 @@ def _spend_controls(customer: Customer) -> SpendControls:
         return SpendControls(customer=customer)
 
 
+def _usable_grants(now: datetime) -> Q:
+    return (Q(expires_at__isnull=True) | Q(expires_at__gt=now)) & Q(
+        expired_at__isnull=True, effective_at__lte=now, remaining__gt=0
+    )
+
+
+DRAW_ORDER = ("priority", "expires_at", "id")
+
+
 def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGrant]:
     """The grants usable now, in the order usage draws them: lower priority number, then earliest expiry."""
-    return list(
-        CreditGrant.objects.filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=now),
-            customer=customer,
-            expired_at__isnull=True,
-            effective_at__lte=now,
-            remaining__gt=0,
-        ).order_by("priority", "expires_at", "id")
+    return list(CreditGrant.objects.filter(_usable_grants(now), customer=customer).order_by(*DRAW_ORDER))
+
+
+@dataclass
+class LedgerRows:
+    """What a ledger reads of one customer under its lock, besides the balance row."""
+
+    grants: list[CreditGrant] = field(default_factory=list)  # usable now, in draw order
+    holds: list[dict[str, Any]] = field(default_factory=list)  # active holds summed per meter and unit
+    period_rows: list[PeriodUsage] = field(default_factory=list)  # the current period's totals
+
+
+def ledger_rows_load(
+    *, subscriptions: list[Subscription], now: datetime, exclude_reservation: Reservation | None = None
+) -> dict[int, LedgerRows]:
+    """The grants, holds and current period totals of any number of customers, in three queries.
+
+    A batch of events for many customers reads them all at once, after taking all their locks.
+    """
+    current_start = {s.customer_id: s.current_period_start for s in subscriptions}
+    loaded = {customer_id: LedgerRows() for customer_id in current_start}
+    grants = CreditGrant.objects.filter(_usable_grants(now), customer_id__in=current_start)
+    for grant in grants.order_by("customer_id", *DRAW_ORDER):
+        loaded[grant.customer_id].grants.append(grant)
+    active = Reservation.objects.filter(
+        customer_id__in=current_start, status=ReservationStatus.HELD, expires_at__gt=now
     )
+    if exclude_reservation is not None:
+        active = active.exclude(pk=exclude_reservation.pk)
+    holds = active.values("customer_id", "meter_id", "unit").annotate(
+        quantity=Sum("quantity"),
+        cost=Sum("held_cost"),
+        credits=Sum("held_credits"),
+        wallet=Sum("held_wallet"),
+    )
+    for hold in holds:
+        loaded[hold["customer_id"]].holds.append(hold)
+    period_rows = PeriodUsage.objects.filter(
+        customer_id__in=current_start, period_start__in=set(current_start.values())
+    )
+    for row in period_rows:
+        if row.period_start == current_start[row.customer_id]:
+            loaded[row.customer_id].period_rows.append(row)
+    return loaded
 
 
 class CustomerLedger:
@@ -140,7 +184,13 @@ class CustomerLedger:
         subscription: Subscription,
         now: datetime,
         exclude_reservation: Reservation | None = None,
+        rows: LedgerRows | None = None,
     ) -> None:
+        """``rows`` are this customer's from ``ledger_rows_load``; without them the ledger reads its own."""
+        if rows is None:
+            rows = ledger_rows_load(
+                subscriptions=[subscription], now=now, exclude_reservation=exclude_reservation
+            )[customer.pk]
         self.customer = customer
         self.balance = balance
         self.subscription = subscription
@@ -152,27 +202,19 @@ class CustomerLedger:
         self.specs = terms.specs
         self.entitlements = terms.entitlements
         self.controls = _spend_controls(customer)
-        self.grants = grants_in_draw_order(customer=customer, now=now)
-        self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {}
+        self.grants = rows.grants
+        current_start = subscription.current_period_start
+        self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {
+            (current_start, row.meter_id): row for row in rows.period_rows
+        }
         self.changed_keys: set[tuple[datetime, int]] = set()
-        self.loaded_periods: set[datetime] = set()
-        self.holds = self._load_holds(exclude_reservation)
+        self.loaded_periods: set[datetime] = {current_start}
+        self.holds = self._sum_holds(rows.holds)
 
     # --- loading -------------------------------------------------------------------------------
 
-    def _load_holds(self, exclude: Reservation | None) -> Holds:
+    def _sum_holds(self, rows: list[dict[str, Any]]) -> Holds:
         holds = Holds()
-        active = Reservation.objects.filter(
-            customer=self.customer, status=ReservationStatus.HELD, expires_at__gt=self.now
-        )
-        if exclude is not None:
-            active = active.exclude(pk=exclude.pk)
-        rows = active.values("meter_id", "unit").annotate(
-            quantity=Sum("quantity"),
-            cost=Sum("held_cost"),
-            credits=Sum("held_credits"),
-            wallet=Sum("held_wallet"),
-        )
         for row in rows:
             holds.quantity_by_meter[row["meter_id"]] += row["quantity"]
             holds.credits_by_unit[row["unit"]] += row["credits"]

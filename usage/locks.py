@@ -20,3 +20,24 @@ def customer_balance_for_update(customer: Customer) -> CustomerBalance:
         [CustomerBalance(customer=customer, currency=customer.currency)], ignore_conflicts=True
     )
     return CustomerBalance.objects.select_for_update().get(customer=customer)
+
+
+def customer_balances_for_update(customers: list[Customer]) -> dict[int, CustomerBalance]:
+    """Lock several customers' balance rows, by customer id, in one statement in primary-key order.
+
+    A batch of events for many customers takes all its locks here before it reads anything. Rows
+    seen for the first time are created in primary-key order too, then locked.
+    """
+    ids = sorted(customer.pk for customer in customers)
+    locked = CustomerBalance.objects.select_for_update().filter(customer_id__in=ids).order_by("customer_id")
+    balances = {balance.customer_id: balance for balance in locked}
+    missing = sorted((c for c in customers if c.pk not in balances), key=lambda c: c.pk)
+    if missing:
+        CustomerBalance.objects.bulk_create(
+            [CustomerBalance(customer=c, currency=c.currency) for c in missing], ignore_conflicts=True
+        )
+        created = (
+            CustomerBalance.objects.select_for_update().filter(customer__in=missing).order_by("customer_id")
+        )
+        balances.update({balance.customer_id: balance for balance in created})
+    return balances

@@ -6,8 +6,11 @@ Invariants (checked by ``manage.py ledger_check`` and, where the database can, b
 - ``PeriodUsage`` and ``DailyUsageRollup`` totals equal the sums of their events.
 """
 
+import json
+import math
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -16,6 +19,22 @@ from customers.models import Customer, Member
 from plans.models import QUANTITY, RATE, Meter
 
 ZERO = Decimal(0)
+
+
+class PropertiesEncoder(json.JSONEncoder):
+    """Event and reservation properties as JSON; the API reads JSON numbers as Decimal.
+
+    Properties describe the work (model, action, temperature...), they are not amounts: a
+    decimal goes back to a JSON number, exact to 15 significant digits.
+    """
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, Decimal):
+            number = float(o)
+            if not math.isfinite(number):
+                raise ValueError(f"properties hold a number too large to store: {o}")
+            return number
+        return super().default(o)
 
 
 class CustomerBalance(models.Model):
@@ -137,7 +156,7 @@ class UsageEvent(models.Model):
     )
     idempotency_key = models.CharField(max_length=255)
     quantity = models.DecimalField(**QUANTITY)
-    properties = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(default=dict, blank=True, encoder=PropertiesEncoder)
     timestamp = models.DateTimeField()
     received_at = models.DateTimeField()
     period_start = models.DateTimeField(help_text="Start of the billing period the event counts in.")
@@ -252,7 +271,7 @@ class Reservation(models.Model):
         Member, null=True, blank=True, on_delete=models.PROTECT, related_name="reservations"
     )
     idempotency_key = models.CharField(max_length=255)
-    properties = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(default=dict, blank=True, encoder=PropertiesEncoder)
     quantity = models.DecimalField(**QUANTITY)
     unit = models.CharField(max_length=10, blank=True)
     held_cost = models.DecimalField(**RATE, default=ZERO)

@@ -4,6 +4,7 @@ Each is one transaction that first takes the customer's lock (``usage.locks``), 
 decides and writes; no network call happens inside.
 """
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from customers.models import Customer, Member, Subscription
+from customers.models import Customer, Subscription
 from plans.errors import InvalidInput, NotFound
 from plans.models import CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
@@ -24,8 +25,10 @@ from usage.locks import customer_balance_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
+    CustomerBalance,
     GrantKind,
     LedgerEntryKind,
+    PropertiesEncoder,
     Reservation,
     ReservationStatus,
     UsageEvent,
@@ -74,13 +77,13 @@ def reservation_create(
     coverage = ledger.quote(
         meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
     )
-    member: Member | None = members_get_or_create(customer, {user})[user] if user else None
+    member_id = members_get_or_create({(customer.pk, user)})[customer.pk, user] if user else None
     ttl = ttl_seconds if ttl_seconds is not None else settings.RESERVATION_DEFAULT_TTL_SECONDS
     reservation = Reservation.objects.create(
         id=uuid.uuid4(),
         customer=customer,
         meter=meter,
-        member=member,
+        member_id=member_id,
         idempotency_key=idempotency_key,
         properties=properties,
         quantity=quantity,
@@ -95,20 +98,22 @@ def reservation_create(
     return reservation, True
 
 
-def _reservation_locked(reservation_id: uuid.UUID | str, now: datetime) -> Reservation:
+def _reservation_locked(
+    reservation_id: uuid.UUID | str, now: datetime
+) -> tuple[Reservation, CustomerBalance]:
     """The reservation, re-read after taking its customer's lock (so its status is current)."""
     reservation = (
         Reservation.objects.select_related("customer", "meter", "member").filter(pk=reservation_id).first()
     )
     if reservation is None:
         raise NotFound(f"No reservation {reservation_id}.")
-    customer_balance_for_update(reservation.customer)
+    balance = customer_balance_for_update(reservation.customer)
     reservation.refresh_from_db(fields=["status", "settled_at", "committed_quantity"])
     if reservation.status == ReservationStatus.HELD and reservation.expires_at <= now:
         reservation.status = ReservationStatus.EXPIRED
         reservation.settled_at = now
         reservation.save(update_fields=["status", "settled_at"])
-    return reservation
+    return reservation, balance
 
 
 @transaction.atomic
@@ -122,7 +127,7 @@ def reservation_commit(
     Committing again returns the same event.
     """
     now = now or timezone.now()
-    reservation = _reservation_locked(reservation_id, now)
+    reservation, balance = _reservation_locked(reservation_id, now)
     if reservation.status == ReservationStatus.COMMITTED:
         return reservation, reservation.usage_event
     if reservation.status != ReservationStatus.HELD:
@@ -143,30 +148,46 @@ def reservation_commit(
         user=reservation.member.external_id if reservation.member else None,
         properties=reservation.properties,
         reservation=reservation,
+        properties_json=json.dumps(reservation.properties, cls=PropertiesEncoder),
+    )
+    customer = reservation.customer
+    ledger = CustomerLedger(
+        customer=customer,
+        balance=balance,
+        subscription=_subscription_of(customer),
+        now=now,
+        exclude_reservation=reservation,
     )
     writes = BatchWrites()
     events_record_for_customer(
-        customer=reservation.customer,
-        subscription=_subscription_of(reservation.customer),
+        ledger=ledger,
         events=[event],
         meters={reservation.meter.key: reservation.meter},
-        now=now,
+        existing={},
+        members={(customer.pk, reservation.member.external_id): reservation.member.pk}
+        if reservation.member
+        else {},
         writes=writes,
-        exclude_reservation=reservation,
     )
     writes.flush()
     reservation.status = ReservationStatus.COMMITTED
     reservation.committed_quantity = quantity
     reservation.settled_at = now
     reservation.save(update_fields=["status", "committed_quantity", "settled_at"])
-    return reservation, writes.events[0]
+    usage_event = writes.events[0].as_model()
+    usage_event.customer, usage_event.meter, usage_event.member = (
+        customer,
+        reservation.meter,
+        reservation.member,
+    )
+    return reservation, usage_event
 
 
 @transaction.atomic
 def reservation_release(*, reservation_id: uuid.UUID | str, now: datetime | None = None) -> Reservation:
     """Cancel a hold. Releasing again, or a hold that already expired, changes nothing."""
     now = now or timezone.now()
-    reservation = _reservation_locked(reservation_id, now)
+    reservation, _ = _reservation_locked(reservation_id, now)
     if reservation.status == ReservationStatus.COMMITTED:
         raise ReservationNotHeld(
             "The reservation was committed; it can no longer be released.", status="committed"

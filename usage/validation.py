@@ -19,7 +19,7 @@ from customers.models import Customer, Subscription
 from plans.models import Meter
 from usage.balances import CustomerLedger
 from usage.errors import InvalidBatch
-from usage.models import Reservation
+from usage.models import PropertiesEncoder, Reservation
 
 EVENT_FIELDS = {"idempotency_key", "customer", "meter", "quantity", "timestamp", "user", "properties"}
 MAX_KEY_LENGTH = 255
@@ -41,6 +41,7 @@ class EventInput:
     user: str | None
     properties: dict[str, Any]
     reservation: Reservation | None = None
+    properties_json: str = "{}"  # ``properties`` as stored
 
 
 class _Problems:
@@ -128,7 +129,8 @@ def _parse_event(index: int, raw: Any, now: datetime) -> EventInput:
     properties = raw.get("properties") or {}
     if not isinstance(properties, dict):
         raise ValueError("properties must be an object")
-    if len(json.dumps(properties, default=str)) > MAX_PROPERTIES_BYTES:
+    properties_json = json.dumps(properties, cls=PropertiesEncoder)
+    if len(properties_json) > MAX_PROPERTIES_BYTES:
         raise ValueError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
     return EventInput(
         index=index,
@@ -142,6 +144,7 @@ def _parse_event(index: int, raw: Any, now: datetime) -> EventInput:
         timestamp=_parse_timestamp(raw.get("timestamp"), now),
         user=_string(raw.get("user"), "user", required=False, max_length=MAX_NAME_LENGTH),
         properties=properties,
+        properties_json=properties_json,
     )
 
 

@@ -48,6 +48,27 @@ def test_decimal_quantities_are_exact(api, acme):
     assert str(PeriodUsage.objects.get().quantity.normalize()) == "0.3"
 
 
+def test_numbers_in_properties_are_stored_as_json_numbers(api, acme):
+    body = (
+        '{"idempotency_key": "p", "customer": "acme", "meter": "api_call",'
+        ' "properties": {"temperature": 0.7, "tokens": 12, "nested": {"top_p": 0.95}}}'
+    )
+    response = api.post(URL, body, content_type="application/json")
+    assert response.status_code == 200
+    assert response.json()["results"][0]["status"] == "accepted"
+    stored = UsageEvent.objects.get().properties
+    assert stored == {"temperature": 0.7, "tokens": 12, "nested": {"top_p": 0.95}}
+
+
+def test_a_property_number_too_large_to_store_is_rejected(api, acme):
+    body = '{"idempotency_key": "p", "customer": "acme", "meter": "api_call", "properties": {"x": 1e400}}'
+    response = api.post(URL, body, content_type="application/json")
+    assert response.status_code == 400
+    [problem] = response.json()["error"]["events"]
+    assert problem["code"] == "invalid_properties"
+    assert nothing_written()
+
+
 def too_old():
     return (timezone.now() - timedelta(days=36)).isoformat()
 

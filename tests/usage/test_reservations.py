@@ -66,6 +66,18 @@ def test_reservation_holds_what_the_work_may_cost(api, tokens_customer):
     assert available_wallet(tokens_customer) == Decimal("0.96")
 
 
+def test_decimal_properties_are_held_and_carried_to_the_event(api, tokens_customer):
+    body = (
+        '{"customer": "acme", "meter": "llm_tokens", "quantity": 100, "idempotency_key": "f",'
+        ' "properties": {"model": "gpt-4o", "temperature": 0.2}}'
+    )
+    response = api.post("/api/v1/reservations", body, content_type="application/json")
+    assert response.status_code == 201
+    commit = api.post(f"/api/v1/reservations/{response.json()['id']}/commit", {"quantity": 50}, format="json")
+    assert commit.status_code == 200
+    assert UsageEvent.objects.get().properties == {"model": "gpt-4o", "temperature": 0.2}
+
+
 def test_commit_with_less_refunds_the_difference(api, tokens_customer):
     reservation_id = reserve(api, 4000).json()["id"]
     response = api.post(f"/api/v1/reservations/{reservation_id}/commit", {"quantity": 800}, format="json")

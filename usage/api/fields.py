@@ -1,5 +1,6 @@
 """Serializer pieces shared by the API's endpoints."""
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -7,7 +8,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from usage.validation import parse_quantity
+from usage.models import PropertiesEncoder
+from usage.validation import MAX_PROPERTIES_BYTES, parse_quantity
 
 
 @extend_schema_field(OpenApiTypes.DECIMAL)
@@ -44,7 +46,19 @@ class MoneyField(serializers.DecimalField):
 
 
 class PropertiesField(serializers.DictField):
+    """An object of event properties, storable as it is events' (``usage.validation``)."""
+
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("required", False)
         kwargs.setdefault("default", dict)
         super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        properties: dict[str, Any] = super().to_internal_value(data)
+        try:
+            stored = json.dumps(properties, cls=PropertiesEncoder)
+        except ValueError as error:
+            raise serializers.ValidationError(str(error)) from error
+        if len(stored) > MAX_PROPERTIES_BYTES:
+            raise serializers.ValidationError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
+        return properties

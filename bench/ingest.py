@@ -281,13 +281,12 @@ def ingest_steps() -> list[tuple[Any, str, str]]:
     """What to time in a batch: the request's call into ingest and the steps of ``usage.ingest``."""
     import usage.api.views
     import usage.ingest
-    from usage.models import UsageEvent
 
     steps = [name for name, _ in INGEST_STEPS if name in vars(usage.ingest) and name != "usage_events_ingest"]
     return [
         (usage.api.views, "usage_events_ingest", "usage_events_ingest"),
         *[(usage.ingest, name, name) for name in steps],
-        (UsageEvent.objects, "bulk_create", "UsageEvent bulk_create"),
+        (usage.ingest.BatchWrites, "flush", "BatchWrites.flush"),
     ]
 
 
@@ -297,17 +296,17 @@ INGEST_STEPS = [
     ("usage_events_ingest", 1),
     ("events_parse", 2),
     ("resolve_names", 2),
+    ("customer_balances_for_update", 2),
+    ("events_recorded", 2),
+    ("ledger_rows_load", 2),
+    ("members_get_or_create", 2),
     ("events_record_for_customer", 2),
-    ("customer_balance_for_update", 3),
-    ("CustomerLedger", 3),
     ("check_dimensions", 3),
-    ("members_get_or_create", 3),
-    ("UsageEvent bulk_create", 3),
-    ("_write_ledger", 3),
-    ("_write_period_totals", 3),
-    ("_write_rollups", 3),
-    ("_write_outbox", 3),
     ("_record_limit_notifications", 3),
+    ("BatchWrites.flush", 2),
+    ("events_insert", 3),
+    ("period_totals_save", 3),
+    ("rollups_add", 3),
     ("SQL round trips", 1),
 ]
 

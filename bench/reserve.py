@@ -320,18 +320,15 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
     import usage.api.views
     import usage.ingest
     import usage.services
-    from usage.models import UsageEvent
 
-    shared = ["customer_balance_for_update", "CustomerLedger"]
     return [
         (usage.api.views, "reservation_create", "reservation_create"),
         (usage.api.views, "reservation_commit", "reservation_commit"),
-        *[(usage.services, name, name) for name in [*shared, "_subscription_of", "_reservation_locked"]],
+        *[(usage.services, name, name) for name in ("_reservation_locked", "customer_balance_for_update")],
+        (usage.services, "CustomerLedger", "CustomerLedger"),
         (usage.services, "events_record_for_customer", "events_record_for_customer"),
-        *[(usage.ingest, name, name) for name in shared],
-        *[(usage.ingest, name, name) for name in ("_write_ledger", "_write_period_totals", "_write_rollups")],
-        *[(usage.ingest, name, name) for name in ("_write_outbox", "_record_limit_notifications")],
-        (UsageEvent.objects, "bulk_create", "UsageEvent bulk_create"),
+        (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
+        *[(usage.ingest, name, name) for name in ("events_insert", "period_totals_save", "rollups_add")],
     ]
 
 
@@ -340,16 +337,13 @@ RESERVE_STEPS = [
     ("reservation_create", 1),
     ("reservation_commit", 1),
     ("_reservation_locked", 2),
-    ("_subscription_of", 2),
     ("customer_balance_for_update", 2),
     ("CustomerLedger", 2),
     ("events_record_for_customer", 2),
-    ("UsageEvent bulk_create", 3),
-    ("_write_ledger", 3),
-    ("_write_period_totals", 3),
-    ("_write_rollups", 3),
-    ("_write_outbox", 3),
-    ("_record_limit_notifications", 3),
+    ("BatchWrites.flush", 2),
+    ("events_insert", 3),
+    ("period_totals_save", 3),
+    ("rollups_add", 3),
     ("SQL round trips", 1),
 ]
 

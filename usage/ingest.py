@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection, transaction
@@ -471,22 +472,15 @@ def rollups_add(events: list[RecordedEvent]) -> None:
     """
     if not events:
         return
-    deltas = _rollup_deltas(events)
     if connection.vendor == "postgresql":
-        _rollups_add_upsert(deltas)
+        _rollups_add_upsert(events)
     else:
-        _rollups_add_read_then_write(list(deltas))
+        written = UsageEvent.objects.filter(pk__in=[event.written_id() for event in events])
+        _rollups_add_read_then_write(list(_rollup_deltas(written)))
 
 
-def _rollup_deltas(events: list[RecordedEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:
+def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:
     """The events summed per rollup key; each total of the rollup is named ``add_<total>``."""
-    ids = [event.written_id() for event in events]
-    if connection.vendor == "postgresql":  # one array parameter rather than a thousand
-        written = UsageEvent.objects.filter(
-            RawSQL(f"{UsageEvent._meta.db_table}.id = ANY(%s)", (ids,), output_field=BooleanField())  # noqa: S611
-        )
-    else:
-        written = UsageEvent.objects.filter(pk__in=ids)
     billable = Q(billable=True)
     billable_units = F("quantity") - F("included_quantity")
     # The units overage paid for, in proportion to its share of the cost (``_overage_quantity``).
@@ -511,10 +505,26 @@ def _rollup_deltas(events: list[RecordedEvent]) -> QuerySet[UsageEvent, dict[str
     )
 
 
-def _rollups_add_upsert(deltas: QuerySet[UsageEvent, dict[str, Any]]) -> None:
+def _rollups_add_upsert(events: list[RecordedEvent]) -> None:
     """One statement: insert new days, add to existing ones (the unique key treats no member as one)."""
+    sql, params = _rollups_upsert_sql()
+    ids = [event.written_id() for event in events]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ids if param is _EVENT_IDS else param for param in params])
+
+
+# Stands for the array of event ids in the compiled statement, whose other parameters are constants.
+_EVENT_IDS = object()
+
+
+@lru_cache(maxsize=1)
+def _rollups_upsert_sql() -> tuple[str, list[Any]]:
+    """The upsert, compiled once per process: compiling the aggregate took longer than running it."""
     table = DailyUsageRollup._meta.db_table
-    select, params = deltas.query.get_compiler(connection=connection).as_sql()
+    written = UsageEvent.objects.filter(
+        RawSQL(f"{UsageEvent._meta.db_table}.id = ANY(%s)", (_EVENT_IDS,), output_field=BooleanField())  # noqa: S611
+    )
+    select, params = _rollup_deltas(written).query.get_compiler(connection=connection).as_sql()
     columns = (*ROLLUP_KEY, "period_start", *ROLLUP_TOTALS)
     sources = (*ROLLUP_KEY, "period_start", *(f"add_{name}" for name in ROLLUP_TOTALS))
     # Only constant names and the compiled query are formatted in; every value is a parameter.
@@ -524,8 +534,7 @@ def _rollups_add_upsert(deltas: QuerySet[UsageEvent, dict[str, Any]]) -> None:
         f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
         + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in ROLLUP_TOTALS)
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return sql, list(params)
 
 
 def _rollups_add_read_then_write(deltas: list[dict[str, Any]]) -> None:

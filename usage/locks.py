@@ -22,6 +22,11 @@ def customer_balance_for_update(customer: Customer) -> CustomerBalance:
     return CustomerBalance.objects.select_for_update().get(customer=customer)
 
 
+def existing_customer_balance_for_update(customer_id: int) -> CustomerBalance:
+    """Lock the balance row of a customer known to have one, such as the customer of a reservation."""
+    return CustomerBalance.objects.select_for_update().get(customer_id=customer_id)
+
+
 def customer_balances_for_update(customers: list[Customer]) -> dict[int, CustomerBalance]:
     """Lock several customers' balance rows, by customer id, in one statement in primary-key order.
 

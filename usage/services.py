@@ -21,7 +21,7 @@ from plans.money import CREDITS
 from usage.balances import CustomerLedger
 from usage.errors import NoSubscription, ReservationNotHeld
 from usage.ingest import BatchWrites, events_record_for_customer, members_get_or_create
-from usage.locks import customer_balance_for_update
+from usage.locks import customer_balance_for_update, existing_customer_balance_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -37,10 +37,11 @@ from usage.validation import EventInput
 
 
 def _subscription_of(customer: Customer) -> Subscription:
-    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version").first()
-    if subscription is None:
-        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.")
-    return subscription
+    """The customer's subscription: joined in by ``customer_for_decision``, else read here."""
+    try:
+        return customer.subscription
+    except Subscription.DoesNotExist:
+        raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.") from None
 
 
 # --- reservations ----------------------------------------------------------------------------------
@@ -101,13 +102,22 @@ def reservation_create(
 def _reservation_locked(
     reservation_id: uuid.UUID | str, now: datetime
 ) -> tuple[Reservation, CustomerBalance]:
-    """The reservation, re-read after taking its customer's lock (so its status is current)."""
+    """The reservation with its customer's subscription and limits, its status re-read under the lock.
+
+    The joined read happens before the lock, so the lock is held only for the work that needs it.
+    """
     reservation = (
-        Reservation.objects.select_related("customer", "meter", "member").filter(pk=reservation_id).first()
+        Reservation.objects.select_related(
+            "customer__subscription__plan_version", "customer__spend_controls", "meter", "member"
+        )
+        .filter(pk=reservation_id)
+        .first()
     )
     if reservation is None:
         raise NotFound(f"No reservation {reservation_id}.")
-    balance = customer_balance_for_update(reservation.customer)
+    balance = existing_customer_balance_for_update(
+        reservation.customer_id
+    )  # taking the reservation created it
     reservation.refresh_from_db(fields=["status", "settled_at", "committed_quantity"])
     if reservation.status == ReservationStatus.HELD and reservation.expires_at <= now:
         reservation.status = ReservationStatus.EXPIRED

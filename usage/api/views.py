@@ -13,7 +13,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from customers.selectors import customer_by_external_id
 from plans.errors import NotFound
 from plans.models import Meter
 from usage.api.fields import PropertiesField, QuantityField, decimal_string
@@ -161,7 +160,7 @@ class ReservationsView(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         reservation, created = reservation_create(
-            customer=customer_by_external_id(values["customer"]),
+            customer=customer_for_decision(values["customer"]),
             meter=meter_by_key(values["meter"]),
             quantity=values["quantity"],
             idempotency_key=values["idempotency_key"],

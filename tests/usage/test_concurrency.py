@@ -95,3 +95,22 @@ def test_concurrent_batches_never_overdraw_credits(credits_plan, make_customer):
     assert accepted == 20  # 100 credits / 5 credits a run
     assert customer.credit_grants.get().remaining == 0
     assert not ledger_mismatches()
+
+
+def test_concurrent_batches_over_the_same_customers_in_any_order_all_land(pro_plan, make_customer):
+    """Each batch locks all its customers in primary-key order, whatever order its events name them."""
+    names = ["acme", "globex", "initech"]
+    for name in names:
+        make_customer("pro", external_id=name)
+
+    def send(index):
+        order = names if index % 2 else list(reversed(names))
+        return usage_events_ingest(
+            raw_events=[event(f"b{index}-{name}-{n}", customer=name) for name in order for n in range(20)]
+        )
+
+    results = run_concurrently(6, send)
+
+    assert all(r.status == "accepted" for result in results for r in result.results)
+    assert [row.quantity for row in PeriodUsage.objects.order_by("customer_id")] == [120, 120, 120]
+    assert not ledger_mismatches()

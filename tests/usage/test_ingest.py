@@ -71,6 +71,27 @@ def test_replayed_event_changes_nothing(pro_plan, make_customer):
     assert after == before
 
 
+def test_one_batch_for_several_customers_keeps_each_ledger_apart(pro_plan, make_customer):
+    """Customers of a batch are locked and read together; keys are unique per customer only."""
+    acme, globex = make_customer("pro"), make_customer("pro", external_id="globex")
+    ingest(event("k1", quantity=30))
+
+    result = ingest(
+        event("k1", quantity=30),  # acme's replay
+        event("k1", customer="globex", quantity=5),  # the same key, another customer: new
+        event("k2", quantity=80, user="ana"),
+        event("k2", customer="globex", quantity=1, user="ana"),
+    )
+
+    assert statuses(result) == ["duplicate", "accepted", "accepted", "accepted"]
+    assert result.results[0].id == UsageEvent.objects.get(customer=acme, idempotency_key="k1").pk
+    assert PeriodUsage.objects.get(customer=acme).quantity == 110
+    assert PeriodUsage.objects.get(customer=acme).overage_amount == Decimal("1.0")  # 10 past 100 included
+    assert PeriodUsage.objects.get(customer=globex).quantity == 6
+    assert acme.members.get().pk != globex.members.get().pk
+    assert not ledger_mismatches()
+
+
 def test_duplicate_key_within_a_batch_is_counted_once(pro_plan, make_customer):
     make_customer("pro")
     result = ingest(event("same", quantity=2), event("same", quantity=2))

@@ -280,13 +280,19 @@ def warm_up_request():
 def ingest_steps() -> list[tuple[Any, str, str]]:
     """What to time in a batch: the request's call into ingest and the steps of ``usage.ingest``."""
     import usage.api.views
+    import usage.batch_writes
     import usage.ingest
 
-    steps = [name for name, _ in INGEST_STEPS if name in vars(usage.ingest) and name != "usage_events_ingest"]
+    names = [name for name, _ in INGEST_STEPS if name != "usage_events_ingest"]
     return [
         (usage.api.views, "usage_events_ingest", "usage_events_ingest"),
-        *[(usage.ingest, name, name) for name in steps],
-        (usage.ingest.BatchWrites, "flush", "BatchWrites.flush"),
+        *[
+            (module, name, name)
+            for module in (usage.ingest, usage.batch_writes)
+            for name in names
+            if name in vars(module)
+        ],
+        (usage.batch_writes.BatchWrites, "flush", "BatchWrites.flush"),
     ]
 
 

@@ -318,7 +318,7 @@ def oversell_run(server: Server, api_key: str, clients: int) -> tuple[PhaseResul
 
 def reserve_steps() -> list[tuple[Any, str, str]]:
     import usage.api.views
-    import usage.ingest
+    import usage.batch_writes
     import usage.services
 
     return [
@@ -328,7 +328,10 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
         (usage.services, "CustomerLedger", "CustomerLedger"),
         (usage.services, "events_record_for_customer", "events_record_for_customer"),
         (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
-        *[(usage.ingest, name, name) for name in ("events_insert", "period_totals_save", "rollups_add")],
+        *[
+            (usage.batch_writes, name, name)
+            for name in ("events_insert", "period_totals_save", "rollups_add")
+        ],
     ]
 
 

@@ -4,24 +4,20 @@ A batch is validated whole first (``usage.validation``): any problem rejects it 
 problem listed and nothing written. A valid batch takes the locks of all its customers, in
 primary-key order; duplicates are answered from the ledger, each new event is decided by the
 customer's ``CustomerLedger`` in batch order, and events, ledger rows, period totals, daily
-rollups and the Stripe outbox are written in bulk, one statement per table for the whole batch.
+rollups and the Stripe outbox are gathered in a ``usage.batch_writes.BatchWrites`` and written
+with one statement per table for the whole batch.
 
-The hot path is a batch of 1,000 events, so it builds no model instance per event and runs a
-fixed number of statements whatever the number of customers in the batch (``bench/ingest.py``).
+The hot path is a batch of 1,000 events, so it reads with a fixed number of statements whatever
+the number of customers in the batch (``bench/ingest.py``).
 """
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import BooleanField, Case, Count, DecimalField, F, Q, QuerySet, Sum, Value, When
-from django.db.models.expressions import RawSQL
-from django.db.models.functions import Coalesce, Round, TruncDate
 from django.utils import timezone
 
 from customers.models import Customer, Member, NotificationKind
@@ -29,62 +25,17 @@ from customers.services import notification_record
 from plans.models import Meter
 from plans.money import CREDITS
 from usage.balances import ZERO, Coverage, CustomerLedger, Draw, ledger_amount, ledger_rows_load
+from usage.batch_writes import BatchWrites, RecordedEvent
 from usage.errors import UsageRefused
 from usage.locks import customer_balances_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
-    CustomerBalance,
-    DailyUsageRollup,
     LedgerEntryKind,
-    PeriodUsage,
     StripeUsageOutbox,
     UsageEvent,
 )
 from usage.validation import MAX_NAME_LENGTH, EventInput, check_dimensions, events_parse, resolve_names
-
-
-@dataclass(slots=True)
-class RecordedEvent:
-    """A new usage event as a batch writes it: the columns of ``UsageEvent``, without a model instance.
-
-    A batch of 1,000 events builds no model objects for its events: building and saving them
-    through the ORM was a third of a batch's time. ``id`` is set when the batch is written.
-    """
-
-    customer_id: int
-    meter_id: int
-    member_id: int | None
-    idempotency_key: str
-    quantity: Decimal
-    properties: str  # as JSON
-    timestamp: datetime
-    received_at: datetime
-    period_start: datetime
-    action: str
-    dimension_value: str
-    billable: bool
-    reservation_id: Any
-    cost_unit: str
-    cost: Decimal
-    included_quantity: Decimal
-    credits_amount: Decimal
-    wallet_amount: Decimal
-    overage_amount: Decimal
-    id: int | None = None
-
-    def written_id(self) -> int:
-        if self.id is None:
-            raise RuntimeError("The event has no id before the batch is written.")
-        return self.id
-
-    def as_model(self) -> UsageEvent:
-        fields = {name: getattr(self, name) for name in EVENT_COLUMNS}
-        fields["properties"] = json.loads(self.properties)
-        return UsageEvent(id=self.id, **fields)
-
-
-EVENT_COLUMNS = tuple(name for name in RecordedEvent.__dataclass_fields__ if name != "id")
 
 
 @dataclass
@@ -192,35 +143,6 @@ def events_recorded(events_by_customer: dict[int, list[EventInput]]) -> dict[tup
         recorded = UsageEvent.objects.filter(customer_id__in=events_by_customer, idempotency_key__in=keys)
         rows = list(recorded.values_list("customer_id", "idempotency_key", "id"))
     return {(customer_id, key): pk for customer_id, key, pk in rows}
-
-
-class BatchWrites:
-    """The rows a batch writes, gathered customer by customer and written with one statement each.
-
-    Events get their ids when they are written; ledger and outbox rows gathered before then keep
-    the event they point at and take its id in ``flush``.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[RecordedEvent] = []
-        self.ledger_entries: list[tuple[CreditLedgerEntry, RecordedEvent]] = []
-        self.grants: list[CreditGrant] = []
-        self.balances: list[CustomerBalance] = []
-        self.period_rows: list[PeriodUsage] = []
-        self.outbox: list[tuple[StripeUsageOutbox, RecordedEvent]] = []
-
-    def flush(self) -> None:
-        events_insert(self.events)
-        for entry, event in self.ledger_entries:
-            entry.usage_event_id = event.written_id()
-        CreditLedgerEntry.objects.bulk_create([entry for entry, _ in self.ledger_entries])
-        CreditGrant.objects.bulk_update(self.grants, ["remaining"])
-        CustomerBalance.objects.bulk_update(self.balances, ["wallet_balance", "updated_at"])
-        period_totals_save(self.period_rows)
-        rollups_add(self.events)
-        for row, event in self.outbox:
-            row.last_event_id = event.written_id()
-        StripeUsageOutbox.objects.bulk_create([row for row, _ in self.outbox])
 
 
 def events_record_for_customer(
@@ -337,30 +259,6 @@ def _recorded_event(
     )
 
 
-def events_insert(events: list[RecordedEvent]) -> None:
-    """Insert the batch's events and set their ids: on PostgreSQL by COPY, with ids taken first."""
-    if not events:
-        return
-    if connection.vendor != "postgresql":
-        models = [event.as_model() for event in events]
-        UsageEvent.objects.bulk_create(models)
-        for event, model in zip(events, models, strict=True):
-            event.id = model.pk
-        return
-    table = UsageEvent._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [table, len(events)],
-        )
-        for event, (pk,) in zip(events, cursor.fetchall(), strict=True):
-            event.id = pk
-        columns = ("id", *EVENT_COLUMNS)
-        with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for event in events:
-                copy.write_row([getattr(event, name) for name in columns])
-
-
 def _collect_ledger(
     writes: BatchWrites,
     customer: Customer,
@@ -412,159 +310,6 @@ def _overage_quantity(event: RecordedEvent) -> Decimal:
     if event.overage_amount == event.cost:
         return billable
     return (billable * event.overage_amount / event.cost).quantize(Decimal("0.000001"))
-
-
-# --- period totals -------------------------------------------------------------------------------
-
-
-PERIOD_KEY = ("customer_id", "meter_id", "period_start")
-PERIOD_TOTALS = (
-    "period_end",
-    "unit",
-    "quantity",
-    "non_billable_quantity",
-    "event_count",
-    "cost",
-    "included_quantity",
-    "credits_amount",
-    "wallet_amount",
-    "overage_amount",
-)
-
-
-def period_totals_save(rows: list[PeriodUsage]) -> None:
-    """Write the period totals a batch changed, new or not, in one statement.
-
-    The totals are the ledger's, read under the customer's lock, so they overwrite what is stored.
-    """
-    if not rows:
-        return
-    columns = (*PERIOD_KEY, *PERIOD_TOTALS)
-    concrete = {field.attname: field for field in PeriodUsage._meta.concrete_fields}
-    fields = [concrete[name] for name in columns]
-    table = PeriodUsage._meta.db_table
-    values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-    # Only constant names are formatted in; every value is a parameter.
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "  # noqa: S608
-        f"ON CONFLICT ({', '.join(PERIOD_KEY)}) DO UPDATE SET "
-        + ", ".join(f"{name} = EXCLUDED.{name}" for name in PERIOD_TOTALS)
-    )
-    params = [
-        field.get_db_prep_save(getattr(row, field.attname), connection) for row in rows for field in fields
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-# --- daily rollups -------------------------------------------------------------------------------
-
-
-ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "day")
-ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
-
-
-def rollups_add(events: list[RecordedEvent]) -> None:
-    """Add the batch's events, once written, to their daily rollups.
-
-    The database sums the rows just written per rollup key: a batch may touch as many rollups as
-    it has events, and sending them all as parameters cost more than the sums.
-    """
-    if not events:
-        return
-    if connection.vendor == "postgresql":
-        _rollups_add_upsert(events)
-    else:
-        written = UsageEvent.objects.filter(pk__in=[event.written_id() for event in events])
-        _rollups_add_read_then_write(list(_rollup_deltas(written)))
-
-
-def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:
-    """The events summed per rollup key; each total of the rollup is named ``add_<total>``."""
-    billable = Q(billable=True)
-    billable_units = F("quantity") - F("included_quantity")
-    # The units overage paid for, in proportion to its share of the cost (``_overage_quantity``).
-    overage_units = Case(
-        When(Q(overage_amount__lte=0) | Q(cost__lte=0), then=Value(ZERO)),
-        When(overage_amount=F("cost"), then=billable_units),
-        default=Round(billable_units * F("overage_amount") / F("cost"), 6),
-        output_field=DecimalField(),
-    )
-    return (
-        written.annotate(day=TruncDate("timestamp", tzinfo=UTC))  # UTC days, whatever offset was sent
-        .values(*ROLLUP_KEY, "period_start")
-        .annotate(
-            add_quantity=Sum("quantity"),
-            add_billable_quantity=Coalesce(Sum(billable_units, filter=billable), ZERO),
-            add_overage_quantity=Coalesce(Sum(overage_units, filter=billable), ZERO),
-            add_event_count=Count("id"),
-            add_cost=Coalesce(Sum("cost", filter=billable), ZERO),
-            add_overage_amount=Coalesce(Sum("overage_amount", filter=billable), ZERO),
-        )
-        .order_by()
-    )
-
-
-def _rollups_add_upsert(events: list[RecordedEvent]) -> None:
-    """One statement: insert new days, add to existing ones (the unique key treats no member as one)."""
-    sql, params = _rollups_upsert_sql()
-    ids = [event.written_id() for event in events]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ids if param is _EVENT_IDS else param for param in params])
-
-
-# Stands for the array of event ids in the compiled statement, whose other parameters are constants.
-_EVENT_IDS = object()
-
-
-@lru_cache(maxsize=1)
-def _rollups_upsert_sql() -> tuple[str, list[Any]]:
-    """The upsert, compiled once per process: compiling the aggregate took longer than running it."""
-    table = DailyUsageRollup._meta.db_table
-    written = UsageEvent.objects.filter(
-        RawSQL(f"{UsageEvent._meta.db_table}.id = ANY(%s)", (_EVENT_IDS,), output_field=BooleanField())  # noqa: S611
-    )
-    select, params = _rollup_deltas(written).query.get_compiler(connection=connection).as_sql()
-    columns = (*ROLLUP_KEY, "period_start", *ROLLUP_TOTALS)
-    sources = (*ROLLUP_KEY, "period_start", *(f"add_{name}" for name in ROLLUP_TOTALS))
-    # Only constant names and the compiled query are formatted in; every value is a parameter.
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT {', '.join(sources)} FROM ({select}) AS batch "
-        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
-        + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in ROLLUP_TOTALS)
-    )
-    return sql, list(params)
-
-
-def _rollups_add_read_then_write(deltas: list[dict[str, Any]]) -> None:
-    """The portable way, for SQLite (the embedded default), which cannot key on an empty member.
-
-    Safe because the caller holds the customers' locks: no one else writes these rows meanwhile.
-    """
-    by_key = {tuple(delta[name] for name in ROLLUP_KEY): delta for delta in deltas}
-    existing = DailyUsageRollup.objects.filter(
-        customer_id__in={d["customer_id"] for d in deltas},
-        day__in={d["day"] for d in deltas},
-        meter_id__in={d["meter_id"] for d in deltas},
-    )
-    to_update = []
-    for rollup in existing:
-        delta = by_key.pop(tuple(getattr(rollup, name) for name in ROLLUP_KEY), None)
-        if delta is not None:
-            for name in ROLLUP_TOTALS:
-                setattr(rollup, name, getattr(rollup, name) + delta[f"add_{name}"])
-            to_update.append(rollup)
-    DailyUsageRollup.objects.bulk_update(to_update, list(ROLLUP_TOTALS))
-    DailyUsageRollup.objects.bulk_create(
-        [
-            DailyUsageRollup(
-                **{name: delta[name] for name in (*ROLLUP_KEY, "period_start")},
-                **{name: delta[f"add_{name}"] for name in ROLLUP_TOTALS},
-            )
-            for delta in by_key.values()
-        ]
-    )
 
 
 # --- Stripe outbox -------------------------------------------------------------------------------

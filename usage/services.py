@@ -19,8 +19,9 @@ from plans.errors import InvalidInput, NotFound
 from plans.models import CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
 from usage.balances import CustomerLedger
+from usage.batch_writes import BatchWrites
 from usage.errors import NoSubscription, ReservationNotHeld
-from usage.ingest import BatchWrites, events_record_for_customer, members_get_or_create
+from usage.ingest import events_record_for_customer, members_get_or_create
 from usage.locks import customer_balance_for_update, existing_customer_balance_for_update
 from usage.models import (
     CreditGrant,

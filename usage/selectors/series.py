@@ -22,7 +22,7 @@ CHART_MAX_DAYS = 31
 
 @dataclass(frozen=True)
 class DayTotals:
-    """One meter's day, from the rollups (see ``usage.ingest._write_rollups``)."""
+    """One meter's day, from the rollups (see ``usage.batch_writes.rollups_add``)."""
 
     quantity: Decimal  # every unit recorded, cache hits included
     beyond_included: Decimal  # units past the included allowance: the priced ones

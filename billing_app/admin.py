@@ -23,9 +23,9 @@ from customers.services import customer_unfreeze
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
     readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
-    fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke",)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
@@ -33,7 +33,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         # A new key: generate the secret and show it once; only its hash is stored.
-        api_key, raw_key = ApiKey.generate(name=obj.name)
+        api_key, raw_key = ApiKey.generate(name=obj.name, rate_limit_per_minute=obj.rate_limit_per_minute)
         obj.pk, obj.prefix, obj.key_hash = api_key.pk, api_key.prefix, api_key.key_hash
         messages.warning(
             request, f"The secret of {obj.name} is {raw_key}. Copy it now: it will not be shown again."

@@ -4,9 +4,12 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from billing_app.models import ApiKey
+from billing_app.throttling import api_key_rate_limit
 from plans.errors import BillingError
 
 
@@ -34,6 +37,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return error_response("malformed_json", f"The body is not valid JSON: {exc.detail}", 400)
     if isinstance(exc, exceptions.ValidationError):
         return error_response("invalid_request", _first_message(exc.detail), 400, fields=exc.detail)
+    if isinstance(exc, exceptions.Throttled):
+        return _rate_limited_response(exc=exc, request=context.get("request"))
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -44,4 +49,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response.data = {
         "error": {"code": code, "message": _first_message(response.data.get("detail", response.data))}
     }
+    return response
+
+
+def _rate_limited_response(*, exc: exceptions.Throttled, request: Request | None) -> Response:
+    api_key = getattr(request, "auth", None)
+    limit = api_key_rate_limit(api_key=api_key) if isinstance(api_key, ApiKey) else None
+    what = f"This API key may make {limit:,} requests a minute" if limit else "This API key is rate limited"
+    # Throttled rounds the wait up to whole seconds, the unit of Retry-After (its stubs leave ``wait`` out).
+    wait: int | None = exc.wait  # type: ignore[attr-defined]
+    when = f"retry in {wait} second{'' if wait == 1 else 's'}" if wait else "retry later"
+    response = error_response("rate_limited", f"{what}; {when}.", status.HTTP_429_TOO_MANY_REQUESTS)
+    if wait:
+        response["Retry-After"] = str(wait)
     return response

@@ -26,6 +26,12 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests a minute this key may make. Empty: the default (API_RATE_LIMIT_PER_MINUTE); "
+        "0: no limit.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -34,10 +40,15 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def generate(cls, *, name: str) -> tuple["ApiKey", str]:
+    def generate(cls, *, name: str, rate_limit_per_minute: int | None = None) -> tuple["ApiKey", str]:
         """Create a key and return it with the raw secret, which is shown once and never stored."""
         raw_key = "sk_live_" + secrets.token_urlsafe(32)
-        api_key = cls.objects.create(name=name, prefix=raw_key[:12], key_hash=api_key_hash(raw_key))
+        api_key = cls.objects.create(
+            name=name,
+            prefix=raw_key[:12],
+            key_hash=api_key_hash(raw_key),
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
         return api_key, raw_key
 
 

@@ -9,6 +9,7 @@ installed.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -118,6 +119,22 @@ OPERATOR_EMAILS = env.list("OPERATOR_EMAILS", default=[])
 OPERATOR_SLACK_WEBHOOK_URL = env.str("OPERATOR_SLACK_WEBHOOK_URL", default="")
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# The API rate limit counts requests in the cache (billing_app/throttling.py). Without Redis each process
+# counts on its own, so N processes let a key make up to N × its limit: acceptable for the embedded default.
+# The cache shares Redis with Celery's queues, so never cache.clear() it: that is FLUSHDB.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "billing",
+            # Every API request counts itself here; a stalled Redis costs each one at most this, and then
+            # the limit is skipped rather than the request failed.
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
@@ -149,9 +166,16 @@ CIRCUIT_BREAKER_HISTORY_DAYS = env.int("CIRCUIT_BREAKER_HISTORY_DAYS", default=1
 INVOICE_SPIKE_RATIO = env.str("INVOICE_SPIKE_RATIO", default="1.5")
 RECONCILIATION_TOLERANCE_PERCENT = env.str("RECONCILIATION_TOLERANCE_PERCENT", default="1")
 
+# Requests a minute an API key may make, unless the key has its own limit (admin, API keys). 0 or empty: no
+# limit. 6,000 (100 a second) is far above what a backend that batches its events needs.
+API_RATE_LIMIT_PER_MINUTE = int(env.str("API_RATE_LIMIT_PER_MINUTE", default="6000") or 0)
+if API_RATE_LIMIT_PER_MINUTE < 0:
+    raise ImproperlyConfigured("API_RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more.")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["billing_app.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["usage.api.parsers.DecimalJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

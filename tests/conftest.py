@@ -1,11 +1,24 @@
 """Fixtures shared by the whole suite. App-specific factories live beside the app's tests."""
 
+import uuid
+
 import pytest
 from rest_framework.test import APIClient
 
 from billing_app.models import ApiKey
 
 pytest_plugins = ["tests.catalog_fixtures", "tests.stripe_fake.plugin"]
+
+
+@pytest.fixture(autouse=True)
+def cache_of_its_own(settings) -> None:
+    """Each test counts API requests in its own cache namespace, so no rate-limit count carries over.
+
+    Clearing the cache instead would be FLUSHDB on a Redis database that parallel test runs share.
+    """
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"},
+    }
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""Per-API-key rate limiting of the metering API.
+
+Each key has a fixed one-minute window: one counter in the cache, named by the key and by the minute it
+counts, incremented atomically by every request. A fixed window rather than a sliding one (this minute's
+count weighted with the last minute's) because the sliding window reads a second counter on every
+request, a third cache round trip on a path (``/api/v1/check``) that has 10 ms for everything. The price
+is the fixed window's edge: a key can make up to twice its limit in the few seconds either side of a
+minute's end. For a limit that protects the service from a runaway client, not one that bills, that is
+acceptable.
+"""
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.cache import cache
+from redis import RedisError
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from billing_app.models import ApiKey
+
+if TYPE_CHECKING:
+    # rest_framework.views imports this module while it defines APIView (DEFAULT_THROTTLE_CLASSES).
+    from rest_framework.views import APIView
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+# A window's counter outlives its minute. Django's RedisCache ``incr`` is EXISTS then INCRBY; if the
+# counter could expire between the two, INCRBY would recreate it with no expiry. Once its minute is over
+# nobody counts in it any more (unless app servers' clocks differ by more than a minute), so the extra
+# minute closes that gap.
+COUNTER_TIMEOUT_SECONDS = 2 * WINDOW_SECONDS
+
+
+def api_key_rate_limit(*, api_key: ApiKey) -> int | None:
+    """The requests a minute the key may make, or None when it is not limited.
+
+    The key's own limit wins over ``API_RATE_LIMIT_PER_MINUTE``; 0 in either means no limit.
+    """
+    limit = api_key.rate_limit_per_minute
+    if limit is None:
+        limit = settings.API_RATE_LIMIT_PER_MINUTE
+    return limit or None
+
+
+def rate_window_count(*, api_key_id: int, window: int) -> int:
+    """Count one request of the key in the window, and return how many the window has counted so far.
+
+    Two cache round trips in the steady state (``incr`` is two on Redis); the first request of a window
+    creates the counter instead, also in two.
+    """
+    counter = f"api-rate:{api_key_id}:{window}"
+    try:
+        return cache.incr(counter)
+    except ValueError:
+        # No counter yet: this is the window's first request, unless another worker creates it first.
+        pass
+    if cache.add(counter, 1, timeout=COUNTER_TIMEOUT_SECONDS):
+        return 1
+    return cache.incr(counter)
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    """At most the key's limit of requests in each minute of the clock; the rest get 429 until it ends.
+
+    Refused requests count too, which costs a client nothing more: the count starts again at the next
+    minute whatever it reached. Requests without a key are left to authentication, which refuses them.
+    """
+
+    def __init__(self) -> None:
+        self.seconds_until_next_window: float | None = None
+
+    def allow_request(self, request: Request, view: "APIView") -> bool:
+        api_key = request.auth
+        if not isinstance(api_key, ApiKey):
+            return True
+        limit = api_key_rate_limit(api_key=api_key)
+        if limit is None:
+            return True
+        now = time.time()
+        window, elapsed = divmod(now, WINDOW_SECONDS)
+        try:
+            count = rate_window_count(api_key_id=api_key.pk, window=int(window))
+        except RedisError as error:
+            # The limit protects the service; an unreachable cache must not take the metering API down with
+            # it. One line a request, no traceback: an outage would otherwise bury the log.
+            logger.warning("API rate limit not applied, the cache is unreachable: %s", error)
+            return True
+        if count <= limit:
+            return True
+        self.seconds_until_next_window = WINDOW_SECONDS - elapsed
+        return False
+
+    def wait(self) -> float | None:
+        """Seconds until the window ends; DRF sends them as ``Retry-After``."""
+        return self.seconds_until_next_window

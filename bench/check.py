@@ -207,7 +207,7 @@ def check_steps() -> list[tuple[Any, str, str]]:
     return [
         (billing_app.api_auth.ApiKeyAuthentication, "authenticate", "authenticate"),
         (usage.api.views, "_decide", "_decide"),
-        (usage.api.views, "customer_by_external_id", "customer_by_external_id"),
+        (usage.api.views, "customer_for_decision", "customer_for_decision"),
         (usage.api.views, "meter_by_key", "meter_by_key"),
         (usage.api.views, "usage_decide", "usage_decide"),
         (usage.balances, "CustomerLedger", "CustomerLedger"),
@@ -220,7 +220,7 @@ CHECK_STEPS = [
     ("whole request", 0),
     ("authenticate", 1),
     ("_decide", 1),
-    ("customer_by_external_id", 2),
+    ("customer_for_decision", 2),
     ("meter_by_key", 2),
     ("usage_decide", 2),
     ("CustomerLedger", 3),

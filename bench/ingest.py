@@ -304,7 +304,7 @@ INGEST_STEPS = [
     ("resolve_names", 2),
     ("customer_balances_for_update", 2),
     ("events_recorded", 2),
-    ("ledger_rows_load", 2),
+    ("ledger_rows_read", 2),
     ("members_get_or_create", 2),
     ("events_record_for_customer", 2),
     ("check_dimensions", 3),

@@ -324,7 +324,10 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
     return [
         (usage.api.views, "reservation_create", "reservation_create"),
         (usage.api.views, "reservation_commit", "reservation_commit"),
-        *[(usage.services, name, name) for name in ("_reservation_locked", "customer_balance_for_update")],
+        *[
+            (usage.services, name, name)
+            for name in ("_reservation_locked", "reservation_for_settling", "customer_ledger_for_update")
+        ],
         (usage.services, "CustomerLedger", "CustomerLedger"),
         (usage.services, "events_record_for_customer", "events_record_for_customer"),
         (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
@@ -340,7 +343,8 @@ RESERVE_STEPS = [
     ("reservation_create", 1),
     ("reservation_commit", 1),
     ("_reservation_locked", 2),
-    ("customer_balance_for_update", 2),
+    ("reservation_for_settling", 3),
+    ("customer_ledger_for_update", 2),
     ("CustomerLedger", 2),
     ("events_record_for_customer", 2),
     ("BatchWrites.flush", 2),

@@ -8,6 +8,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from billing_app.models import ApiKey, api_key_hash
+from plans.sql_rows import ModelColumns, selects_run
 
 
 class ApiClient:
@@ -23,6 +24,18 @@ class ApiClient:
         return str(self.api_key)
 
 
+API_KEY = ModelColumns(ApiKey, "k")
+
+
+def api_key_by_hash(key_hash: str) -> ApiKey | None:
+    """The live key with this hash. Written out: every API request makes this read first."""
+    sql = (
+        f"SELECT {API_KEY.sql} FROM {ApiKey._meta.db_table} k WHERE k.key_hash = %s AND k.revoked_at IS NULL"  # noqa: S608
+    )
+    [rows] = selects_run([(sql, [key_hash])])
+    return API_KEY.build(rows[0]) if rows else None
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -31,9 +44,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw_key = header.partition(" ")
         if scheme != self.keyword or not raw_key.strip():
             return None
-        api_key = ApiKey.objects.filter(
-            key_hash=api_key_hash(raw_key.strip()), revoked_at__isnull=True
-        ).first()
+        api_key = api_key_by_hash(api_key_hash(raw_key.strip()))
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.", code="invalid_api_key")
         # Recording use at minute resolution keeps this from being a write on every request.

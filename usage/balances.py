@@ -19,10 +19,9 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from django.db.models import Q, Sum
+from django.db.models import Q
 
 from customers.models import Customer, SpendControls, Subscription
-from plans.errors import NotFound
 from plans.models import Entitlement, Meter, PlanVersion
 from plans.money import CREDITS
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
@@ -36,7 +35,8 @@ from usage.errors import (
     NotEntitled,
     UsageRefused,
 )
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
+from usage.ledger_reads import LedgerRows, ledger_rows_read
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage
 
 ZERO = Decimal(0)
 # Ledger amounts are stored with 12 decimal places; conversions are quantized to that once, so a
@@ -132,49 +132,6 @@ def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGra
     return list(CreditGrant.objects.filter(_usable_grants(now), customer=customer).order_by(*DRAW_ORDER))
 
 
-@dataclass
-class LedgerRows:
-    """What a ledger reads of one customer under its lock, besides the balance row."""
-
-    grants: list[CreditGrant] = field(default_factory=list)  # usable now, in draw order
-    holds: list[dict[str, Any]] = field(default_factory=list)  # active holds summed per meter and unit
-    period_rows: list[PeriodUsage] = field(default_factory=list)  # the current period's totals
-
-
-def ledger_rows_load(
-    *, subscriptions: list[Subscription], now: datetime, exclude_reservation: Reservation | None = None
-) -> dict[int, LedgerRows]:
-    """The grants, holds and current period totals of any number of customers, in three queries.
-
-    A batch of events for many customers reads them all at once, after taking all their locks.
-    """
-    current_start = {s.customer_id: s.current_period_start for s in subscriptions}
-    loaded = {customer_id: LedgerRows() for customer_id in current_start}
-    grants = CreditGrant.objects.filter(_usable_grants(now), customer_id__in=current_start)
-    for grant in grants.order_by("customer_id", *DRAW_ORDER):
-        loaded[grant.customer_id].grants.append(grant)
-    active = Reservation.objects.filter(
-        customer_id__in=current_start, status=ReservationStatus.HELD, expires_at__gt=now
-    )
-    if exclude_reservation is not None:
-        active = active.exclude(pk=exclude_reservation.pk)
-    holds = active.values("customer_id", "meter_id", "unit").annotate(
-        quantity=Sum("quantity"),
-        cost=Sum("held_cost"),
-        credits=Sum("held_credits"),
-        wallet=Sum("held_wallet"),
-    )
-    for hold in holds:
-        loaded[hold["customer_id"]].holds.append(hold)
-    period_rows = PeriodUsage.objects.filter(
-        customer_id__in=current_start, period_start__in=set(current_start.values())
-    )
-    for row in period_rows:
-        if row.period_start == current_start[row.customer_id]:
-            loaded[row.customer_id].period_rows.append(row)
-    return loaded
-
-
 class CustomerLedger:
     def __init__(
         self,
@@ -183,14 +140,11 @@ class CustomerLedger:
         balance: CustomerBalance,
         subscription: Subscription,
         now: datetime,
-        exclude_reservation: Reservation | None = None,
         rows: LedgerRows | None = None,
     ) -> None:
-        """``rows`` are this customer's from ``ledger_rows_load``; without them the ledger reads its own."""
+        """``rows`` are this customer's, read after their lock; without them the ledger reads its own."""
         if rows is None:
-            rows = ledger_rows_load(
-                subscriptions=[subscription], now=now, exclude_reservation=exclude_reservation
-            )[customer.pk]
+            rows = ledger_rows_read(subscriptions=[subscription], now=now)[customer.pk]
         self.customer = customer
         self.balance = balance
         self.subscription = subscription
@@ -475,18 +429,6 @@ class Decision:
     coverage: Coverage | None
     currency: str
     remaining: Decimal | None  # how many more units of the meter could be used now, when bounded
-
-
-def customer_for_decision(external_id: str) -> Customer:
-    """The customer with subscription, plan version, balance and limits joined in: one query for /check."""
-    customer = (
-        Customer.objects.select_related("subscription__plan_version", "balance", "spend_controls")
-        .filter(external_id=external_id)
-        .first()
-    )
-    if customer is None:
-        raise NotFound(f"No customer with external id {external_id!r}.", param="customer")
-    return customer
 
 
 def usage_decide(

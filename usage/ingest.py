@@ -24,9 +24,10 @@ from customers.models import Customer, Member, NotificationKind
 from customers.services import notification_record
 from plans.models import Meter
 from plans.money import CREDITS
-from usage.balances import ZERO, Coverage, CustomerLedger, Draw, ledger_amount, ledger_rows_load
+from usage.balances import ZERO, Coverage, CustomerLedger, Draw, ledger_amount
 from usage.batch_writes import BatchWrites, RecordedEvent
 from usage.errors import UsageRefused
+from usage.ledger_reads import ledger_rows_read
 from usage.locks import customer_balances_for_update
 from usage.models import (
     CreditGrant,
@@ -92,7 +93,7 @@ def usage_events_ingest(*, raw_events: list[Any], now: datetime | None = None) -
             c for c in customers if any((c.pk, e.idempotency_key) not in existing for e in by_customer[c.pk])
         ]
         subscriptions = [named.subscriptions[c.pk] for c in fresh]
-        rows = ledger_rows_load(subscriptions=subscriptions, now=now) if fresh else {}
+        rows = ledger_rows_read(subscriptions=subscriptions, now=now)
         members = members_get_or_create({(c.pk, e.user) for c in fresh for e in by_customer[c.pk] if e.user})
         for customer in customers:
             if customer.pk not in rows:

@@ -1,7 +1,23 @@
 """The one way to lock a customer for a write that moves usage or money."""
 
-from customers.models import Customer
-from usage.models import CustomerBalance
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+
+from customers.models import Customer, Subscription
+from plans.sql_rows import selects_run
+from usage.ledger_reads import (
+    BALANCE,
+    RESERVATION,
+    LedgerRows,
+    Statement,
+    ledger_rows_build,
+    ledger_statements,
+    reservation_pk,
+)
+from usage.models import CustomerBalance, Reservation
 
 
 def customer_balance_for_update(customer: Customer) -> CustomerBalance:
@@ -20,11 +36,6 @@ def customer_balance_for_update(customer: Customer) -> CustomerBalance:
         [CustomerBalance(customer=customer, currency=customer.currency)], ignore_conflicts=True
     )
     return CustomerBalance.objects.select_for_update().get(customer=customer)
-
-
-def existing_customer_balance_for_update(customer_id: int) -> CustomerBalance:
-    """Lock the balance row of a customer known to have one, such as the customer of a reservation."""
-    return CustomerBalance.objects.select_for_update().get(customer_id=customer_id)
 
 
 def customer_balances_for_update(customers: list[Customer]) -> dict[int, CustomerBalance]:
@@ -46,3 +57,72 @@ def customer_balances_for_update(customers: list[Customer]) -> dict[int, Custome
         )
         balances.update({balance.customer_id: balance for balance in created})
     return balances
+
+
+@dataclass
+class LockedLedger:
+    """A customer's balance row, locked, and what was read after the lock in the same round trip."""
+
+    balance: CustomerBalance
+    rows: LedgerRows  # empty when no subscription was given
+    reservation: Reservation | None  # the reservation asked for, as last committed
+
+
+def customer_ledger_for_update(
+    *,
+    customer: Customer,
+    subscription: Subscription | None,
+    now: datetime,
+    reservation_key: str | None = None,
+    reservation_id: uuid.UUID | None = None,
+) -> LockedLedger:
+    """Lock the customer's balance row and read their ledger after it, in one round trip.
+
+    The lock is held until the transaction ends, and every read after it sees what the previous
+    holder committed, so the time the lock is held is this trip, the deciding and the writes.
+    Reserve passes ``reservation_key`` to find a replay; commit and release pass ``reservation_id``
+    to read its status again under the lock, which also leaves its own hold out of the holds.
+    """
+    # SQLite has no row locks (nor writers in parallel): there the statement is a plain read.
+    for_update = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    lock: Statement = (
+        f"SELECT {BALANCE.sql} FROM {CustomerBalance._meta.db_table} b "  # noqa: S608
+        f"WHERE b.customer_id = %s{for_update}",
+        [customer.pk],
+    )
+    reservations = f"SELECT {RESERVATION.sql} FROM {Reservation._meta.db_table} r "  # noqa: S608
+    reservation: Statement = (
+        (reservations + "WHERE r.id = %s", [reservation_pk(reservation_id)])
+        if reservation_id is not None
+        else (
+            reservations + "WHERE r.customer_id = %s AND r.idempotency_key = %s",
+            [customer.pk, reservation_key],
+        )
+    )
+    statements: list[Statement] = [lock, reservation]
+    if subscription is not None:
+        statements += ledger_statements(
+            customer_ids=[customer.pk],
+            period_starts=[subscription.current_period_start],
+            now=now,
+            exclude_reservation_id=reservation_id,
+        )
+    results = selects_run(statements)
+    if not results[0]:
+        # The customer's first write: create the row without a race, then lock and read again.
+        CustomerBalance.objects.bulk_create(
+            [CustomerBalance(customer=customer, currency=customer.currency)], ignore_conflicts=True
+        )
+        results = selects_run(statements)
+    rows = (
+        ledger_rows_build(results[2:], current_start={customer.pk: subscription.current_period_start})[
+            customer.pk
+        ]
+        if subscription is not None
+        else LedgerRows()
+    )
+    return LockedLedger(
+        balance=BALANCE.build(results[0][0]),
+        rows=rows,
+        reservation=RESERVATION.build(results[1][0]) if results[1] else None,
+    )

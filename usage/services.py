@@ -22,11 +22,11 @@ from usage.balances import CustomerLedger
 from usage.batch_writes import BatchWrites
 from usage.errors import NoSubscription, ReservationNotHeld
 from usage.ingest import events_record_for_customer, members_get_or_create
-from usage.locks import customer_balance_for_update, existing_customer_balance_for_update
+from usage.ledger_reads import reservation_for_settling
+from usage.locks import LockedLedger, customer_balance_for_update, customer_ledger_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
-    CustomerBalance,
     GrantKind,
     LedgerEntryKind,
     PropertiesEncoder,
@@ -66,15 +66,18 @@ def reservation_create(
     returns the first reservation unchanged.
     """
     now = now or timezone.now()
-    balance = customer_balance_for_update(customer)
-    existing = Reservation.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
-    if existing is not None:
-        return existing, False
+    subscription = _subscription_of(customer)
+    locked = customer_ledger_for_update(
+        customer=customer, subscription=subscription, now=now, reservation_key=idempotency_key
+    )
+    if locked.reservation is not None:
+        locked.reservation.customer = customer
+        return locked.reservation, False
     if quantity <= 0:
         raise InvalidInput("A reservation holds a quantity greater than zero.", param="quantity")
     properties = properties or {}
     ledger = CustomerLedger(
-        customer=customer, balance=balance, subscription=_subscription_of(customer), now=now
+        customer=customer, balance=locked.balance, subscription=subscription, now=now, rows=locked.rows
     )
     coverage = ledger.quote(
         meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
@@ -101,30 +104,32 @@ def reservation_create(
 
 
 def _reservation_locked(
-    reservation_id: uuid.UUID | str, now: datetime
-) -> tuple[Reservation, CustomerBalance]:
-    """The reservation with its customer's subscription and limits, its status re-read under the lock.
+    reservation_id: uuid.UUID | str, now: datetime, *, with_ledger: bool
+) -> tuple[Reservation, LockedLedger]:
+    """The reservation with its customer's plan and limits, its status read again under the lock.
 
     The joined read happens before the lock, so the lock is held only for the work that needs it.
+    ``with_ledger`` also reads the customer's ledger, without this reservation's own hold.
     """
-    reservation = (
-        Reservation.objects.select_related(
-            "customer__subscription__plan_version", "customer__spend_controls", "meter", "member"
-        )
-        .filter(pk=reservation_id)
-        .first()
+    reservation = reservation_for_settling(reservation_id)
+    customer = reservation.customer
+    locked = customer_ledger_for_update(
+        customer=customer,
+        subscription=_subscription_of(customer) if with_ledger else None,
+        now=now,
+        reservation_id=reservation.pk,
     )
-    if reservation is None:
+    current = locked.reservation
+    if current is None:  # deleted between the two reads
         raise NotFound(f"No reservation {reservation_id}.")
-    balance = existing_customer_balance_for_update(
-        reservation.customer_id
-    )  # taking the reservation created it
-    reservation.refresh_from_db(fields=["status", "settled_at", "committed_quantity"])
+    reservation.status = current.status
+    reservation.settled_at = current.settled_at
+    reservation.committed_quantity = current.committed_quantity
     if reservation.status == ReservationStatus.HELD and reservation.expires_at <= now:
         reservation.status = ReservationStatus.EXPIRED
         reservation.settled_at = now
         reservation.save(update_fields=["status", "settled_at"])
-    return reservation, balance
+    return reservation, locked
 
 
 @transaction.atomic
@@ -138,7 +143,7 @@ def reservation_commit(
     Committing again returns the same event.
     """
     now = now or timezone.now()
-    reservation, balance = _reservation_locked(reservation_id, now)
+    reservation, locked = _reservation_locked(reservation_id, now, with_ledger=True)
     if reservation.status == ReservationStatus.COMMITTED:
         return reservation, reservation.usage_event
     if reservation.status != ReservationStatus.HELD:
@@ -164,10 +169,10 @@ def reservation_commit(
     customer = reservation.customer
     ledger = CustomerLedger(
         customer=customer,
-        balance=balance,
+        balance=locked.balance,
         subscription=_subscription_of(customer),
         now=now,
-        exclude_reservation=reservation,
+        rows=locked.rows,
     )
     writes = BatchWrites()
     events_record_for_customer(
@@ -198,7 +203,7 @@ def reservation_commit(
 def reservation_release(*, reservation_id: uuid.UUID | str, now: datetime | None = None) -> Reservation:
     """Cancel a hold. Releasing again, or a hold that already expired, changes nothing."""
     now = now or timezone.now()
-    reservation, _ = _reservation_locked(reservation_id, now)
+    reservation, _ = _reservation_locked(reservation_id, now, with_ledger=False)
     if reservation.status == ReservationStatus.COMMITTED:
         raise ReservationNotHeld(
             "The reservation was committed; it can no longer be released.", status="committed"

@@ -37,9 +37,9 @@ def run_concurrently(count: int, work):
 def test_fifty_reservations_against_ten_credits_hold_exactly_ten(credits_plan, make_customer):
     """50 threads each reserve 1 credit against a balance of 10: exactly 10 are held, 40 refused.
 
-    Without the customer lock in ``usage.locks.customer_balance_for_update`` (replace its
-    ``select_for_update()`` with a plain read), threads see the same free credits at once and
-    this test fails with more than 10 holds.
+    Without the customer lock in ``usage.locks.customer_ledger_for_update`` (drop the
+    ``FOR UPDATE`` from its first statement), threads see the same free credits at once and this
+    test fails with more than 10 holds (46 when last tried).
     """
     customer = make_customer("credits")
     credit_grant_create(customer=customer, amount=Decimal(10))

@@ -13,21 +13,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from plans.errors import NotFound
-from plans.models import Meter
 from usage.api.fields import PropertiesField, QuantityField, decimal_string
-from usage.balances import customer_for_decision, usage_decide
+from usage.balances import usage_decide
 from usage.ingest import usage_events_ingest
+from usage.ledger_reads import customer_for_decision, meter_by_key
 from usage.models import Reservation, UsageEvent
 from usage.services import reservation_commit, reservation_create, reservation_release
 from usage.validation import events_from_payload
-
-
-def meter_by_key(key: str) -> Meter:
-    meter = Meter.objects.filter(key=key).first()
-    if meter is None:
-        raise NotFound(f"No meter with key {key!r}.", param="meter")
-    return meter
 
 
 def event_output(event: UsageEvent) -> dict[str, Any]:

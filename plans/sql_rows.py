@@ -12,7 +12,7 @@ PostgreSQL, so a lock and the reads that must follow it cost one wait.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from django.db import connection
 from django.db.models import Field, Model
@@ -123,3 +123,53 @@ def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tu
 def placeholders(count: int) -> str:
     """``%s, %s, ...`` for an IN list of ``count`` parameters; callers never ask for an empty list."""
     return ", ".join(["%s"] * count)
+
+
+# --- writes --------------------------------------------------------------------------------------
+
+
+def _save_value(field: Field, instance: Model, *, add: bool) -> Any:
+    """A field's value as ``save`` would write it (``auto_now`` fields take the time)."""
+    return field.get_db_prep_save(field.pre_save(instance, add), connection)
+
+
+def rows_insert(instances: Sequence[Model]) -> None:
+    """INSERT the instances of one model in one statement; ids the database generates are not read back.
+
+    For the rows a hot path writes and never reads again in the same request (ledger entries, outbox
+    rows) or whose primary key is set beforehand (reservations): the ORM's insert compiled for 0.3 ms.
+    """
+    if not instances:
+        return
+    model = type(instances[0])
+    fields = [
+        field
+        for field in model._meta.concrete_fields
+        if not (field.primary_key and getattr(instances[0], field.attname) is None)
+    ]
+    columns = ", ".join(f'"{field.column}"' for field in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = f"INSERT INTO {model._meta.db_table} ({columns}) VALUES {', '.join([row] * len(instances))}"  # noqa: S608
+    params = [_save_value(field, instance, add=True) for instance in instances for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def rows_update(instances: Sequence[Model], names: Sequence[str]) -> None:
+    """UPDATE the named fields of each instance by primary key, all in one round trip."""
+    if not instances:
+        return
+    model = type(instances[0])
+    fields = [cast(Field, model._meta.get_field(name)) for name in names]
+    pk = model._meta.pk
+    assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
+    sql = f'UPDATE {model._meta.db_table} SET {assignments} WHERE "{pk.column}" = %s'  # noqa: S608
+    params = [
+        [
+            *(_save_value(field, instance, add=False) for field in fields),
+            pk.get_db_prep_value(instance.pk, connection),
+        ]
+        for instance in instances
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)

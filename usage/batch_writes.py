@@ -18,6 +18,7 @@ from django.db.models import BooleanField, Case, Count, DecimalField, F, Q, Quer
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Round, TruncDate
 
+from plans.sql_rows import rows_insert, rows_update
 from usage.balances import ZERO
 from usage.models import (
     CreditGrant,
@@ -92,14 +93,14 @@ class BatchWrites:
         events_insert(self.events)
         for entry, event in self.ledger_entries:
             entry.usage_event_id = event.written_id()
-        CreditLedgerEntry.objects.bulk_create([entry for entry, _ in self.ledger_entries])
-        CreditGrant.objects.bulk_update(self.grants, ["remaining"])
-        CustomerBalance.objects.bulk_update(self.balances, ["wallet_balance", "updated_at"])
+        rows_insert([entry for entry, _ in self.ledger_entries])
+        rows_update(self.grants, ["remaining"])
+        rows_update(self.balances, ["wallet_balance", "updated_at"])
         period_totals_save(self.period_rows)
         rollups_add(self.events)
         for row, event in self.outbox:
             row.last_event_id = event.written_id()
-        StripeUsageOutbox.objects.bulk_create([row for row, _ in self.outbox])
+        rows_insert([row for row, _ in self.outbox])
 
 
 def events_insert(events: list[RecordedEvent]) -> None:

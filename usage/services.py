@@ -18,6 +18,7 @@ from customers.models import Customer, Subscription
 from plans.errors import InvalidInput, NotFound
 from plans.models import CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
+from plans.sql_rows import rows_insert, rows_update
 from usage.balances import CustomerLedger
 from usage.batch_writes import BatchWrites
 from usage.errors import NoSubscription, ReservationNotHeld
@@ -84,7 +85,7 @@ def reservation_create(
     )
     member_id = members_get_or_create({(customer.pk, user)})[customer.pk, user] if user else None
     ttl = ttl_seconds if ttl_seconds is not None else settings.RESERVATION_DEFAULT_TTL_SECONDS
-    reservation = Reservation.objects.create(
+    reservation = Reservation(
         id=uuid.uuid4(),
         customer=customer,
         meter=meter,
@@ -100,6 +101,7 @@ def reservation_create(
         expires_at=now + timedelta(seconds=ttl),
         created_at=now,
     )
+    rows_insert([reservation])
     return reservation, True
 
 
@@ -128,7 +130,7 @@ def _reservation_locked(
     if reservation.status == ReservationStatus.HELD and reservation.expires_at <= now:
         reservation.status = ReservationStatus.EXPIRED
         reservation.settled_at = now
-        reservation.save(update_fields=["status", "settled_at"])
+        rows_update([reservation], ["status", "settled_at"])
     return reservation, locked
 
 
@@ -189,7 +191,7 @@ def reservation_commit(
     reservation.status = ReservationStatus.COMMITTED
     reservation.committed_quantity = quantity
     reservation.settled_at = now
-    reservation.save(update_fields=["status", "committed_quantity", "settled_at"])
+    rows_update([reservation], ["status", "committed_quantity", "settled_at"])
     usage_event = writes.events[0].as_model()
     usage_event.customer, usage_event.meter, usage_event.member = (
         customer,
@@ -211,7 +213,7 @@ def reservation_release(*, reservation_id: uuid.UUID | str, now: datetime | None
     if reservation.status == ReservationStatus.HELD:
         reservation.status = ReservationStatus.RELEASED
         reservation.settled_at = now
-        reservation.save(update_fields=["status", "settled_at"])
+        rows_update([reservation], ["status", "settled_at"])
     return reservation
 
 

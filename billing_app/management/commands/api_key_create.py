@@ -1,14 +1,5 @@
-from django.core.management.base import BaseCommand, CommandParser
+"""The first name of ``apikey_create``, kept for the scripts that call it."""
 
-from billing_app.models import ApiKey
+from billing_app.management.commands.apikey_create import Command
 
-
-class Command(BaseCommand):
-    help = "Create an API key for a backend and print its secret (shown once; only its hash is kept)."
-
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("name", help="Who uses the key, e.g. 'production backend'.")
-
-    def handle(self, *args: object, **options: str) -> None:
-        _, raw_key = ApiKey.generate(name=options["name"])
-        self.stdout.write(raw_key)
+__all__ = ["Command"]

@@ -19,7 +19,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import F, Q
 
 from customers.models import Customer, SpendControls, Subscription
 from plans.models import Entitlement, Meter, PlanVersion
@@ -124,7 +124,9 @@ def _usable_grants(now: datetime) -> Q:
     )
 
 
-DRAW_ORDER = ("priority", "expires_at", "id")
+# Grants without expiry last on every backend, as the engine's own read orders them
+# (``usage.ledger_reads``): SQLite would put them first.
+DRAW_ORDER = ("priority", F("expires_at").asc(nulls_last=True), "id")
 
 
 def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGrant]:

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from customers.models import Customer
 from plans.money import format_money
-from usage.balances import grants_in_draw_order
+from usage.balances import DRAW_ORDER, grants_in_draw_order
 from usage.models import CreditGrant, CreditLedgerEntry, CustomerBalance, LedgerEntryKind
 from usage.selectors.formatting import format_amount
 from usage.selectors.units import ZERO
@@ -86,7 +86,7 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
         Q(expired_at__isnull=True) | Q(expired_at__gte=now - timedelta(days=30))
     )
     grant_lines = []
-    for grant in grants.order_by("priority", "expires_at", "id")[:50]:
+    for grant in grants.order_by(*DRAW_ORDER)[:50]:
         expired = grant.expired_at is not None or (grant.expires_at is not None and grant.expires_at <= now)
         if expired and grant.expires_at is not None and grant.expires_at < now - timedelta(days=30):
             continue

@@ -1,9 +1,9 @@
 """Settings, all from environment variables.
 
 Production is the default: DEBUG off, a SECRET_KEY required, SMTP email. ``make run`` sets
-``DEBUG=true`` for local development. Without ``DATABASE_URL`` the app uses a SQLite file, and
-without ``REDIS_URL`` Celery runs tasks eagerly in-process, so the app starts with nothing else
-installed.
+``DEBUG=true`` for local development. The database is PostgreSQL, always: ``DATABASE_URL`` is
+required (``make run`` starts an embedded PostgreSQL and Redis and sets both URLs). Without
+``REDIS_URL`` Celery runs tasks eagerly in-process.
 """
 
 from pathlib import Path
@@ -70,14 +70,21 @@ TEMPLATES = [
     },
 ]
 
-# An empty DATABASE_URL counts as absent, like REDIS_URL: both mean the embedded default.
-DATABASE_URL = env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# PostgreSQL is the only engine: the hand-written SQL on the hot paths, the ledger's append-only
+# triggers and the row locks that keep concurrent requests from overspending are PostgreSQL's.
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        "Set DATABASE_URL to a PostgreSQL database (postgres://user@host:5432/name); "
+        "`make run` starts an embedded one for you."
+    )
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must name a PostgreSQL database (postgres://…), not {DATABASE_URL.split(':', 1)[0]}://…."
+    )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# SQLite cannot make the daily rollup's unique constraint treat an empty member as one key; there,
-# ingest's customer lock is what keeps rollup rows unique. PostgreSQL enforces it.
-SILENCED_SYSTEM_CHECKS = ["models.W047"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -6,9 +6,8 @@ one-table lookup on the reference machine, 1.5 ms for a customer with four joine
 
 ``ModelColumns`` writes a model's column list into such a statement and turns the values that come
 back into an instance the way the ORM does (the backend's and the field's converters, then
-``Model.from_db``), so a statement stays in step with its model and runs on SQLite, the embedded
-default, as well as on PostgreSQL. ``selects_run`` sends several statements in one round trip on
-PostgreSQL, so a lock and the reads that must follow it cost one wait.
+``Model.from_db``), so a statement stays in step with its model. ``selects_run`` sends several
+statements in one round trip, so a lock and the reads that must follow it cost one wait.
 """
 
 from collections.abc import Callable, Sequence
@@ -25,14 +24,14 @@ class Columns:
     """Columns of a hand-written SELECT, each typed by the model field its values come from.
 
     An aggregate such as ``SUM(r.quantity)`` is typed by the field it sums, so its value is
-    converted like the field's (on SQLite, a decimal comes back as a number to quantize).
+    converted like the field's.
     """
 
     def __init__(self, columns: Sequence[tuple[str, Field]]) -> None:
         self.expressions = [expression for expression, _ in columns]
         self.fields = [field for _, field in columns]
         self.sql = ", ".join(self.expressions)
-        self._converters: dict[str, list[tuple[int, list[Converter], Any]]] = {}
+        self._converters: list[tuple[int, list[Converter], Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.fields)
@@ -47,17 +46,16 @@ class Columns:
         return converted
 
     def _converters_for_connection(self) -> list[tuple[int, list[Converter], Any]]:
-        """The converters the ORM's compiler would apply to each column, found once per backend."""
-        vendor = connection.vendor
-        if vendor not in self._converters:
+        """The converters the ORM's compiler would apply to each column, found once."""
+        if self._converters is None:
             found = []
             for index, field in enumerate(self.fields):
                 column = field.get_col(field.model._meta.db_table)
                 converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
                 if converters:
                     found.append((index, converters, column))
-            self._converters[vendor] = found
-        return self._converters[vendor]
+            self._converters = found
+        return self._converters
 
 
 class ModelColumns(Columns, Generic[M]):
@@ -99,18 +97,13 @@ def row_slices(row: Sequence[Any], *widths: int) -> list[Sequence[Any]]:
 def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
     """Run SELECT statements in order and return each one's rows.
 
-    On PostgreSQL they go in one round trip: the driver binds parameters client-side, so the
+    They go in one round trip: the driver binds parameters client-side, so the
     statements travel as one query string and come back as successive result sets. Each runs in
     turn, with its own snapshot under READ COMMITTED, so reads that follow a ``FOR UPDATE`` in
     the same trip see what the previous holder of the lock committed.
     """
     results: list[list[tuple[Any, ...]]] = []
     with connection.cursor() as cursor:
-        if connection.vendor != "postgresql":
-            for sql, params in statements:
-                cursor.execute(sql, list(params))
-                results.append(cursor.fetchall())
-            return results
         cursor.execute(
             ";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params]
         )

@@ -124,8 +124,7 @@ def _usable_grants(now: datetime) -> Q:
     )
 
 
-# Grants without expiry last on every backend, as the engine's own read orders them
-# (``usage.ledger_reads``): SQLite would put them first.
+# Grants without expiry last, as the engine's own read orders them (``usage.ledger_reads``).
 DRAW_ORDER = ("priority", F("expires_at").asc(nulls_last=True), "id")
 
 

@@ -104,14 +104,8 @@ class BatchWrites:
 
 
 def events_insert(events: list[RecordedEvent]) -> None:
-    """Insert the batch's events and set their ids: on PostgreSQL by COPY, with ids taken first."""
+    """Insert the batch's events by COPY, with their ids taken from the sequence first."""
     if not events:
-        return
-    if connection.vendor != "postgresql":
-        models = [event.as_model() for event in events]
-        UsageEvent.objects.bulk_create(models)
-        for event, model in zip(events, models, strict=True):
-            event.id = model.pk
         return
     table = UsageEvent._meta.db_table
     with connection.cursor() as cursor:
@@ -185,11 +179,10 @@ def rollups_add(events: list[RecordedEvent]) -> None:
     """
     if not events:
         return
-    if connection.vendor == "postgresql":
-        _rollups_add_upsert(events)
-    else:
-        written = UsageEvent.objects.filter(pk__in=[event.written_id() for event in events])
-        _rollups_add_read_then_write(list(_rollup_deltas(written)))
+    sql, params = _rollups_upsert_sql()
+    ids = [event.written_id() for event in events]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ids if param is _EVENT_IDS else param for param in params])
 
 
 def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:
@@ -219,14 +212,6 @@ def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[s
     )
 
 
-def _rollups_add_upsert(events: list[RecordedEvent]) -> None:
-    """One statement: insert new days, add to existing ones (the unique key treats no member as one)."""
-    sql, params = _rollups_upsert_sql()
-    ids = [event.written_id() for event in events]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ids if param is _EVENT_IDS else param for param in params])
-
-
 # Stands for the array of event ids in the compiled statement, whose other parameters are constants.
 _EVENT_IDS = object()
 
@@ -249,33 +234,3 @@ def _rollups_upsert_sql() -> tuple[str, list[Any]]:
         + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in ROLLUP_TOTALS)
     )
     return sql, list(params)
-
-
-def _rollups_add_read_then_write(deltas: list[dict[str, Any]]) -> None:
-    """The portable way, for SQLite (the embedded default), which cannot key on an empty member.
-
-    Safe because the caller holds the customers' locks: no one else writes these rows meanwhile.
-    """
-    by_key = {tuple(delta[name] for name in ROLLUP_KEY): delta for delta in deltas}
-    existing = DailyUsageRollup.objects.filter(
-        customer_id__in={d["customer_id"] for d in deltas},
-        day__in={d["day"] for d in deltas},
-        meter_id__in={d["meter_id"] for d in deltas},
-    )
-    to_update = []
-    for rollup in existing:
-        delta = by_key.pop(tuple(getattr(rollup, name) for name in ROLLUP_KEY), None)
-        if delta is not None:
-            for name in ROLLUP_TOTALS:
-                setattr(rollup, name, getattr(rollup, name) + delta[f"add_{name}"])
-            to_update.append(rollup)
-    DailyUsageRollup.objects.bulk_update(to_update, list(ROLLUP_TOTALS))
-    DailyUsageRollup.objects.bulk_create(
-        [
-            DailyUsageRollup(
-                **{name: delta[name] for name in (*ROLLUP_KEY, "period_start")},
-                **{name: delta[f"add_{name}"] for name in ROLLUP_TOTALS},
-            )
-            for delta in by_key.values()
-        ]
-    )

@@ -19,13 +19,9 @@ from usage.models import (
 ZERO = Decimal(0)
 
 
-# Compared at the finest column precision (amounts, 12 places): SQLite (the embedded default) sums decimals as floats and
-# returns e.g. -3.5E-15 for a sum that is exactly zero. PostgreSQL sums exactly.
-AMOUNT_PLACES = Decimal("0.000000000001")
-
-
-def _differs(cached: Decimal, summed: Decimal, places: Decimal) -> bool:
-    return Decimal(cached).quantize(places) != Decimal(summed).quantize(places)
+def _differs(cached: Decimal, summed: Decimal) -> bool:
+    """PostgreSQL sums decimals exactly, so a cached total and its rows agree to the last digit."""
+    return Decimal(cached) != Decimal(summed)
 
 
 @dataclass
@@ -49,7 +45,7 @@ def ledger_mismatches() -> list[Mismatch]:
     )
     for grant_id, remaining in CreditGrant.objects.values_list("id", "remaining"):
         summed = grant_sums.get(grant_id, ZERO)
-        if _differs(remaining, summed, AMOUNT_PLACES):
+        if _differs(remaining, summed):
             mismatches.append(Mismatch(f"credit grant {grant_id} remaining", remaining, summed))
 
     wallet_sums = dict(
@@ -59,7 +55,7 @@ def ledger_mismatches() -> list[Mismatch]:
     )
     for customer_id, wallet in CustomerBalance.objects.values_list("customer_id", "wallet_balance"):
         summed = wallet_sums.get(customer_id, ZERO)
-        if _differs(wallet, summed, AMOUNT_PLACES):
+        if _differs(wallet, summed):
             mismatches.append(Mismatch(f"customer {customer_id} wallet", wallet, summed))
 
     event_totals = {
@@ -100,7 +96,7 @@ def ledger_mismatches() -> list[Mismatch]:
         mismatches.extend(
             Mismatch(f"{label} {name}", cached, summed)
             for name, cached, summed in checks
-            if _differs(cached, summed, AMOUNT_PLACES)
+            if _differs(cached, summed)
         )
     for key in event_totals:
         mismatches.append(

@@ -34,7 +34,7 @@ PERIOD_USAGE = ModelColumns(PeriodUsage, "p")
 
 
 def reservation_pk(value: uuid.UUID | str) -> Any:
-    """A reservation id as the database stores it (SQLite keeps UUIDs as hex without dashes)."""
+    """A reservation id as the driver takes it."""
     pk = Reservation._meta.pk
     return pk.get_db_prep_value(pk.to_python(value), connection)
 

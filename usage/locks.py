@@ -4,8 +4,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection
-
 from customers.models import Customer, Subscription
 from plans.sql_rows import selects_run
 from usage.ledger_reads import (
@@ -83,11 +81,9 @@ def customer_ledger_for_update(
     Reserve passes ``reservation_key`` to find a replay; commit and release pass ``reservation_id``
     to read its status again under the lock, which also leaves its own hold out of the holds.
     """
-    # SQLite has no row locks (nor writers in parallel): there the statement is a plain read.
-    for_update = " FOR UPDATE" if connection.features.has_select_for_update else ""
     lock: Statement = (
         f"SELECT {BALANCE.sql} FROM {CustomerBalance._meta.db_table} b "  # noqa: S608
-        f"WHERE b.customer_id = %s{for_update}",
+        "WHERE b.customer_id = %s FOR UPDATE",
         [customer.pk],
     )
     reservations = f"SELECT {RESERVATION.sql} FROM {Reservation._meta.db_table} r "  # noqa: S608

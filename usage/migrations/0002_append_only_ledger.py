@@ -2,7 +2,6 @@
 
 A row-level trigger refuses UPDATE and DELETE, so not even a bug or a hand-written query can
 rewrite history; corrections are new rows. TRUNCATE (test teardown) is not row-level and passes.
-SQLite, the embedded development default, has no such guard.
 """
 
 from django.db import migrations
@@ -20,8 +19,6 @@ $$ LANGUAGE plpgsql;
 
 
 def add_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
     schema_editor.execute(FUNCTION)
     for table in TABLES:
         schema_editor.execute(
@@ -31,8 +28,6 @@ def add_triggers(apps, schema_editor):
 
 
 def drop_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
     for table in TABLES:
         schema_editor.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
     schema_editor.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")

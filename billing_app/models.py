@@ -40,9 +40,15 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def generate(cls, *, name: str, rate_limit_per_minute: int | None = None) -> tuple["ApiKey", str]:
-        """Create a key and return it with the raw secret, which is shown once and never stored."""
-        raw_key = "sk_live_" + secrets.token_urlsafe(32)
+    def generate(
+        cls, *, name: str, rate_limit_per_minute: int | None = None, test_mode: bool = False
+    ) -> tuple["ApiKey", str]:
+        """Create a key and return it with the raw secret, which is shown once and never stored.
+
+        A test-mode key (``sk_test_``, the demo's) says so in its prefix, so it is never mistaken for one
+        that a production backend uses.
+        """
+        raw_key = ("sk_test_" if test_mode else "sk_live_") + secrets.token_urlsafe(32)
         api_key = cls.objects.create(
             name=name,
             prefix=raw_key[:12],

@@ -96,13 +96,15 @@ def _as_postgres_user() -> dict:
     if os.geteuid() != 0:
         return {}
     try:
-        pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
     except KeyError:
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", POSTGRES_SYSTEM_USER],
             check=True,
         )
-    return {"user": POSTGRES_SYSTEM_USER}
+        entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    # Root's groups too would be kept otherwise, and a root-owned 0700 folder then refuses by its group bits.
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _let_postgres_user_reach(path: Path) -> None:

@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
 
@@ -205,7 +206,8 @@ def main() -> int:
         failed = True
         print(f"smoke | FAILED: {failure}", file=sys.stderr, flush=True)
     finally:
-        os.killpg(run.pid, signal.SIGINT)
+        with suppress(ProcessLookupError):  # make run may have exited on its own
+            os.killpg(run.pid, signal.SIGINT)
         try:
             run.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -31,7 +31,7 @@ run: install
 	$(STACK) run --port $(PORT)
 
 # The same, with the bundled fake Stripe server standing in for Stripe.
-run-stripe: install
+run-stripe: install-dev
 	bash scripts/run_with_fake_stripe.sh
 
 # Lint and types, then the suite and the demo check on the machine's PostgreSQL and Redis when they

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # `make run` with the fake Stripe server (tests/stripe_fake) standing in for Stripe, so the Stripe side of the
-# demo (catalog sync, meter events, signed webhooks back to the app) works offline. Development settings on
-# SQLite with eager tasks, as `make run`; the fake stops when the server does.
+# demo (catalog sync, meter events, signed webhooks back to the app) works offline. The worker and beat of
+# `make run` sync the catalog and drain the outbox to it; the fake stops when the app does.
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
 PORT=${PORT:-8000}
 FAKE_PORT=${FAKE_PORT:-12111}
-export DEBUG=true REDIS_URL=
-export DATABASE_URL=${DEMO_DATABASE_URL:-}
 export STRIPE_API_KEY=${STRIPE_API_KEY:-sk_test_demo}
 export STRIPE_API_BASE="http://127.0.0.1:${FAKE_PORT}"
 export STRIPE_WEBHOOK_SECRET=${STRIPE_WEBHOOK_SECRET:-whsec_demo}
@@ -31,12 +29,4 @@ body = json.dumps({"url": "http://127.0.0.1:${PORT}/stripe/webhook", "secret": "
 urllib.request.urlopen(urllib.request.Request(f"{base}/webhooks", data=body.encode(), method="POST"), timeout=5)
 PY
 
-"$BIN/python" manage.py migrate --noinput
-"$BIN/python" manage.py seed_demo
-# Without a worker and beat, run the Stripe jobs once so the demo data is in the fake Stripe.
-"$BIN/python" manage.py shell -c "
-from billing_app.tasks import stripe_outbox_drain_task, stripe_sync_task
-print('Stripe sync:', stripe_sync_task())
-print('Outbox drain:', stripe_outbox_drain_task())
-"
-"$BIN/python" manage.py runserver "127.0.0.1:${PORT}"
+"$BIN/python" scripts/devstack.py run --port "$PORT"

@@ -38,9 +38,11 @@ DATA = ROOT / ".data"
 PYTHON = sys.executable
 # PostgreSQL refuses to run as root; as root the embedded server runs as this system user.
 POSTGRES_SYSTEM_USER = "billing_postgres"
-# Ports of the embedded servers, away from the defaults so they never meet a machine's own servers.
+# Ports of the embedded servers, away from the defaults so they never meet a machine's own servers; the
+# test run's one above `make run`'s, so that both can run at once.
 EMBEDDED_POSTGRES_PORT = int(os.environ.get("EMBEDDED_POSTGRES_PORT") or 54329)
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT") or 63799)
+TEST_PORT_OFFSET = 1
 DATABASE_NAME = "billing"
 
 
@@ -234,7 +236,9 @@ def _stack_env(stack: ExitStack, *, prefix: str, use_machine_services: bool, red
         database_url = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
         say("PostgreSQL on 127.0.0.1:5432")
     if not database_url:
-        server = stack.enter_context(embedded_postgres(DATA / f"{prefix}postgres", EMBEDDED_POSTGRES_PORT))
+        server = stack.enter_context(
+            embedded_postgres(DATA / f"{prefix}postgres", EMBEDDED_POSTGRES_PORT + offset)
+        )
         database_url = f"{server}/{DATABASE_NAME}"
     env["DATABASE_URL"] = database_url
     env["POSTGRES_SERVER_URL"] = server_of(database_url)
@@ -244,7 +248,7 @@ def _stack_env(stack: ExitStack, *, prefix: str, use_machine_services: bool, red
         redis_url = f"redis://127.0.0.1:6379/{redis_db}"
         say("Redis on 127.0.0.1:6379")
     if not redis_url:
-        server = stack.enter_context(embedded_redis(DATA / f"{prefix}redis", EMBEDDED_REDIS_PORT))
+        server = stack.enter_context(embedded_redis(DATA / f"{prefix}redis", EMBEDDED_REDIS_PORT + offset))
         redis_url = f"{server}/{redis_db}"
     env["REDIS_URL"] = redis_url
     return env
@@ -254,7 +258,9 @@ def command_exec(command: list[str]) -> int:
     with ExitStack() as stack:
         stack.callback(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
         # The test suite's Redis database, apart from the one a `make run` on the same server uses.
-        env = _stack_env(stack, prefix="test-", use_machine_services=True, redis_db=15)
+        env = _stack_env(
+            stack, prefix="test-", offset=TEST_PORT_OFFSET, use_machine_services=True, redis_db=15
+        )
         child = subprocess.Popen(command, env={**os.environ, **env})
         try:
             return child.wait()
@@ -271,7 +277,7 @@ def command_run(port: int) -> int:
     with ExitStack() as stack:
         env = {
             **os.environ,
-            **_stack_env(stack, prefix="", use_machine_services=False, redis_db=0),
+            **_stack_env(stack, prefix="", offset=0, use_machine_services=False, redis_db=0),
             "DEBUG": "true",
             "APP_PORT": str(port),
             "PORT": str(port),

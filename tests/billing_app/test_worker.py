@@ -13,9 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from django.conf import settings
 from django.db import connection
 from kombu import pools as kombu_pools
 
@@ -31,7 +33,8 @@ from usage.models import OutboxStatus, StripeUsageOutbox
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# The suite's Redis server (the machine's or an embedded one), on a database of the worker tests' own.
+REDIS_URL = urlunsplit(urlsplit(settings.REDIS_URL)._replace(path="/14"))
 METER_EVENTS = "/v1/billing/meter_events"
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -228,7 +228,9 @@ def server_of(database_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 
-def _stack_env(stack: ExitStack, *, prefix: str, use_machine_services: bool, redis_db: int) -> dict[str, str]:
+def _stack_env(
+    stack: ExitStack, *, prefix: str, offset: int, use_machine_services: bool, redis_db: int
+) -> dict[str, str]:
     """DATABASE_URL, REDIS_URL and POSTGRES_SERVER_URL: given, the machine's, or embedded ones."""
     env: dict[str, str] = {}
     database_url = os.environ.get("DATABASE_URL", "")

@@ -1,7 +1,7 @@
 """Reads for customers."""
 
+from core.errors import NotFound
 from customers.models import Customer, Member
-from plans.errors import NotFound
 
 
 def customer_by_external_id(external_id: str) -> Customer:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.errors import Conflict, InvalidInput, NotFound
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -17,7 +18,6 @@ from customers.models import (
     Subscription,
 )
 from customers.periods import period_bounds
-from plans.errors import Conflict, InvalidInput, NotFound
 from plans.models import BillingInterval, Plan, PlanVersion
 from plans.selectors import plan_latest_published_version
 

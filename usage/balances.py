@@ -21,9 +21,9 @@ from typing import Any
 
 from django.db.models import F, Q
 
+from core.money import CREDITS
 from customers.models import Customer, SpendControls, Subscription
 from plans.models import Entitlement, Meter, PlanVersion
-from plans.money import CREDITS
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
 from plans.selectors import price_spec, prices_with_rates
 from usage.errors import (

@@ -18,7 +18,7 @@ from django.db.models import BooleanField, Case, Count, DecimalField, F, Q, Quer
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Round, TruncDate
 
-from plans.sql_rows import rows_insert, rows_update
+from core.sql_rows import rows_insert, rows_update
 from usage.balances import ZERO
 from usage.models import (
     CreditGrant,

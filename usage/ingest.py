@@ -20,10 +20,10 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.money import CREDITS
 from customers.models import Customer, Member, NotificationKind
 from customers.services import notification_record
 from plans.models import Meter
-from plans.money import CREDITS
 from usage.balances import ZERO, Coverage, CustomerLedger, Draw, ledger_amount
 from usage.batch_writes import BatchWrites, RecordedEvent
 from usage.errors import UsageRefused

@@ -3,7 +3,7 @@
 Every request of the metering API reads a customer with their plan and limits, then, under the
 customer's lock, their usable grants, active holds and current period totals. Through the ORM that
 was 5-8 compiled queries a request, more time than the database spent answering them; here each
-read is one statement written once (``plans.sql_rows``), and the lock with the reads that follow
+read is one statement written once (``core.sql_rows``), and the lock with the reads that follow
 it is one round trip (``usage.locks.customer_ledger_for_update``).
 """
 
@@ -15,10 +15,10 @@ from typing import Any, cast
 from django.db import connection
 from django.db.models import Field
 
+from core.errors import NotFound
+from core.sql_rows import Columns, ModelColumns, placeholders, related_cache, row_slices, selects_run
 from customers.models import Customer, Member, SpendControls, Subscription
-from plans.errors import NotFound
 from plans.models import Meter, PlanVersion
-from plans.sql_rows import Columns, ModelColumns, placeholders, related_cache, row_slices, selects_run
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
 
 CUSTOMER = ModelColumns(Customer, "c")

@@ -4,8 +4,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from core.sql_rows import selects_run
 from customers.models import Customer, Subscription
-from plans.sql_rows import selects_run
 from usage.ledger_reads import (
     BALANCE,
     RESERVATION,

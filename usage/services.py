@@ -14,11 +14,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.errors import InvalidInput, NotFound
+from core.money import CREDITS
+from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Subscription
-from plans.errors import InvalidInput, NotFound
 from plans.models import CreditPack, Meter, PricingUnit
-from plans.money import CREDITS
-from plans.sql_rows import rows_insert, rows_update
 from usage.balances import CustomerLedger
 from usage.batch_writes import BatchWrites
 from usage.errors import NoSubscription, ReservationNotHeld

@@ -38,9 +38,9 @@ from billing_app.models import (
     StripeMeterEvent,
 )
 from billing_app.stripe.client import stripe_client
+from core.money import currency_exponent, round_money
 from customers.models import Customer, Subscription
 from plans.models import Meter, PriceModel
-from plans.money import currency_exponent, round_money
 from plans.selectors import prices_with_rates
 from usage.models import OutboxStatus, StripeUsageOutbox
 

@@ -38,10 +38,10 @@ from billing_app.models import (
 )
 from billing_app.stripe.client import StripeNotConnected, stripe_client
 from billing_app.stripe.reconciliation import invoice_compare
+from core.money import currency_exponent
 from customers.models import Customer, Subscription, SubscriptionStatus
 from customers.services import subscription_roll_period
 from plans.models import DimensionRate, Meter, Price
-from plans.money import currency_exponent
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from collections.abc import Iterable
 from decimal import Decimal
 from functools import cached_property
 
+from core.money import CREDITS
 from customers.models import Customer, Subscription
 from plans.models import Entitlement, Meter, PlanVersion, Price, PricingUnit
-from plans.money import CREDITS
 from plans.pricing import PriceSpec
 from plans.selectors import price_spec, prices_with_rates
 from usage.selectors.units import LEDGER_PLACES, ZERO

@@ -7,9 +7,9 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from core.money import CREDITS
 from customers.models import SpendControls
 from plans.models import Meter
-from plans.money import CREDITS
 from plans.pricing import PriceModel, PriceSpec, marginal_cost, split_included
 from usage.models import CreditGrant
 from usage.selectors.catalog import SubscribedCatalog

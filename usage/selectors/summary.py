@@ -12,9 +12,9 @@ from django.db import models
 from django.db.models import Sum
 from django.utils import timezone
 
+from core.money import CREDITS, format_money
 from customers.models import Customer, SpendControls
 from plans.models import Meter
-from plans.money import CREDITS, format_money
 from usage.balances import grants_in_draw_order
 from usage.models import CustomerBalance, PeriodUsage, Reservation, ReservationStatus
 from usage.selectors.catalog import SubscribedCatalog

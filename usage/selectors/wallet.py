@@ -7,8 +7,8 @@ from decimal import Decimal
 from django.db.models import Q
 from django.utils import timezone
 
+from core.money import format_money
 from customers.models import Customer
-from plans.money import format_money
 from usage.balances import DRAW_ORDER, grants_in_draw_order
 from usage.models import CreditGrant, CreditLedgerEntry, CustomerBalance, LedgerEntryKind
 from usage.selectors.formatting import format_amount

@@ -202,7 +202,7 @@ def raw_phase(name: str, server_pid: int, clients: int, requests: int) -> PhaseR
 def check_steps() -> list[tuple[Any, str, str]]:
     import billing_app.api_auth
     import usage.api.views
-    import usage.balances
+    import usage.consumption
 
     return [
         (billing_app.api_auth.ApiKeyAuthentication, "authenticate", "authenticate"),
@@ -210,9 +210,9 @@ def check_steps() -> list[tuple[Any, str, str]]:
         (usage.api.views, "customer_for_decision", "customer_for_decision"),
         (usage.api.views, "meter_by_key", "meter_by_key"),
         (usage.api.views, "usage_decide", "usage_decide"),
-        (usage.balances, "CustomerLedger", "CustomerLedger"),
-        (usage.balances.CustomerLedger, "remaining_quantity", "remaining_quantity"),
-        (usage.balances.CustomerLedger, "quote", "quote"),
+        (usage.consumption, "ConsumptionEngine", "ConsumptionEngine"),
+        (usage.consumption.ConsumptionEngine, "remaining_quantity", "remaining_quantity"),
+        (usage.consumption.ConsumptionEngine, "quote", "quote"),
     ]
 
 
@@ -223,7 +223,7 @@ CHECK_STEPS = [
     ("customer_for_decision", 2),
     ("meter_by_key", 2),
     ("usage_decide", 2),
-    ("CustomerLedger", 3),
+    ("ConsumptionEngine", 3),
     ("remaining_quantity", 3),
     ("quote", 3),
     ("SQL round trips", 1),

@@ -282,6 +282,7 @@ def ingest_steps() -> list[tuple[Any, str, str]]:
     import usage.api.views
     import usage.batch_writes
     import usage.ingest
+    import usage.recording
 
     names = [name for name, _ in INGEST_STEPS if name != "usage_events_ingest"]
     return [
@@ -292,6 +293,8 @@ def ingest_steps() -> list[tuple[Any, str, str]]:
             for name in names
             if name in vars(module)
         ],
+        (usage.recording.UsageRecorder, "record", "UsageRecorder.record"),
+        (usage.recording.UsageRecorder, "_record_limit_crossings", "UsageRecorder._record_limit_crossings"),
         (usage.batch_writes.BatchWrites, "flush", "BatchWrites.flush"),
     ]
 
@@ -304,11 +307,12 @@ INGEST_STEPS = [
     ("resolve_names", 2),
     ("customer_balances_for_update", 2),
     ("events_recorded", 2),
-    ("ledger_rows_read", 2),
+    ("consumption_rows_read", 2),
     ("members_get_or_create", 2),
     ("events_record_for_customer", 2),
     ("check_dimensions", 3),
-    ("_record_limit_notifications", 3),
+    ("UsageRecorder.record", 3),
+    ("UsageRecorder._record_limit_crossings", 3),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
     ("period_totals_save", 3),

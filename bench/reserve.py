@@ -319,6 +319,7 @@ def oversell_run(server: Server, api_key: str, clients: int) -> tuple[PhaseResul
 def reserve_steps() -> list[tuple[Any, str, str]]:
     import usage.api.views
     import usage.batch_writes
+    import usage.recording
     import usage.services
 
     return [
@@ -326,10 +327,11 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
         (usage.api.views, "reservation_commit", "reservation_commit"),
         *[
             (usage.services, name, name)
-            for name in ("_reservation_locked", "reservation_for_settling", "customer_ledger_for_update")
+            for name in ("_reservation_locked", "reservation_for_settling", "customer_consumption_for_update")
         ],
-        (usage.services, "CustomerLedger", "CustomerLedger"),
-        (usage.services, "events_record_for_customer", "events_record_for_customer"),
+        (usage.services, "ConsumptionEngine", "ConsumptionEngine"),
+        (usage.recording.UsageRecorder, "record", "UsageRecorder.record"),
+        (usage.recording.UsageRecorder, "finish", "UsageRecorder.finish"),
         (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
         *[
             (usage.batch_writes, name, name)
@@ -344,9 +346,10 @@ RESERVE_STEPS = [
     ("reservation_commit", 1),
     ("_reservation_locked", 2),
     ("reservation_for_settling", 3),
-    ("customer_ledger_for_update", 2),
-    ("CustomerLedger", 2),
-    ("events_record_for_customer", 2),
+    ("customer_consumption_for_update", 2),
+    ("ConsumptionEngine", 2),
+    ("UsageRecorder.record", 2),
+    ("UsageRecorder.finish", 2),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
     ("period_totals_save", 3),

@@ -8,7 +8,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from billing_app.models import ApiKey, api_key_hash
-from plans.sql_rows import ModelColumns, selects_run
+from core.sql_rows import ModelColumns, selects_run
 
 
 class ApiClient:

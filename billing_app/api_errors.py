@@ -10,7 +10,7 @@ from rest_framework.views import exception_handler
 
 from billing_app.models import ApiKey
 from billing_app.throttling import api_key_rate_limit
-from plans.errors import BillingError
+from core.errors import BillingError
 
 
 def error_response(code: str, message: str, http_status: int, **extra: Any) -> Response:

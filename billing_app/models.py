@@ -1,5 +1,5 @@
 """Operator-side records: API keys for the metering API, and what the Stripe integration and the alerting
-jobs remember (``billing_app.stripe``, ``billing_app.alerts``)."""
+jobs remember (``billing_app.stripe``, ``billing_app.operator_alerts``, ``billing_app.circuit_breaker``)."""
 
 import hashlib
 import secrets

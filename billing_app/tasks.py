@@ -13,7 +13,8 @@ from typing import Any
 import stripe
 from celery import shared_task
 
-from billing_app.alerts import circuit_breaker_check, spend_alerts_send
+from billing_app.circuit_breaker import circuit_breaker_check
+from billing_app.customer_emails import customer_emails_send
 from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.client import stripe_connected
 from billing_app.stripe.outbox import outbox_drain
@@ -84,7 +85,7 @@ def usage_carries_finalize_task() -> int:
 
 @shared_task
 def spend_alerts_task() -> int:
-    return spend_alerts_send()
+    return customer_emails_send()
 
 
 @shared_task

@@ -160,13 +160,20 @@ class NotificationKind(models.TextChoices):
 
 
 class Notification(models.Model):
-    """Something the customer should know. Recorded once per (kind, threshold, period)."""
+    """Something the customer should know, told once.
+
+    A spend limit is told once per (limit amount, period): ``limit`` holds the amount crossed. A frozen
+    account is told once per hour it is frozen in: ``frozen_hour``. Both are values, not formatted text, so
+    ingest and the alerting jobs find the same notification whatever digits they print.
+    """
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=32, choices=NotificationKind.choices)
     period_start = models.DateTimeField()
-    # What was crossed (the limit amount, or the meter key), so a threshold alerts once per period.
-    threshold = models.CharField(max_length=64, blank=True)
+    limit = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="The spend limit crossed, in the plan currency."
+    )
+    frozen_hour = models.DateTimeField(null=True, blank=True, help_text="The hour the account was frozen in.")
     message = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
     read_at = models.DateTimeField(null=True, blank=True)
@@ -176,7 +183,14 @@ class Notification(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "kind", "period_start", "threshold"], name="notification_once_per_period"
+                fields=["customer", "kind", "period_start", "limit"],
+                condition=Q(limit__isnull=False),
+                name="notification_limit_once_per_period",
+            ),
+            models.UniqueConstraint(
+                fields=["customer", "kind", "period_start", "frozen_hour"],
+                condition=Q(frozen_hour__isnull=False),
+                name="notification_freeze_once_per_hour",
             ),
         ]
         indexes = [models.Index(fields=["customer", "read_at", "-created_at"])]

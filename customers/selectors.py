@@ -1,7 +1,8 @@
 """Reads for customers."""
 
-from customers.models import Customer, Member
-from plans.errors import NotFound
+from core.errors import NotFound
+from customers.models import Customer, Member, Subscription
+from plans.terms import PlanTerms
 
 
 def customer_by_external_id(external_id: str) -> Customer:
@@ -16,3 +17,11 @@ def member_for_user(user) -> Member | None:
     if not getattr(user, "is_authenticated", False):
         return None
     return Member.objects.select_related("customer").filter(user=user).first()
+
+
+def customer_plan_terms(customer: Customer) -> PlanTerms:
+    """The terms of the customer's plan version as stored now; nothing is priced without a subscription."""
+    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version__plan").first()
+    if subscription is None:
+        return PlanTerms.without_plan(customer.currency)
+    return PlanTerms.of_version(subscription.plan_version)

@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.errors import Conflict, InvalidInput, NotFound
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -17,7 +18,6 @@ from customers.models import (
     Subscription,
 )
 from customers.periods import period_bounds
-from plans.errors import Conflict, InvalidInput, NotFound
 from plans.models import BillingInterval, Plan, PlanVersion
 from plans.selectors import plan_latest_published_version
 
@@ -132,32 +132,19 @@ def customer_freeze(*, customer: Customer, reason: str, period_start: datetime) 
     """Refuse the customer's further billable usage until an operator unfreezes them."""
     Customer.objects.filter(pk=customer.pk).update(status=CustomerStatus.FROZEN, frozen_reason=reason)
     customer.status, customer.frozen_reason = CustomerStatus.FROZEN, reason
-    notification_record(
+    # Once per hour frozen in: a freeze, an unfreeze and a freeze again within it tell the customer once.
+    Notification.objects.get_or_create(
         customer=customer,
         kind=NotificationKind.ACCOUNT_FROZEN,
         period_start=period_start,
-        threshold=timezone.now().strftime("%Y-%m-%dT%H"),
-        message=f"Billable usage is paused: {reason}",
+        frozen_hour=timezone.now().replace(minute=0, second=0, microsecond=0),
+        defaults={"message": f"Billable usage is paused: {reason}"},
     )
 
 
 def customer_unfreeze(*, customer: Customer) -> None:
     Customer.objects.filter(pk=customer.pk).update(status=CustomerStatus.ACTIVE, frozen_reason="")
     customer.status, customer.frozen_reason = CustomerStatus.ACTIVE, ""
-
-
-def notification_record(
-    *, customer: Customer, kind: str, period_start: datetime, threshold: str, message: str
-) -> Notification | None:
-    """Record a notification once per (kind, threshold, period); None if it already existed."""
-    notification, created = Notification.objects.get_or_create(
-        customer=customer,
-        kind=kind,
-        period_start=period_start,
-        threshold=threshold,
-        defaults={"message": message},
-    )
-    return notification if created else None
 
 
 def notification_mark_read(*, customer: Customer, notification_id: int) -> None:
@@ -178,3 +165,29 @@ def member_create(
     return Member.objects.create(
         customer=customer, external_id=external_id, name=name, email=email, role=role, user=user
     )
+
+
+def members_get_or_create(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Member ids by (customer id, external id), creating the members seen for the first time."""
+    if not wanted:
+        return {}
+
+    def read() -> dict[tuple[int, str], int]:
+        found = Member.objects.filter(
+            customer_id__in={customer_id for customer_id, _ in wanted},
+            external_id__in={external_id for _, external_id in wanted},
+        ).values_list("customer_id", "external_id", "id")
+        return {(customer_id, external_id): pk for customer_id, external_id, pk in found}
+
+    members = read()
+    missing = wanted - set(members)
+    if missing:
+        Member.objects.bulk_create(
+            [
+                Member(customer_id=customer_id, external_id=external_id)
+                for customer_id, external_id in sorted(missing)
+            ],
+            ignore_conflicts=True,
+        )
+        members = read()
+    return members

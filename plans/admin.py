@@ -20,7 +20,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from plans.errors import BillingError
+from core.errors import BillingError
+from core.money import CREDITS
 from plans.models import (
     CreditPack,
     DimensionRate,
@@ -34,7 +35,6 @@ from plans.models import (
     PricingUnit,
     VersionStatus,
 )
-from plans.money import CREDITS
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 from plans.services import (
     plan_version_assert_editable,

@@ -42,7 +42,7 @@ from decimal import (
 from enum import StrEnum
 from functools import lru_cache
 
-from plans.money import CREDITS, round_money
+from core.money import CREDITS, round_money
 
 ZERO = Decimal(0)
 

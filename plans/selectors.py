@@ -2,8 +2,8 @@
 
 from django.db.models import Prefetch, QuerySet
 
+from core.money import CREDITS
 from plans.models import Plan, PlanVersion, Price, PricingUnit, VersionStatus
-from plans.money import CREDITS
 from plans.pricing import PriceModel, PriceSpec, Tier, VersionSpec
 
 

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from core.errors import Conflict, InvalidInput
+from core.money import CREDITS, format_money
 from plans.catalog import (
     CreditPackEntry,
     EntitlementEntry,
@@ -26,7 +28,7 @@ from plans.catalog import (
     version_content,
     version_content_parse,
 )
-from plans.errors import Conflict, InvalidInput, PlanVersionInUse
+from plans.errors import PlanVersionInUse
 from plans.models import (
     ChangeEffect,
     CreditPack,
@@ -41,7 +43,6 @@ from plans.models import (
     PricingUnit,
     VersionStatus,
 )
-from plans.money import CREDITS, format_money
 from plans.pricing import PriceModel, PriceSpec, validate_version
 from plans.selectors import plan_latest_published_version, version_spec
 

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from core.money import format_money, round_money
 from plans.models import (
     BillingInterval,
     ChangeEffect,
@@ -22,7 +23,6 @@ from plans.models import (
     PriceModel,
     PricingUnit,
 )
-from plans.money import format_money, round_money
 from plans.selectors import prices_with_rates, published_plans
 
 # Token-sized rates read better per thousand or per million units, as AI consoles post them.

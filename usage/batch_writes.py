@@ -1,6 +1,6 @@
 """Writing a batch's rows in bulk: events, ledger rows, grants, wallet, period totals, rollups, outbox.
 
-``usage.ingest`` decides a batch customer by customer and gathers what it writes in a
+``usage.recording`` decides usage customer by customer and gathers what it writes in a
 ``BatchWrites``; ``flush`` writes each table with one statement for the whole batch. The hot path
 is a batch of 1,000 events, so events are plain rows (no model instance each), inserted by COPY on
 PostgreSQL, and the database sums the daily rollups from the rows just written.
@@ -14,12 +14,11 @@ from functools import lru_cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import BooleanField, Case, Count, DecimalField, F, Q, QuerySet, Sum, Value, When
+from django.db.models import BooleanField, Count, F, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Coalesce, Round, TruncDate
+from django.db.models.functions import Coalesce, TruncDate
 
-from plans.sql_rows import rows_insert, rows_update
-from usage.balances import ZERO
+from core.sql_rows import rows_insert, rows_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -29,11 +28,12 @@ from usage.models import (
     StripeUsageOutbox,
     UsageEvent,
 )
+from usage.overage import ZERO, overage_quantity_sql
 
 
 @dataclass(slots=True)
-class RecordedEvent:
-    """A new usage event as a batch writes it: the columns of ``UsageEvent``, without a model instance.
+class NewUsageEvent:
+    """A usage event decided but not yet written: the columns of ``UsageEvent``, without a model instance.
 
     A batch of 1,000 events builds no model objects for its events: building and saving them
     through the ORM was a third of a batch's time. ``id`` is set when the batch is written.
@@ -71,7 +71,7 @@ class RecordedEvent:
         return UsageEvent(id=self.id, **fields)
 
 
-EVENT_COLUMNS = tuple(name for name in RecordedEvent.__dataclass_fields__ if name != "id")
+EVENT_COLUMNS = tuple(name for name in NewUsageEvent.__dataclass_fields__ if name != "id")
 
 
 class BatchWrites:
@@ -82,12 +82,12 @@ class BatchWrites:
     """
 
     def __init__(self) -> None:
-        self.events: list[RecordedEvent] = []
-        self.ledger_entries: list[tuple[CreditLedgerEntry, RecordedEvent]] = []
+        self.events: list[NewUsageEvent] = []
+        self.ledger_entries: list[tuple[CreditLedgerEntry, NewUsageEvent]] = []
         self.grants: list[CreditGrant] = []
         self.balances: list[CustomerBalance] = []
         self.period_rows: list[PeriodUsage] = []
-        self.outbox: list[tuple[StripeUsageOutbox, RecordedEvent]] = []
+        self.outbox: list[tuple[StripeUsageOutbox, NewUsageEvent]] = []
 
     def flush(self) -> None:
         events_insert(self.events)
@@ -103,7 +103,7 @@ class BatchWrites:
         rows_insert([row for row, _ in self.outbox])
 
 
-def events_insert(events: list[RecordedEvent]) -> None:
+def events_insert(events: list[NewUsageEvent]) -> None:
     """Insert the batch's events by COPY, with their ids taken from the sequence first."""
     if not events:
         return
@@ -142,7 +142,7 @@ PERIOD_TOTALS = (
 def period_totals_save(rows: list[PeriodUsage]) -> None:
     """Write the period totals a batch changed, new or not, in one statement.
 
-    The totals are the ledger's, read under the customer's lock, so they overwrite what is stored.
+    The totals are the consumption engine's, read under the customer's lock, so they overwrite what is stored.
     """
     if not rows:
         return
@@ -171,7 +171,7 @@ ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value
 ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
 
 
-def rollups_add(events: list[RecordedEvent]) -> None:
+def rollups_add(events: list[NewUsageEvent]) -> None:
     """Add the batch's events, once written, to their daily rollups.
 
     The database sums the rows just written per rollup key: a batch may touch as many rollups as
@@ -189,21 +189,13 @@ def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[s
     """The events summed per rollup key; each total of the rollup is named ``add_<total>``."""
     billable = Q(billable=True)
     billable_units = F("quantity") - F("included_quantity")
-    # The units overage paid for, in proportion to its share of the cost
-    # (as ``usage.ingest._overage_quantity`` counts them for the Stripe outbox).
-    overage_units = Case(
-        When(Q(overage_amount__lte=0) | Q(cost__lte=0), then=Value(ZERO)),
-        When(overage_amount=F("cost"), then=billable_units),
-        default=Round(billable_units * F("overage_amount") / F("cost"), 6),
-        output_field=DecimalField(),
-    )
     return (
         written.annotate(day=TruncDate("timestamp", tzinfo=UTC))  # UTC days, whatever offset was sent
         .values(*ROLLUP_KEY, "period_start")
         .annotate(
             add_quantity=Sum("quantity"),
             add_billable_quantity=Coalesce(Sum(billable_units, filter=billable), ZERO),
-            add_overage_quantity=Coalesce(Sum(overage_units, filter=billable), ZERO),
+            add_overage_quantity=Coalesce(Sum(overage_quantity_sql(), filter=billable), ZERO),
             add_event_count=Count("id"),
             add_cost=Coalesce(Sum("cost", filter=billable), ZERO),
             add_overage_amount=Coalesce(Sum("overage_amount", filter=billable), ZERO),

@@ -1,6 +1,6 @@
 """Why usage is refused. Each code is part of the public API contract (see docs/api.md)."""
 
-from plans.errors import BillingError, Conflict
+from core.errors import BillingError, Conflict
 
 
 class UsageRefused(BillingError):

@@ -4,18 +4,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from core.sql_rows import selects_run
 from customers.models import Customer, Subscription
-from plans.sql_rows import selects_run
-from usage.ledger_reads import (
+from usage.models import CustomerBalance, Reservation
+from usage.sql_reads import (
     BALANCE,
     RESERVATION,
-    LedgerRows,
+    ConsumptionRows,
     Statement,
-    ledger_rows_build,
-    ledger_statements,
+    consumption_rows_build,
+    consumption_statements,
     reservation_pk,
 )
-from usage.models import CustomerBalance, Reservation
 
 
 def customer_balance_for_update(customer: Customer) -> CustomerBalance:
@@ -58,23 +58,23 @@ def customer_balances_for_update(customers: list[Customer]) -> dict[int, Custome
 
 
 @dataclass
-class LockedLedger:
+class LockedCustomer:
     """A customer's balance row, locked, and what was read after the lock in the same round trip."""
 
     balance: CustomerBalance
-    rows: LedgerRows  # empty when no subscription was given
+    rows: ConsumptionRows  # empty when no subscription was given
     reservation: Reservation | None  # the reservation asked for, as last committed
 
 
-def customer_ledger_for_update(
+def customer_consumption_for_update(
     *,
     customer: Customer,
     subscription: Subscription | None,
     now: datetime,
     reservation_key: str | None = None,
     reservation_id: uuid.UUID | None = None,
-) -> LockedLedger:
-    """Lock the customer's balance row and read their ledger after it, in one round trip.
+) -> LockedCustomer:
+    """Lock the customer's balance row and read what the consumption engine needs after it, in one trip.
 
     The lock is held until the transaction ends, and every read after it sees what the previous
     holder committed, so the time the lock is held is this trip, the deciding and the writes.
@@ -97,7 +97,7 @@ def customer_ledger_for_update(
     )
     statements: list[Statement] = [lock, reservation]
     if subscription is not None:
-        statements += ledger_statements(
+        statements += consumption_statements(
             customer_ids=[customer.pk],
             period_starts=[subscription.current_period_start],
             now=now,
@@ -111,13 +111,13 @@ def customer_ledger_for_update(
         )
         results = selects_run(statements)
     rows = (
-        ledger_rows_build(results[2:], current_start={customer.pk: subscription.current_period_start})[
+        consumption_rows_build(results[2:], current_start={customer.pk: subscription.current_period_start})[
             customer.pk
         ]
         if subscription is not None
-        else LedgerRows()
+        else ConsumptionRows()
     )
-    return LockedLedger(
+    return LockedCustomer(
         balance=BALANCE.build(results[0][0]),
         rows=rows,
         reservation=RESERVATION.build(results[1][0]) if results[1] else None,

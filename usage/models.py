@@ -9,11 +9,12 @@ Invariants (checked by ``manage.py ledger_check`` and, where the database can, b
 import json
 import math
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Expression, F, Q
 
 from customers.models import Customer, Member
 from plans.models import QUANTITY, RATE, Meter
@@ -64,6 +65,28 @@ class GrantKind(models.TextChoices):
     PROMOTIONAL = "promotional", "Promotional"
 
 
+# The order usage draws grants in: lower priority number first, then the earliest expiry (a grant that never
+# expires last), then the oldest. The engine's read, the wallet page and the admin all list grants in it.
+GRANT_DRAW_ORDER = ("priority", F("expires_at").asc(nulls_last=True), "id")
+
+
+class CreditGrantQuerySet(models.QuerySet["CreditGrant"]):
+    def usable(self, now: datetime | Expression) -> "CreditGrantQuerySet":
+        """The grants usage may draw from at ``now``: in effect, not expired or voided, not used up.
+
+        ``now`` may be an expression, for a statement compiled once and run with each request's time.
+        """
+        return self.filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+            expired_at__isnull=True,
+            effective_at__lte=now,
+            remaining__gt=0,
+        )
+
+    def in_draw_order(self) -> "CreditGrantQuerySet":
+        return self.order_by(*GRANT_DRAW_ORDER)
+
+
 class CreditGrant(models.Model):
     """Credits granted to a customer, consumed in priority order (lower first) then earliest expiry.
 
@@ -87,8 +110,10 @@ class CreditGrant(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = CreditGrantQuerySet.as_manager()
+
     class Meta:
-        ordering = ["priority", "expires_at", "id"]
+        ordering = GRANT_DRAW_ORDER
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="credit_grant_amount_positive"),
             models.CheckConstraint(
@@ -257,6 +282,13 @@ class ReservationStatus(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
+class ReservationQuerySet(models.QuerySet["Reservation"]):
+    def active(self, now: datetime | Expression) -> "ReservationQuerySet":
+        """The holds that count at ``now``: held and not past their expiry, whether or not the expiry job
+        has marked them yet."""
+        return self.filter(status=ReservationStatus.HELD, expires_at__gt=now)
+
+
 class Reservation(models.Model):
     """A hold on what a customer may use, taken before costly work and settled after it.
 
@@ -286,6 +318,8 @@ class Reservation(models.Model):
     settled_at = models.DateTimeField(null=True, blank=True)
     committed_quantity = models.DecimalField(**QUANTITY, null=True, blank=True)
     commit_idempotency_key = models.CharField(max_length=255, blank=True)
+
+    objects = ReservationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

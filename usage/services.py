@@ -4,7 +4,6 @@ Each is one transaction that first takes the customer's lock (``usage.locks``), 
 decides and writes; no network call happens inside.
 """
 
-import json
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -14,28 +13,27 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.errors import InvalidInput, NotFound
+from core.money import CREDITS
+from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Subscription
-from plans.errors import InvalidInput, NotFound
+from customers.services import members_get_or_create
 from plans.models import CreditPack, Meter, PricingUnit
-from plans.money import CREDITS
-from plans.sql_rows import rows_insert, rows_update
-from usage.balances import CustomerLedger
 from usage.batch_writes import BatchWrites
+from usage.consumption import ConsumptionEngine
 from usage.errors import NoSubscription, ReservationNotHeld
-from usage.ingest import events_record_for_customer, members_get_or_create
-from usage.ledger_reads import reservation_for_settling
-from usage.locks import LockedLedger, customer_balance_for_update, customer_ledger_for_update
+from usage.locks import LockedCustomer, customer_balance_for_update, customer_consumption_for_update
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
     GrantKind,
     LedgerEntryKind,
-    PropertiesEncoder,
     Reservation,
     ReservationStatus,
     UsageEvent,
 )
-from usage.validation import EventInput
+from usage.recording import UsageRecorder
+from usage.sql_reads import reservation_for_settling
 
 
 def _subscription_of(customer: Customer) -> Subscription:
@@ -68,7 +66,7 @@ def reservation_create(
     """
     now = now or timezone.now()
     subscription = _subscription_of(customer)
-    locked = customer_ledger_for_update(
+    locked = customer_consumption_for_update(
         customer=customer, subscription=subscription, now=now, reservation_key=idempotency_key
     )
     if locked.reservation is not None:
@@ -77,10 +75,10 @@ def reservation_create(
     if quantity <= 0:
         raise InvalidInput("A reservation holds a quantity greater than zero.", param="quantity")
     properties = properties or {}
-    ledger = CustomerLedger(
+    engine = ConsumptionEngine(
         customer=customer, balance=locked.balance, subscription=subscription, now=now, rows=locked.rows
     )
-    coverage = ledger.quote(
+    coverage = engine.quote(
         meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
     )
     member_id = members_get_or_create({(customer.pk, user)})[customer.pk, user] if user else None
@@ -106,18 +104,18 @@ def reservation_create(
 
 
 def _reservation_locked(
-    reservation_id: uuid.UUID | str, now: datetime, *, with_ledger: bool
-) -> tuple[Reservation, LockedLedger]:
+    reservation_id: uuid.UUID | str, now: datetime, *, for_recording: bool
+) -> tuple[Reservation, LockedCustomer]:
     """The reservation with its customer's plan and limits, its status read again under the lock.
 
     The joined read happens before the lock, so the lock is held only for the work that needs it.
-    ``with_ledger`` also reads the customer's ledger, without this reservation's own hold.
+    ``for_recording`` also reads what the consumption engine needs, without this reservation's own hold.
     """
     reservation = reservation_for_settling(reservation_id)
     customer = reservation.customer
-    locked = customer_ledger_for_update(
+    locked = customer_consumption_for_update(
         customer=customer,
-        subscription=_subscription_of(customer) if with_ledger else None,
+        subscription=_subscription_of(customer) if for_recording else None,
         now=now,
         reservation_id=reservation.pk,
     )
@@ -145,7 +143,7 @@ def reservation_commit(
     Committing again returns the same event.
     """
     now = now or timezone.now()
-    reservation, locked = _reservation_locked(reservation_id, now, with_ledger=True)
+    reservation, locked = _reservation_locked(reservation_id, now, for_recording=True)
     if reservation.status == ReservationStatus.COMMITTED:
         return reservation, reservation.usage_event
     if reservation.status != ReservationStatus.HELD:
@@ -156,20 +154,8 @@ def reservation_commit(
         raise InvalidInput(
             f"Commit between 0 and the {reservation.quantity.normalize():f} held.", param="quantity"
         )
-    event = EventInput(
-        index=0,
-        idempotency_key=f"reservation:{reservation.pk}",
-        customer_id=reservation.customer.external_id,
-        meter_key=reservation.meter.key,
-        quantity=quantity,
-        timestamp=now,
-        user=reservation.member.external_id if reservation.member else None,
-        properties=reservation.properties,
-        reservation=reservation,
-        properties_json=json.dumps(reservation.properties, cls=PropertiesEncoder),
-    )
     customer = reservation.customer
-    ledger = CustomerLedger(
+    engine = ConsumptionEngine(
         customer=customer,
         balance=locked.balance,
         subscription=_subscription_of(customer),
@@ -177,22 +163,23 @@ def reservation_commit(
         rows=locked.rows,
     )
     writes = BatchWrites()
-    events_record_for_customer(
-        ledger=ledger,
-        events=[event],
-        meters={reservation.meter.key: reservation.meter},
-        existing={},
-        members={(customer.pk, reservation.member.external_id): reservation.member.pk}
-        if reservation.member
-        else {},
-        writes=writes,
+    recorder = UsageRecorder(engine=engine, writes=writes)
+    new_event = recorder.record(
+        meter=reservation.meter,
+        quantity=quantity,
+        properties=reservation.properties,
+        timestamp=now,
+        idempotency_key=f"reservation:{reservation.pk}",
+        member_id=reservation.member_id,
+        reservation_id=reservation.pk,
     )
+    recorder.finish()
     writes.flush()
     reservation.status = ReservationStatus.COMMITTED
     reservation.committed_quantity = quantity
     reservation.settled_at = now
     rows_update([reservation], ["status", "committed_quantity", "settled_at"])
-    usage_event = writes.events[0].as_model()
+    usage_event = new_event.as_model()
     usage_event.customer, usage_event.meter, usage_event.member = (
         customer,
         reservation.meter,
@@ -205,7 +192,7 @@ def reservation_commit(
 def reservation_release(*, reservation_id: uuid.UUID | str, now: datetime | None = None) -> Reservation:
     """Cancel a hold. Releasing again, or a hold that already expired, changes nothing."""
     now = now or timezone.now()
-    reservation, _ = _reservation_locked(reservation_id, now, with_ledger=False)
+    reservation, _ = _reservation_locked(reservation_id, now, for_recording=False)
     if reservation.status == ReservationStatus.COMMITTED:
         raise ReservationNotHeld(
             "The reservation was committed; it can no longer be released.", status="committed"

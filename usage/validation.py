@@ -17,9 +17,9 @@ from django.utils.dateparse import parse_datetime
 
 from customers.models import Customer, Subscription
 from plans.models import Meter
-from usage.balances import CustomerLedger
+from usage.consumption import ConsumptionEngine
 from usage.errors import InvalidBatch
-from usage.models import PropertiesEncoder, Reservation
+from usage.models import PropertiesEncoder
 
 EVENT_FIELDS = {"idempotency_key", "customer", "meter", "quantity", "timestamp", "user", "properties"}
 MAX_KEY_LENGTH = 255
@@ -40,7 +40,6 @@ class EventInput:
     timestamp: datetime
     user: str | None
     properties: dict[str, Any]
-    reservation: Reservation | None = None
     properties_json: str = "{}"  # ``properties`` as stored
 
 
@@ -223,11 +222,11 @@ def resolve_names(events: list[EventInput]) -> NamedInBatch:
     return NamedInBatch(customers, meters, subscriptions)
 
 
-def check_dimensions(ledger: CustomerLedger, events: list[EventInput], meters: dict[str, Meter]) -> None:
+def check_dimensions(engine: ConsumptionEngine, events: list[EventInput], meters: dict[str, Meter]) -> None:
     """An event whose dimension value has no rate and no default can never be priced: reject it."""
     problems = _Problems()
     for event in events:
-        spec = ledger.specs.get(meters[event.meter_key].pk)
+        spec = engine.specs.get(meters[event.meter_key].pk)
         if spec is None or not spec.dimension or spec.default_rate is not None:
             continue
         value = event.properties.get(spec.dimension)

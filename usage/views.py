@@ -23,10 +23,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
+from core.errors import InvalidInput, NotFound
 from customers.models import Customer, Member
 from customers.selectors import member_for_user
 from customers.services import notification_mark_read, spend_controls_update
-from plans.errors import InvalidInput, NotFound
 from usage.forms import SpendLimitsForm
 from usage.selectors import (
     BillingPeriod,

@@ -40,18 +40,17 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from billing_app.alerts import operator_alert_raise
 from billing_app.models import (
     MeterEventStatus,
     OperatorAlertKind,
-    StripeDimensionMeter,
     StripeMeterEvent,
     StripeUsageCarry,
 )
+from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
+from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
 from customers.models import Customer, Subscription
-from plans.models import PriceModel
-from plans.selectors import prices_with_rates
+from plans.terms import PlanTerms
 from usage.models import OutboxStatus, StripeUsageOutbox
 
 logger = logging.getLogger(__name__)
@@ -77,16 +76,10 @@ class DrainResult:
     waiting_for_sync: int = 0
 
 
-@dataclass(frozen=True)
-class _Route:
-    event_name: str
-    stripe_meter_id: str
-
-
 @dataclass
 class _Group:
     customer: Customer
-    route: _Route
+    route: StripeMeterRoute
     period_start: datetime
     window_start: datetime
     rows: list[StripeUsageOutbox] = field(default_factory=list)
@@ -130,12 +123,11 @@ def meter_event_identifier(rows: list[StripeUsageOutbox]) -> str:
 
 
 class _Routes:
-    """Which Stripe meter each outbox row feeds, by the customer's plan version (cached per claim)."""
+    """Which Stripe meter each outbox row feeds, by the customer's plan version (read once per claim)."""
 
     def __init__(self) -> None:
         self._subscriptions: dict[int, Subscription | None] = {}
-        self._by_customer: dict[int, dict[int, Any]] = {}
-        self._dimension_meters: dict[tuple[int, str], StripeDimensionMeter] = {}
+        self._by_version: dict[int | None, StripeMeterRoutes] = {}
 
     def subscription(self, customer: Customer) -> Subscription | None:
         if customer.pk not in self._subscriptions:
@@ -144,37 +136,20 @@ class _Routes:
             )
         return self._subscriptions[customer.pk]
 
-    def _prices(self, customer: Customer) -> dict[int, Any]:
-        if customer.pk not in self._by_customer:
-            subscription = self.subscription(customer)
-            prices = prices_with_rates(subscription.plan_version) if subscription else []
-            self._by_customer[customer.pk] = {price.meter_id: price for price in prices}
-        return self._by_customer[customer.pk]
-
-    def route(self, row: StripeUsageOutbox) -> _Route | None:
-        price = self._prices(row.customer).get(row.meter_id)
-        if (
-            price is not None
-            and price.model == PriceModel.DIMENSIONAL
-            and row.dimension_value in {rate.value for rate in price.dimension_rates.all()}
-        ):
-            key = (row.meter_id, row.dimension_value)
-            if key not in self._dimension_meters:
-                found = StripeDimensionMeter.objects.filter(
-                    meter_id=row.meter_id, value=row.dimension_value
-                ).first()
-                if found is None or not found.stripe_meter_id:
-                    return None
-                self._dimension_meters[key] = found
-            dimension_meter = self._dimension_meters[key]
-            return _Route(dimension_meter.event_name, dimension_meter.stripe_meter_id)
-        if not row.meter.stripe_meter_id:
-            return None
-        return _Route(row.meter.key, row.meter.stripe_meter_id)
+    def route(self, row: StripeUsageOutbox) -> StripeMeterRoute | None:
+        subscription = self.subscription(row.customer)
+        version = subscription.plan_version if subscription else None
+        key = version.pk if version else None
+        if key not in self._by_version:
+            terms = (
+                PlanTerms.of_version(version) if version else PlanTerms.without_plan(row.customer.currency)
+            )
+            self._by_version[key] = StripeMeterRoutes(terms)
+        return self._by_version[key].route(meter=row.meter, dimension_value=row.dimension_value)
 
 
 def _carry_for_update(
-    customer: Customer, route: _Route, period_start: datetime, subscription: Subscription | None
+    customer: Customer, route: StripeMeterRoute, period_start: datetime, subscription: Subscription | None
 ) -> StripeUsageCarry:
     """Lock the carry of (customer, Stripe meter, period), creating it on first use."""
     if subscription is not None:

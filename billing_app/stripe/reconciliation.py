@@ -27,21 +27,21 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing_app.alerts import operator_alert_raise
 from billing_app.models import (
     DivergenceKind,
     MeterEventStatus,
     OperatorAlertKind,
     ReconciliationDivergence,
-    StripeDimensionMeter,
     StripeInvoice,
     StripeMeterEvent,
 )
+from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
+from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
+from core.money import currency_exponent, round_money
 from customers.models import Customer, Subscription
-from plans.models import Meter, PriceModel
-from plans.money import currency_exponent, round_money
-from plans.selectors import prices_with_rates
+from plans.models import Meter
+from plans.terms import PlanTerms
 from usage.models import OutboxStatus, StripeUsageOutbox
 
 logger = logging.getLogger(__name__)
@@ -69,39 +69,9 @@ class ReconciliationReport:
     resolved: int = 0
 
 
-@dataclass(frozen=True)
-class _Subject:
-    """One Stripe meter of a customer: what the drain sends as ``event_name`` and the meter it lands on."""
-
-    event_name: str
-    stripe_meter_id: str
-    meter_id: int
-    dimension_value: str
-
-
 def _ceil_minute(moment: datetime) -> datetime:
     floor = moment.replace(second=0, microsecond=0)
     return floor if floor == moment else floor + timedelta(minutes=1)
-
-
-def _plan_subjects(subscription: Subscription) -> set[_Subject]:
-    subjects = set()
-    for price in prices_with_rates(subscription.plan_version):
-        if price.meter.stripe_meter_id:
-            subjects.add(_Subject(price.meter.key, price.meter.stripe_meter_id, price.meter_id, ""))
-        if price.model == PriceModel.DIMENSIONAL:
-            values = [rate.value for rate in price.dimension_rates.all()]
-            for dimension_meter in StripeDimensionMeter.objects.filter(meter=price.meter, value__in=values):
-                if dimension_meter.stripe_meter_id:
-                    subjects.add(
-                        _Subject(
-                            dimension_meter.event_name,
-                            dimension_meter.stripe_meter_id,
-                            price.meter_id,
-                            dimension_meter.value,
-                        )
-                    )
-    return subjects
 
 
 def stripe_meter_total(
@@ -205,9 +175,15 @@ def customer_meters_reconcile(
         sent = StripeMeterEvent.objects.filter(
             customer=customer, period_start=period[0], status=MeterEventStatus.SENT
         )
-        subjects = _plan_subjects(subscription) if period == current else set()
+        subjects = (
+            StripeMeterRoutes(PlanTerms.of_version(subscription.plan_version)).all()
+            if period == current
+            else set()
+        )
         subjects |= {
-            _Subject(row["event_name"], row["stripe_meter_id"], row["meter_id"], row["dimension_value"])
+            StripeMeterRoute(
+                row["event_name"], row["stripe_meter_id"], row["meter_id"], row["dimension_value"]
+            )
             for row in sent.values("event_name", "stripe_meter_id", "meter_id", "dimension_value").distinct()
         }
         totals = dict(sent.values_list("event_name").annotate(total=Sum("quantity")))

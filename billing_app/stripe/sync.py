@@ -33,9 +33,9 @@ from django.db.models import F, Q
 
 from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
 from billing_app.stripe.client import stripe_client
+from core.money import currency_exponent, to_minor_units
 from customers.models import Customer, Subscription, SubscriptionStatus
 from plans.models import DimensionRate, Meter, PlanVersion, Price, PriceModel, PricingUnit, VersionStatus
-from plans.money import currency_exponent, to_minor_units
 from plans.selectors import prices_with_rates
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def minor_units_decimal(amount: Decimal, currency: str) -> str:
     """A rate in minor units as Stripe's decimal string: 0.008 USD -> "0.8" (cents), 2 JPY -> "2".
 
     For ``unit_amount_decimal`` and the tiers' decimal amounts, which may be finer than the minor unit.
-    Whole charges go through ``plans.money.to_minor_units``.
+    Whole charges go through ``core.money.to_minor_units``.
     """
     scaled = amount.scaleb(currency_exponent(currency), context=_DECIMAL_CONTEXT)
     scaled = scaled.quantize(STRIPE_DECIMAL_PLACES, context=_DECIMAL_CONTEXT)

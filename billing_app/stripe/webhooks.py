@@ -27,7 +27,6 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing_app.alerts import invoice_spike_check, operator_alert_raise
 from billing_app.models import (
     OperatorAlertKind,
     StripeDimensionMeter,
@@ -36,12 +35,13 @@ from billing_app.models import (
     StripeMeterEvent,
     StripeWebhookEvent,
 )
+from billing_app.operator_alerts import invoice_spike_check, operator_alert_raise
 from billing_app.stripe.client import StripeNotConnected, stripe_client
 from billing_app.stripe.reconciliation import invoice_compare
+from core.money import currency_exponent
 from customers.models import Customer, Subscription, SubscriptionStatus
 from customers.services import subscription_roll_period
 from plans.models import DimensionRate, Meter, Price
-from plans.money import currency_exponent
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from core.errors import InvalidInput
+from core.money import CREDITS
 from plans.catalog.content import (
     Catalog,
     CreditPackEntry,
@@ -14,9 +16,7 @@ from plans.catalog.content import (
     PlanEntry,
     VersionContent,
 )
-from plans.errors import InvalidInput
 from plans.models import MONEY, QUANTITY, RATE, Aggregation, BillingInterval, PricingUnit
-from plans.money import CREDITS
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").

@@ -5,8 +5,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from core.money import CREDITS, currency_exponent
 from plans.catalog.content import Catalog, EntitlementEntry, MeterEntry, PlanEntry, VersionContent
-from plans.money import CREDITS, currency_exponent
 from plans.pricing import PriceModel, PriceSpec, Tier
 
 

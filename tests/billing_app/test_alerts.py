@@ -14,7 +14,8 @@ import time_machine
 from django.core import mail
 from django.utils import timezone
 
-from billing_app.alerts import circuit_breaker_check, runaway_usage_find, spend_alerts_send
+from billing_app.circuit_breaker import circuit_breaker_check, runaway_usage_find
+from billing_app.customer_emails import customer_emails_send
 from billing_app.models import OperatorAlert, OperatorAlertKind
 from billing_app.tasks import circuit_breaker_task, spend_alerts_task
 from customers.models import Customer, CustomerStatus, Notification, NotificationKind, Subscription
@@ -70,14 +71,14 @@ def test_a_soft_limit_crossing_is_emailed_once_per_period(pro_plan, make_custome
     customer = with_email(make_customer("pro", soft_limit=Decimal("1.00")))
     ingest(*calls("a", 120))  # 20 calls past the allowance: $2.00 of a $1.00 soft limit
 
-    assert spend_alerts_send() == 1
+    assert customer_emails_send() == 1
     [email] = mail.outbox
     assert email.to == ["billing@acme.test"]
     assert "Soft limit crossed" in email.subject
     assert "2.00 USD" in email.body
 
     ingest(*calls("b", 30))
-    assert spend_alerts_send() == 0
+    assert customer_emails_send() == 0
     assert len(mail.outbox) == 1
     assert (
         Notification.objects.filter(customer=customer, kind=NotificationKind.SOFT_LIMIT_CROSSED).count() == 1
@@ -96,7 +97,7 @@ def test_a_limit_lowered_below_the_spend_is_recorded_and_emailed(pro_plan, make_
     ingest(*calls("a", 130))  # $3.00
     spend_controls_update(customer=customer, soft_limit=Decimal("2.50"), hard_limit=None, block_overage=False)
 
-    assert spend_alerts_send() == 1
+    assert customer_emails_send() == 1
 
     notification = Notification.objects.get(customer=customer)
     assert notification.kind == NotificationKind.SOFT_LIMIT_CROSSED
@@ -112,7 +113,7 @@ def test_a_hard_limit_stop_is_emailed_to_the_customer_and_its_admins(pro_plan, m
     result = ingest(*calls("a", 150), event("over"))
     assert result.results[-1].code == "hard_limit_reached"
 
-    spend_alerts_send()
+    customer_emails_send()
 
     [email] = mail.outbox
     assert "Hard limit reached" in email.subject
@@ -122,12 +123,12 @@ def test_a_hard_limit_stop_is_emailed_to_the_customer_and_its_admins(pro_plan, m
 def test_a_failed_email_is_retried_by_the_next_run(pro_plan, make_customer, monkeypatch):
     with_email(make_customer("pro", soft_limit=Decimal("1.00")))
     ingest(*calls("a", 120))
-    monkeypatch.setattr("billing_app.alerts.send_mail", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr("billing_app.customer_emails.send_mail", lambda *args, **kwargs: 1 / 0)
 
-    assert spend_alerts_send() == 0
+    assert customer_emails_send() == 0
     monkeypatch.undo()
 
-    assert spend_alerts_send() == 1
+    assert customer_emails_send() == 1
 
 
 # --- circuit breaker -------------------------------------------------------------------------------------

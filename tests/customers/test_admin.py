@@ -1,5 +1,7 @@
 """The customers admin, driven as a superuser."""
 
+from decimal import Decimal
+
 import pytest
 from django.urls import reverse
 
@@ -28,7 +30,7 @@ def customer():
         customer=subscription.customer,
         kind=NotificationKind.SOFT_LIMIT_CROSSED,
         period_start=subscription.current_period_start,
-        threshold="100",
+        limit=Decimal("100"),
         message="You have spent $100 this period.",
     )
     return subscription.customer

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from plans.money import CREDITS
+from core.money import CREDITS
 from plans.pricing import (
     InvalidPrice,
     LineKind,

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from plans.money import CREDITS, format_money, to_minor_units
+from core.money import CREDITS, format_money, to_minor_units
 from plans.pricing import (
     MeterUsage,
     PriceModel,

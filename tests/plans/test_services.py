@@ -4,8 +4,9 @@ from decimal import Decimal
 
 import pytest
 
+from core.errors import InvalidInput
 from plans.catalog import CatalogInvalid, content_hash, version_content
-from plans.errors import InvalidInput, PlanVersionInUse
+from plans.errors import PlanVersionInUse
 from plans.models import (
     Aggregation,
     ChangeEffect,

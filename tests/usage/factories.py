@@ -95,5 +95,5 @@ class NotificationFactory(DjangoModelFactory):
     customer = factory.SubFactory(CustomerFactory)
     kind = NotificationKind.SOFT_LIMIT_CROSSED
     period_start = factory.LazyAttribute(lambda n: n.customer.subscription.current_period_start)
-    threshold = factory.Sequence(lambda n: f"t{n}")
+    limit = factory.Sequence(lambda n: Decimal(100 + n))
     message = "Usage charges reached 100.00 USD this period (soft limit 100.00 USD)."

@@ -37,7 +37,7 @@ def run_concurrently(count: int, work):
 def test_fifty_reservations_against_ten_credits_hold_exactly_ten(credits_plan, make_customer):
     """50 threads each reserve 1 credit against a balance of 10: exactly 10 are held, 40 refused.
 
-    Without the customer lock in ``usage.locks.customer_ledger_for_update`` (drop the
+    Without the customer lock in ``usage.locks.customer_consumption_for_update`` (drop the
     ``FOR UPDATE`` from its first statement), threads see the same free credits at once and this
     test fails with more than 10 holds (46 when last tried).
     """

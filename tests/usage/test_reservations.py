@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from usage.balances import CustomerLedger
+from usage.consumption import ConsumptionEngine
 from usage.ledger_audit import ledger_mismatches
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus, UsageEvent
 from usage.services import credit_grant_create, reservations_expire, wallet_top_up
@@ -48,13 +48,13 @@ def reserve(api, quantity, key="r1", **extra):
 
 def available_wallet(customer) -> Decimal:
     """The wallet balance less what active holds keep, as the next request would see it."""
-    ledger = CustomerLedger(
+    engine = ConsumptionEngine(
         customer=customer,
         balance=CustomerBalance.objects.get(customer=customer),
         subscription=customer.subscription,
         now=timezone.now(),
     )
-    return ledger.wallet_available()
+    return engine.wallet_available()
 
 
 def test_reservation_holds_what_the_work_may_cost(api, tokens_customer):

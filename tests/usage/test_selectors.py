@@ -13,8 +13,8 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from core.errors import InvalidInput
 from customers.models import MemberRole
-from plans.errors import InvalidInput
 from plans.models import BillingInterval, PriceModel, PricingUnit
 from tests.customers.factories import MemberFactory, SpendControlsFactory, SubscriptionFactory
 from tests.plans.factories import (

@@ -11,8 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from core.money import format_money
 from customers.models import Member, MemberRole, SpendControls
-from plans.money import format_money
 from tests.catalog_fixtures import event
 from tests.customers.factories import (
     MemberFactory,

@@ -14,11 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from usage.api.fields import PropertiesField, QuantityField, decimal_string
-from usage.balances import usage_decide
+from usage.consumption import usage_decide
 from usage.ingest import usage_events_ingest
-from usage.ledger_reads import customer_for_decision, meter_by_key
 from usage.models import Reservation, UsageEvent
 from usage.services import reservation_commit, reservation_create, reservation_release
+from usage.sql_reads import customer_for_decision, meter_by_key
 from usage.validation import events_from_payload
 
 

@@ -9,8 +9,8 @@ actions, not with the number of events in the period.
 
 Units: quantities are in the meter's unit (tokens, actions, credits); costs are in the price's
 unit (the plan currency, or credits for a credit-priced meter); "spend" is money in the plan
-currency, credits converted at the plan's credit-pack rate, exactly as ``usage.balances`` does
-when it checks the limits.
+currency, credits converted at the plan's credit-pack rate by ``plans.terms.PlanTerms``, which the
+consumption engine (``usage.consumption``) checks the limits with too.
 
 The reads live in this package's modules, one concept each; the names callers import are
 re-exported here.

@@ -8,8 +8,8 @@ from typing import Any
 from django.db.models import Sum
 
 from customers.models import Customer, Member
+from customers.selectors import customer_plan_terms
 from usage.models import DailyUsageRollup
-from usage.selectors.catalog import SubscribedCatalog
 from usage.selectors.formatting import format_amount, format_quantity_short, unit_label
 from usage.selectors.periods import PeriodStart, usage_period_resolve
 from usage.selectors.units import ZERO
@@ -149,14 +149,14 @@ def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
 
 def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int | None, make: Any) -> Any:
     """Rows grouped by meter with their share of the meter's total, ranked by cost then quantity."""
-    catalog = SubscribedCatalog.of(customer)
+    terms = customer_plan_terms(customer)
     totals: dict[int, Decimal] = defaultdict(Decimal)
     for row in rows:
         totals[row["meter_id"]] += row["quantity"] or ZERO
     rows = [row for row in rows if (row["quantity"] or ZERO) != 0 or (row["cost"] or ZERO) != 0]
     rows.sort(
         key=lambda row: (
-            -catalog.to_money(row["cost"] or ZERO, catalog.cost_unit(row["meter_id"])),
+            -terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"])),
             -(row["quantity"] or ZERO),
             row["meter__key"],
         )
@@ -167,5 +167,5 @@ def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int 
     for row in rows:
         total = totals[row["meter_id"]]
         share = (row["quantity"] or ZERO) / total if total > 0 else ZERO
-        lines.append(make(row, catalog.cost_unit(row["meter_id"]), share))
+        lines.append(make(row, terms.cost_unit(row["meter_id"]), share))
     return tuple(lines)

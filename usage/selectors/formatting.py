@@ -2,7 +2,7 @@
 
 from decimal import ROUND_FLOOR, Decimal
 
-from plans.money import CREDITS, format_money
+from core.money import CREDITS, format_money
 from usage.selectors.units import QUANTITY_PLACES
 
 

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+from core.errors import InvalidInput, NotFound
 from customers.models import Customer, Subscription
-from plans.errors import InvalidInput, NotFound
 from usage.models import PeriodUsage
 
 

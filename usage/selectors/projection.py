@@ -5,22 +5,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
+from core.money import CREDITS
 from customers.models import SpendControls
 from plans.models import Meter
-from plans.money import CREDITS
 from plans.pricing import PriceModel, PriceSpec, marginal_cost, split_included
+from plans.terms import PlanTerms
 from usage.models import CreditGrant
-from usage.selectors.catalog import SubscribedCatalog
 from usage.selectors.formatting import format_amount
+from usage.selectors.meter_lines import MeterLine
 from usage.selectors.periods import BillingPeriod
 from usage.selectors.series import NO_USAGE, DayTotals
 from usage.selectors.units import LEDGER_PLACES, ZERO
-
-if TYPE_CHECKING:  # summary imports this module; MeterLine is needed here for annotations only
-    from usage.selectors.summary import MeterLine
-
 
 ONE_DAY = timedelta(days=1)
 SECONDS_PER_DAY = Decimal(86400)
@@ -164,28 +160,26 @@ def _cheapest_rate(spec: PriceSpec) -> Decimal:
 
 def projection_for(
     *,
-    meters: list["MeterLine"],
-    catalog: SubscribedCatalog,
+    meters: list[MeterLine],
+    terms: PlanTerms,
     clock: PeriodClock,
     grants: list[CreditGrant],
     wallet: Decimal,
     controls: SpendControls,
 ) -> Projection:
-    spend_now = catalog.money_total((line.cost, line.cost_unit) for line in meters)
+    spend_now = terms.money_total((line.cost, line.cost_unit) for line in meters)
     new_cost: dict[str, Decimal] = defaultdict(Decimal)
     for line in meters:
         new_cost[line.cost_unit] += max(line.projected_cost - line.cost, ZERO)
-    new_money = catalog.money_total((amount, unit) for unit, amount in new_cost.items())
+    new_money = terms.money_total((amount, unit) for unit, amount in new_cost.items())
 
-    # How the rest would be paid, in the ledger's order: grants of the same unit, then the wallet.
+    # How the rest would be paid, in the consumption order: grants of the same unit, then the wallet.
     from_grants = {
         unit: min(sum((g.remaining for g in grants if g.unit == unit), ZERO), amount)
         for unit, amount in new_cost.items()
     }
-    after_grants = catalog.money_total(
-        (amount - from_grants[unit], unit) for unit, amount in new_cost.items()
-    )
-    prepaid_covers = catalog.money_total((amount, unit) for unit, amount in from_grants.items()) + min(
+    after_grants = terms.money_total((amount - from_grants[unit], unit) for unit, amount in new_cost.items())
+    prepaid_covers = terms.money_total((amount, unit) for unit, amount in from_grants.items()) + min(
         wallet, after_grants
     )
 
@@ -205,8 +199,8 @@ def projection_for(
 
     # The invoice: overage so far, plus what of the allowed new cost prepaid money does not cover.
     new_overage = max(allowed_new - prepaid_covers, ZERO)
-    overage_so_far = catalog.money_total((line.overage_amount, line.cost_unit) for line in meters)
-    billed = catalog.base_fee + overage_so_far + new_overage
+    overage_so_far = terms.money_total((line.overage_amount, line.cost_unit) for line in meters)
+    billed = terms.base_fee + overage_so_far + new_overage
 
     hard_limit_on = None
     if limited_by == "hard_limit" and spend_now < (controls.hard_limit or ZERO) and clock.days_remaining > 0:
@@ -233,7 +227,7 @@ def projection_for(
     if limited_by:
         method += " Usage your own limits will refuse is left out: it would not be billed."
     return Projection(
-        total=catalog.base_fee + usage_spend,
+        total=terms.base_fee + usage_spend,
         usage_spend=usage_spend,
         credits=credits.quantize(LEDGER_PLACES),
         billed=billed,
@@ -253,13 +247,13 @@ class _Pool:
 
 def runways_for(
     *,
-    meters: list["MeterLine"],
-    catalog: SubscribedCatalog,
+    meters: list[MeterLine],
+    terms: PlanTerms,
     clock: PeriodClock,
     grants: list[CreditGrant],
     wallet: Decimal,
 ) -> tuple[Runway, ...]:
-    """When the credit grants and the prepaid money run out, drawing in the ledger's order.
+    """When the credit grants and the prepaid money run out, drawing in the consumption order.
 
     The rest of this period burns at its projected cost per day, later periods at this period's
     projected average per day. Grants drop out when they expire. Between those moments the burn is
@@ -280,7 +274,7 @@ def runways_for(
     credits_out = prepaid_out = None
     if credits_start > 0 or prepaid_start > 0:
         credits_out, prepaid_out = _simulate_draws(
-            pools=pools, wallet=wallet, catalog=catalog, clock=clock, burn_now=burn_now, burn_later=burn_later
+            pools=pools, wallet=wallet, terms=terms, clock=clock, burn_now=burn_now, burn_later=burn_later
         )
 
     runways = []
@@ -298,9 +292,9 @@ def runways_for(
         runways.append(
             Runway(
                 source="prepaid",
-                unit=catalog.currency,
+                unit=terms.currency,
                 remaining=prepaid_start,
-                daily_burn=catalog.money_total((amount, unit) for unit, amount in burn_now.items()),
+                daily_burn=terms.money_total((amount, unit) for unit, amount in burn_now.items()),
                 runs_out_on=prepaid_out,
             )
         )
@@ -311,7 +305,7 @@ def _simulate_draws(
     *,
     pools: list["_Pool"],
     wallet: Decimal,
-    catalog: SubscribedCatalog,
+    terms: PlanTerms,
     clock: PeriodClock,
     burn_now: Mapping[str, Decimal],
     burn_later: Mapping[str, Decimal],
@@ -358,7 +352,7 @@ def _simulate_draws(
                     step_days = min(step_days, pooled / rate)
             wallet_rate = sum(
                 (
-                    catalog.to_money(rate, unit)
+                    terms.to_money(rate, unit)
                     for unit, rate in burn.items()
                     if not any(p.remaining > 0 for p in pools if p.unit == unit)
                 ),

@@ -9,9 +9,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from customers.models import Customer
+from customers.selectors import customer_plan_terms
 from plans.models import Meter
 from usage.models import DailyUsageRollup
-from usage.selectors.catalog import SubscribedCatalog
 from usage.selectors.formatting import format_quantity, unit_label
 from usage.selectors.periods import BillingPeriod, PeriodStart, usage_period_resolve
 from usage.selectors.units import ZERO
@@ -104,13 +104,13 @@ def usage_daily_series(
     first_day = max(period.start.date(), last_day - timedelta(days=CHART_MAX_DAYS - 1))
     first_day = min(first_day, last_day)
 
-    catalog = SubscribedCatalog.of(customer)
+    terms = customer_plan_terms(customer)
     daily = daily_by_meter(customer=customer, period=period)
     used_meters = Meter.objects.filter(pk__in=list(daily))
     days = [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
 
     series = []
-    for meter in catalog.meters_with(extra=used_meters):
+    for meter in terms.meters_with(extra=used_meters):
         by_day = daily.get(meter.pk, {})
         # Cumulative from the period start, so days before a long period's window still count.
         running = sum((totals.quantity for day, totals in by_day.items() if day < first_day), ZERO)
@@ -132,8 +132,8 @@ def usage_daily_series(
                 key=meter.key,
                 name=meter.name,
                 unit=meter.unit,
-                cost_unit=catalog.cost_unit(meter.pk),
-                included=catalog.included(meter.pk),
+                cost_unit=terms.cost_unit(meter.pk),
+                included=terms.included(meter.pk),
                 points=tuple(points),
             )
         )

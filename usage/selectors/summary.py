@@ -8,17 +8,17 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from django.db import models
-from django.db.models import Sum
 from django.utils import timezone
 
+from core.money import CREDITS, format_money
 from customers.models import Customer, SpendControls
+from customers.selectors import customer_plan_terms
 from plans.models import Meter
-from plans.money import CREDITS, format_money
-from usage.balances import grants_in_draw_order
-from usage.models import CustomerBalance, PeriodUsage, Reservation, ReservationStatus
-from usage.selectors.catalog import SubscribedCatalog
-from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
+from plans.terms import PlanTerms
+from usage.consumption import Holds
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage
+from usage.selectors.formatting import format_amount, format_quantity
+from usage.selectors.meter_lines import QUOTA_WARN_PERCENT, MeterLine, UsageLevel
 from usage.selectors.periods import BillingPeriod, PeriodStart, usage_period_resolve
 from usage.selectors.projection import (
     PROJECTION_WINDOW_DAYS,
@@ -32,90 +32,7 @@ from usage.selectors.projection import (
 )
 from usage.selectors.series import DayTotals, daily_by_meter
 from usage.selectors.units import LEDGER_PLACES, QUANTITY_PLACES, ZERO
-
-# The included-quota bar turns amber here (percent of the allowance), red at 100.
-QUOTA_WARN_PERCENT = 80
-
-
-class UsageLevel(models.TextChoices):
-    """How close something is to its limit; the page colours bars by it."""
-
-    OK = "ok", "Within limits"
-    WARN = "warn", "Near the limit"
-    OVER = "over", "At or over the limit"
-
-
-@dataclass(frozen=True)
-class MeterLine:
-    """One meter's usage this period, and where it is heading."""
-
-    key: str
-    name: str
-    unit: str  # the meter's unit, singular ("token")
-    quantity: Decimal  # billable units used (cache hits are in non_billable_quantity)
-    non_billable_quantity: Decimal
-    included: Decimal  # allowance per period, meter units; 0 = none
-    included_used: Decimal
-    cap: Decimal | None  # the plan's per-period cap (an entitlement), meter units
-    cost_unit: str  # the plan currency or "credits"
-    cost: Decimal  # unrounded, in cost_unit, whatever pays for it
-    credits_amount: Decimal  # of cost, paid by credit grants
-    wallet_amount: Decimal  # of cost, paid from the wallet
-    overage_amount: Decimal  # of cost, billed after the period
-    projected_quantity: Decimal
-    projected_cost: Decimal
-    level: UsageLevel  # of the included allowance
-
-    @property
-    def unit_plural(self) -> str:
-        return unit_label(self.unit, self.quantity)
-
-    @property
-    def percent_of_included(self) -> int | None:
-        if self.included <= 0:
-            return None
-        return int(self.quantity * 100 / self.included)
-
-    @property
-    def bar_percent(self) -> int:
-        percent = self.percent_of_included
-        return 0 if percent is None else min(percent, 100)
-
-    @property
-    def overage_quantity(self) -> Decimal:
-        return max(self.quantity - self.included, ZERO)
-
-    @property
-    def quantity_display(self) -> str:
-        return format_quantity(self.quantity)
-
-    @property
-    def quantity_short(self) -> str:
-        return format_quantity_short(self.quantity)
-
-    @property
-    def included_display(self) -> str:
-        return format_quantity(self.included)
-
-    @property
-    def projected_quantity_display(self) -> str:
-        return format_quantity_short(self.projected_quantity)
-
-    @property
-    def cost_display(self) -> str:
-        return format_amount(self.cost, self.cost_unit)
-
-    @property
-    def projected_cost_display(self) -> str:
-        return format_amount(self.projected_cost, self.cost_unit)
-
-    @property
-    def non_billable_display(self) -> str:
-        return format_quantity(self.non_billable_quantity)
-
-    @property
-    def cap_display(self) -> str:
-        return format_quantity(self.cap) if self.cap is not None else ""
+from usage.sql_reads import active_holds_read
 
 
 @dataclass(frozen=True)
@@ -166,7 +83,8 @@ class UsageSummary:
     days_remaining: Decimal
     meters: tuple[MeterLine, ...]
     base_fee: Decimal
-    credit_unit_amount: Decimal | None  # money per credit (cheapest credit pack); None: no packs
+    # Money per credit (cheapest credit pack); None when the plan prices nothing in credits or sells no packs.
+    credit_unit_amount: Decimal | None
     spend: SpendStatus
     projection: Projection
     wallet_balance: Decimal  # money
@@ -238,8 +156,8 @@ def usage_period_summary(
     """
     now = now or timezone.now()
     period = usage_period_resolve(customer=customer, period_start=period_start)
-    catalog = SubscribedCatalog.of(customer, for_rating=True)
-    version = catalog.version
+    terms = customer_plan_terms(customer)
+    version = terms.version
 
     usage_rows = {
         row.meter_id: row
@@ -254,14 +172,18 @@ def usage_period_summary(
     clock = PeriodClock(period=period, now=now)
 
     meters: list[MeterLine] = []
-    for meter in catalog.meters_with(extra=[row.meter for row in usage_rows.values()]):
+    for meter in terms.meters_with(extra=[row.meter for row in usage_rows.values()]):
         row = usage_rows.get(meter.pk)
         meters.append(
-            _meter_line(meter=meter, row=row, catalog=catalog, daily=daily.get(meter.pk, {}), clock=clock)
+            _meter_line(meter=meter, row=row, terms=terms, daily=daily.get(meter.pk, {}), clock=clock)
         )
     controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(customer=customer)
-    spend = catalog.money_total((line.cost, line.cost_unit) for line in meters)
-    held = _held_money(customer=customer, catalog=catalog, now=now) if period.is_current else ZERO
+    spend = terms.money_total((line.cost, line.cost_unit) for line in meters)
+    held = (
+        Holds.of(active_holds_read(customer=customer, now=now), terms).spend_money
+        if period.is_current
+        else ZERO
+    )
     spend_status = SpendStatus(
         spend=spend,
         held=held,
@@ -272,15 +194,15 @@ def usage_period_summary(
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()
     wallet = balance.wallet_balance if balance else ZERO
-    grants = grants_in_draw_order(customer=customer, now=now)
+    grants = list(CreditGrant.objects.usable(now).filter(customer=customer).in_draw_order())
     credits_remaining = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
     monetary_remaining = sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
 
     projection = projection_for(
-        meters=meters, catalog=catalog, clock=clock, grants=grants, wallet=wallet, controls=controls
+        meters=meters, terms=terms, clock=clock, grants=grants, wallet=wallet, controls=controls
     )
     runways = (
-        runways_for(meters=meters, catalog=catalog, clock=clock, grants=grants, wallet=wallet)
+        runways_for(meters=meters, terms=terms, clock=clock, grants=grants, wallet=wallet)
         if period.is_current
         else ()
     )
@@ -289,15 +211,15 @@ def usage_period_summary(
         customer_name=customer.name,
         plan_name=version.plan.name if version else "",
         plan_version=version.number if version else None,
-        currency=catalog.currency,
+        currency=terms.currency,
         period=period,
         as_of=now,
         days_in_period=clock.days_in_period,
         days_elapsed=clock.days_elapsed,
         days_remaining=clock.days_remaining,
         meters=tuple(meters),
-        base_fee=catalog.base_fee,
-        credit_unit_amount=catalog.credit_rate,
+        base_fee=terms.base_fee,
+        credit_unit_amount=terms.credit_rate if terms.prices_in_credits else None,
         spend=spend_status,
         projection=projection,
         wallet_balance=wallet,
@@ -343,15 +265,15 @@ def _meter_line(
     *,
     meter: Meter,
     row: PeriodUsage | None,
-    catalog: SubscribedCatalog,
+    terms: PlanTerms,
     daily: Mapping[date, DayTotals],
     clock: PeriodClock,
 ) -> MeterLine:
-    spec = catalog.spec(meter.pk)
+    spec = terms.specs.get(meter.pk)
     quantity = row.quantity if row else ZERO
     cost = row.cost if row else ZERO
     included = spec.included if spec else ZERO
-    unit = catalog.cost_unit(meter.pk)
+    unit = terms.cost_unit(meter.pk)
 
     projected_add = ZERO
     if clock.days_remaining > 0:
@@ -380,7 +302,7 @@ def _meter_line(
         non_billable_quantity=row.non_billable_quantity if row else ZERO,
         included=included,
         included_used=min(quantity, included) if included > 0 else ZERO,
-        cap=catalog.caps.get(meter.key),
+        cap=terms.cap(meter.key),
         cost_unit=unit,
         cost=cost,
         credits_amount=row.credits_amount if row else ZERO,
@@ -398,12 +320,3 @@ def _spend_level(spend: Decimal, *, soft: Decimal | None, hard: Decimal | None) 
     if soft is not None and spend >= soft:
         return UsageLevel.WARN
     return UsageLevel.OK
-
-
-def _held_money(*, customer: Customer, catalog: SubscribedCatalog, now: datetime) -> Decimal:
-    rows = (
-        Reservation.objects.filter(customer=customer, status=ReservationStatus.HELD, expires_at__gt=now)
-        .values("unit")
-        .annotate(cost=Sum("held_cost"))
-    )
-    return catalog.money_total((row["cost"] or ZERO, row["unit"] or catalog.currency) for row in rows)

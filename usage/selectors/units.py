@@ -2,6 +2,8 @@
 
 from decimal import Decimal
 
+from core.money import LEDGER_PLACES, QUANTITY_PLACES
+
 ZERO = Decimal(0)
-QUANTITY_PLACES = Decimal("0.000001")  # the ledger's quantity precision
-LEDGER_PLACES = Decimal("0.000000000001")  # the ledger's amount precision
+
+__all__ = ["LEDGER_PLACES", "QUANTITY_PLACES", "ZERO"]

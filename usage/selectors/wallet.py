@@ -7,9 +7,8 @@ from decimal import Decimal
 from django.db.models import Q
 from django.utils import timezone
 
+from core.money import format_money
 from customers.models import Customer
-from plans.money import format_money
-from usage.balances import DRAW_ORDER, grants_in_draw_order
 from usage.models import CreditGrant, CreditLedgerEntry, CustomerBalance, LedgerEntryKind
 from usage.selectors.formatting import format_amount
 from usage.selectors.units import ZERO
@@ -86,7 +85,7 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
         Q(expired_at__isnull=True) | Q(expired_at__gte=now - timedelta(days=30))
     )
     grant_lines = []
-    for grant in grants.order_by(*DRAW_ORDER)[:50]:
+    for grant in grants.in_draw_order()[:50]:
         expired = grant.expired_at is not None or (grant.expires_at is not None and grant.expires_at <= now)
         if expired and grant.expires_at is not None and grant.expires_at < now - timedelta(days=30):
             continue
@@ -138,6 +137,6 @@ def _ledger_line(entry: CreditLedgerEntry) -> LedgerLine:
 def credits_remaining_by_unit(*, customer: Customer, now: datetime | None = None) -> dict[str, Decimal]:
     """What the customer's usable grants have left, per unit (credits, or a currency for monetary credits)."""
     totals: dict[str, Decimal] = {}
-    for grant in grants_in_draw_order(customer=customer, now=now or timezone.now()):
+    for grant in CreditGrant.objects.usable(now or timezone.now()).filter(customer=customer).in_draw_order():
         totals[grant.unit] = totals.get(grant.unit, ZERO) + grant.remaining
     return totals

@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.errors import BillingError
 from plans.catalog import catalog_decode
-from plans.errors import BillingError
 from plans.services import catalog_import
 
 

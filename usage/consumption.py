@@ -1,31 +1,28 @@
-"""What a customer may use and what pays for it: the consumption order, limits and holds.
+"""How usage is paid for: the consumption order, the limits and the holds, decided in memory.
 
-``CustomerLedger`` is a customer's plan, limits, period totals, grants, wallet and active holds,
-loaded once inside the transaction that holds the customer's lock. ``quote`` decides one unit of
-work (allowed? at what cost? covered by what?) and ``apply`` records its effect in memory, so a
-batch of 1,000 events is decided in order against totals that include the events before it. The
-callers persist what changed.
+``ConsumptionEngine`` is a customer's plan terms, limits, period totals, grants, wallet and active holds,
+loaded once inside the transaction that holds the customer's lock. ``quote`` decides one unit of work
+(allowed? at what cost? covered by what?) and ``apply`` records its effect in memory, so a batch of 1,000
+events is decided in order against totals that include the events before it. The callers persist what
+changed (``usage.recording``).
 
-Consumption order: the period's included allowance, then credit grants (lower priority number
-first, then earliest expiry), then the wallet, then post-paid overage if the customer allows it.
-Amounts are in the price's unit (the plan currency or credits); credits convert to money at the
-plan's credit-pack rate where money is needed (wallet, overage, spend limits).
+Consumption order: the period's included allowance, then credit grants (``CreditGrant.objects.usable``,
+in ``GRANT_DRAW_ORDER``), then the wallet, then post-paid overage if the customer allows it. Amounts are
+in the price's unit (the plan currency or credits); ``PlanTerms.to_money`` turns credits into money where
+money is needed (wallet, overage, spend limits).
 """
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
-from django.db.models import F, Q
-
+from core.money import CREDITS
 from customers.models import Customer, SpendControls, Subscription
-from plans.models import Entitlement, Meter, PlanVersion
-from plans.money import CREDITS
+from plans.models import Meter
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
-from plans.selectors import price_spec, prices_with_rates
+from plans.terms import PlanTerms, plan_terms_cached
 from usage.errors import (
     AccountFrozen,
     EntitlementLimitReached,
@@ -35,17 +32,10 @@ from usage.errors import (
     NotEntitled,
     UsageRefused,
 )
-from usage.ledger_reads import LedgerRows, ledger_rows_read
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage
+from usage.sql_reads import ConsumptionRows, HoldRow, consumption_rows_read
 
 ZERO = Decimal(0)
-# Ledger amounts are stored with 12 decimal places; conversions are quantized to that once, so a
-# balance and the sum of its rows agree to the last digit.
-LEDGER_PLACES = Decimal("0.000000000001")
-
-
-def ledger_amount(value: Decimal) -> Decimal:
-    return value.quantize(LEDGER_PLACES)
 
 
 @dataclass
@@ -75,7 +65,17 @@ class Holds:
     quantity_by_meter: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     credits_by_unit: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     wallet_money: Decimal = ZERO
-    spend_money: Decimal = ZERO
+    spend_money: Decimal = ZERO  # what the holds would cost, in money: the hard limit counts it
+
+    @classmethod
+    def of(cls, rows: list[HoldRow], terms: PlanTerms) -> "Holds":
+        holds = cls()
+        for row in rows:
+            holds.quantity_by_meter[row.meter_id] += row.quantity
+            holds.credits_by_unit[row.unit] += row.credits
+            holds.wallet_money += terms.to_money(row.wallet, row.unit)
+            holds.spend_money += terms.to_money(row.cost, row.unit)
+        return holds
 
 
 @dataclass
@@ -86,30 +86,6 @@ class Draw:
     amount: Decimal  # in the grant's unit, or money for the wallet
 
 
-@dataclass(frozen=True)
-class VersionTerms:
-    """What deciding usage needs of a plan version: prices by meter id, entitlements, the credit rate."""
-
-    specs: dict[int, PriceSpec]
-    entitlements: dict[str, Entitlement]
-    credit_rate: Decimal | None
-
-
-@lru_cache(maxsize=512)
-def version_terms(plan_version_id: int) -> VersionTerms:
-    """The terms of a plan version, read once per process.
-
-    Safe to keep: a version that any subscription uses can no longer be edited (a price change is a
-    new version), so what was read stays true. This takes five queries off every check and write.
-    """
-    version = PlanVersion.objects.get(pk=plan_version_id)
-    return VersionTerms(
-        specs={price.meter_id: price_spec(price) for price in prices_with_rates(version)},
-        entitlements={e.feature: e for e in Entitlement.objects.filter(plan_version=version)},
-        credit_rate=version.credit_unit_amount,
-    )
-
-
 def _spend_controls(customer: Customer) -> SpendControls:
     """The customer's limits, from the customer row's cache when the caller joined them in."""
     try:
@@ -118,22 +94,9 @@ def _spend_controls(customer: Customer) -> SpendControls:
         return SpendControls(customer=customer)
 
 
-def _usable_grants(now: datetime) -> Q:
-    return (Q(expires_at__isnull=True) | Q(expires_at__gt=now)) & Q(
-        expired_at__isnull=True, effective_at__lte=now, remaining__gt=0
-    )
+class ConsumptionEngine:
+    """Decides what a customer may use and what pays for it; see the module docstring."""
 
-
-# Grants without expiry last, as the engine's own read orders them (``usage.ledger_reads``).
-DRAW_ORDER = ("priority", F("expires_at").asc(nulls_last=True), "id")
-
-
-def grants_in_draw_order(*, customer: Customer, now: datetime) -> list[CreditGrant]:
-    """The grants usable now, in the order usage draws them: lower priority number, then earliest expiry."""
-    return list(CreditGrant.objects.filter(_usable_grants(now), customer=customer).order_by(*DRAW_ORDER))
-
-
-class CustomerLedger:
     def __init__(
         self,
         *,
@@ -141,21 +104,19 @@ class CustomerLedger:
         balance: CustomerBalance,
         subscription: Subscription,
         now: datetime,
-        rows: LedgerRows | None = None,
+        rows: ConsumptionRows | None = None,
     ) -> None:
-        """``rows`` are this customer's, read after their lock; without them the ledger reads its own."""
+        """``rows`` are this customer's, read after their lock; without them the engine reads its own."""
         if rows is None:
-            rows = ledger_rows_read(subscriptions=[subscription], now=now)[customer.pk]
+            rows = consumption_rows_read(subscriptions=[subscription], now=now)[customer.pk]
         self.customer = customer
         self.balance = balance
         self.subscription = subscription
         self.now = now
-        version = subscription.plan_version
-        self.currency = version.currency
-        terms = version_terms(version.pk)
-        self.credit_rate = terms.credit_rate
-        self.specs = terms.specs
-        self.entitlements = terms.entitlements
+        self.terms = plan_terms_cached(subscription.plan_version_id)
+        self.currency = self.terms.currency
+        self.specs = self.terms.specs
+        self.entitlements = self.terms.entitlements
         self.controls = _spend_controls(customer)
         self.grants = rows.grants
         current_start = subscription.current_period_start
@@ -164,18 +125,9 @@ class CustomerLedger:
         }
         self.changed_keys: set[tuple[datetime, int]] = set()
         self.loaded_periods: set[datetime] = {current_start}
-        self.holds = self._sum_holds(rows.holds)
+        self.holds = Holds.of(rows.holds, self.terms)
 
     # --- loading -------------------------------------------------------------------------------
-
-    def _sum_holds(self, rows: list[dict[str, Any]]) -> Holds:
-        holds = Holds()
-        for row in rows:
-            holds.quantity_by_meter[row["meter_id"]] += row["quantity"]
-            holds.credits_by_unit[row["unit"]] += row["credits"]
-            holds.wallet_money += self.to_money(row["wallet"], row["unit"])
-            holds.spend_money += self.to_money(row["cost"], row["unit"])
-        return holds
 
     def period_for(self, moment: datetime) -> tuple[datetime, datetime]:
         if self.subscription.current_period_start <= moment < self.subscription.current_period_end:
@@ -200,22 +152,13 @@ class CustomerLedger:
 
     # --- money ---------------------------------------------------------------------------------
 
-    def to_money(self, amount: Decimal, unit: str) -> Decimal:
-        """``amount`` of ``unit`` in the plan currency; credits at the credit-pack rate (0 with no pack)."""
-        if unit != CREDITS:
-            return amount
-        return ledger_amount(amount * self.credit_rate) if self.credit_rate else ZERO
-
     def period_spend(self, period_start: datetime) -> Decimal:
         """Usage charges of the period in money, whatever pays for them (the allowance is free)."""
         self._load_period(period_start)
-        return sum(
-            (
-                self.to_money(row.cost, row.unit or self.currency)
-                for (start, _), row in self.period_usage.items()
-                if start == period_start
-            ),
-            ZERO,
+        return self.terms.money_total(
+            (row.cost, row.unit or self.currency)
+            for (start, _), row in self.period_usage.items()
+            if start == period_start
         )
 
     def grants_available(self, unit: str) -> Decimal:
@@ -290,7 +233,7 @@ class CustomerLedger:
             quantity=quantity,
             included_quantity=included,
             cost=cost,
-            money_cost=self.to_money(cost, unit),
+            money_cost=self.terms.to_money(cost, unit),
             dimension_value=dimension_value,
         )
         if not authorized:
@@ -344,12 +287,12 @@ class CustomerLedger:
             return
         coverage.credits = min(self.grants_available(unit), remaining)
         remaining -= coverage.credits
-        wallet_units = self._wallet_in_unit(unit)
+        wallet_units = self.terms.from_money(self.wallet_available(), unit)
         coverage.wallet = min(wallet_units, remaining)
         remaining -= coverage.wallet
         if remaining <= 0:
             return
-        overage_possible = unit != CREDITS or self.credit_rate is not None
+        overage_possible = unit != CREDITS or self.terms.credit_rate is not None
         if authorized or (overage_possible and not self.controls.block_overage):
             coverage.overage = remaining
             return
@@ -358,12 +301,6 @@ class CustomerLedger:
             + (", and overage is blocked." if self.controls.block_overage else "."),
             needed=f"{remaining.normalize():f}",
         )
-
-    def _wallet_in_unit(self, unit: str) -> Decimal:
-        available = self.wallet_available()
-        if unit != CREDITS:
-            return available
-        return ledger_amount(available / self.credit_rate) if self.credit_rate else ZERO
 
     def remaining_quantity(self, meter: Meter) -> Decimal | None:
         """Units of ``meter`` still usable this period under the plan's cap, or None when uncapped."""
@@ -394,7 +331,7 @@ class CustomerLedger:
         row.overage_amount += coverage.overage
         draws = self._draw_grants(coverage.unit, coverage.credits)
         if coverage.wallet:
-            money = self.to_money(coverage.wallet, coverage.unit)
+            money = self.terms.to_money(coverage.wallet, coverage.unit)
             self.balance.wallet_balance -= money
             draws.append(Draw(grant=None, amount=-money))
         return draws
@@ -449,12 +386,12 @@ def usage_decide(
         balance = customer.balance
     except CustomerBalance.DoesNotExist:
         balance = CustomerBalance(customer=customer, currency=customer.currency)
-    ledger = CustomerLedger(customer=customer, balance=balance, subscription=subscription, now=now)
-    remaining = ledger.remaining_quantity(meter)
+    engine = ConsumptionEngine(customer=customer, balance=balance, subscription=subscription, now=now)
+    remaining = engine.remaining_quantity(meter)
     try:
-        coverage = ledger.quote(
+        coverage = engine.quote(
             meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
         )
     except UsageRefused as refusal:
-        return Decision(False, refusal.code, refusal.message, None, ledger.currency, remaining)
-    return Decision(True, None, None, coverage, ledger.currency, remaining)
+        return Decision(False, refusal.code, refusal.message, None, engine.currency, remaining)
+    return Decision(True, None, None, coverage, engine.currency, remaining)

@@ -11,9 +11,9 @@ from django.utils import timezone
 from customers.models import SpendControls, Subscription
 from customers.services import customer_create
 from plans.models import Meter
-from usage.ledger_reads import customer_for_decision, ledger_rows_read, reservation_for_settling
 from usage.models import CustomerBalance
 from usage.services import credit_grant_create, reservation_create, wallet_top_up
+from usage.sql_reads import consumption_rows_read, customer_for_decision, reservation_for_settling
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +93,6 @@ def test_grants_without_expiry_are_drawn_after_expiring_ones_of_the_same_priorit
     )
     first, _ = credit_grant_create(customer=customer, amount=Decimal(1), priority=5)
 
-    rows = ledger_rows_read(subscriptions=[customer.subscription], now=timezone.now())[customer.pk]
+    rows = consumption_rows_read(subscriptions=[customer.subscription], now=timezone.now())[customer.pk]
 
     assert [grant.pk for grant in rows.grants] == [first.pk, sooner.pk, later.pk, forever.pk]

@@ -33,11 +33,23 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 # ... and these in thousandths. Every other currency has cents.
 THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
+# Ledger amounts and rates are stored with 12 decimal places (a token can cost $0.000002). A computed amount
+# (credits turned into money, money into credits) is quantized to that once, so a balance and the sum of
+# its rows agree to the last digit.
+LEDGER_PLACES = Decimal("0.000000000001")
+# Quantities (tokens, calls, credits used) are stored with 6.
+QUANTITY_PLACES = Decimal("0.000001")
+
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
 
 # Rounding and scaling use their own context so they behave the same whatever context the caller is in
 # (the rating engine computes under one that traps inexact results, and rounding is inexact on purpose).
 _MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
+
+
+def ledger_amount(value: Decimal) -> Decimal:
+    """``value`` at the ledger's precision."""
+    return value.quantize(LEDGER_PLACES)
 
 
 def currency_exponent(currency: str) -> int:

@@ -1,25 +1,41 @@
-"""What deciding usage reads, in hand-written SQL: the hot paths of /check, reserve, commit and ingest.
+"""The metering API's reads as SQL written or compiled once: the hot paths of /check, reserve, commit and ingest.
 
-Every request of the metering API reads a customer with their plan and limits, then, under the
-customer's lock, their usable grants, active holds and current period totals. Through the ORM that
-was 5-8 compiled queries a request, more time than the database spent answering them; here each
-read is one statement written once (``plans.sql_rows``), and the lock with the reads that follow
-it is one round trip (``usage.locks.customer_ledger_for_update``).
+Every request reads a customer with their plan and limits, a meter or a reservation, then, under the
+customer's lock, what the consumption engine decides with: usable grants, active holds and current period
+totals. Through the ORM that was 5-8 compiled queries a request, more time than the database spent
+answering them; here each read is one statement made once per process (``core.sql_rows``), and the lock
+with the reads that follow it is one round trip (``usage.locks.customer_consumption_for_update``).
+
+Which grants are usable and in what order, and which holds count, are the models' rules
+(``CreditGrant.objects.usable``, ``Reservation.objects.active``): their statements are compiled from them.
 """
 
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any, cast
 
 from django.db import connection
-from django.db.models import Field
+from django.db.models import BooleanField, DateTimeField, Field, Sum, UUIDField
+from django.db.models.expressions import RawSQL
 
+from core.errors import NotFound
+from core.sql_rows import (
+    Columns,
+    CompiledSelect,
+    ModelColumns,
+    Slot,
+    placeholders,
+    related_cache,
+    row_slices,
+    select_compile,
+    selects_run,
+)
 from customers.models import Customer, Member, SpendControls, Subscription
-from plans.errors import NotFound
 from plans.models import Meter, PlanVersion
-from plans.sql_rows import Columns, ModelColumns, placeholders, related_cache, row_slices, selects_run
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation, ReservationStatus
+from usage.models import GRANT_DRAW_ORDER, CreditGrant, CustomerBalance, PeriodUsage, Reservation
 
 CUSTOMER = ModelColumns(Customer, "c")
 SUBSCRIPTION = ModelColumns(Subscription, "s")
@@ -29,7 +45,7 @@ SPEND_CONTROLS = ModelColumns(SpendControls, "sc")
 METER = ModelColumns(Meter, "m")
 MEMBER = ModelColumns(Member, "mb")
 RESERVATION = ModelColumns(Reservation, "r")
-GRANT = ModelColumns(CreditGrant, "g")
+GRANT = ModelColumns(CreditGrant, "g")  # its statement is compiled from the ORM, in the same columns
 PERIOD_USAGE = ModelColumns(PeriodUsage, "p")
 
 
@@ -43,15 +59,19 @@ def _reservation_field(name: str) -> Field:
     return cast(Field, Reservation._meta.get_field(name))
 
 
+# The columns of the active holds' sums (``_active_holds_select``), each typed by the field it sums.
 HOLD_SUMS = Columns(
     [
-        ("r.customer_id", _reservation_field("customer")),
-        ("r.meter_id", _reservation_field("meter")),
-        ("r.unit", _reservation_field("unit")),
-        ("SUM(r.quantity)", _reservation_field("quantity")),
-        ("SUM(r.held_cost)", _reservation_field("held_cost")),
-        ("SUM(r.held_credits)", _reservation_field("held_credits")),
-        ("SUM(r.held_wallet)", _reservation_field("held_wallet")),
+        (name, _reservation_field(field_name))
+        for name, field_name in (
+            ("customer_id", "customer"),
+            ("meter_id", "meter"),
+            ("unit", "unit"),
+            ("quantity", "quantity"),
+            ("cost", "held_cost"),
+            ("credits", "held_credits"),
+            ("wallet", "held_wallet"),
+        )
     ]
 )
 
@@ -149,78 +169,107 @@ def reservation_for_settling(reservation_id: uuid.UUID | str) -> Reservation:
     return reservation
 
 
-# --- the ledger: grants, holds and period totals --------------------------------------------------
+# --- what the consumption engine decides with: grants, holds and period totals ------------------------
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """What a customer's active holds of one meter and unit hold together; amounts in ``unit``."""
+
+    meter_id: int
+    unit: str
+    quantity: Decimal
+    cost: Decimal
+    credits: Decimal
+    wallet: Decimal
 
 
 @dataclass
-class LedgerRows:
-    """What a ledger reads of one customer under its lock, besides the balance row."""
+class ConsumptionRows:
+    """What the consumption engine reads of one customer under their lock, besides the balance row."""
 
     grants: list[CreditGrant] = field(default_factory=list)  # usable now, in draw order
-    holds: list[dict[str, Any]] = field(default_factory=list)  # active holds summed per meter and unit
+    holds: list[HoldRow] = field(default_factory=list)  # active holds summed per meter and unit
     period_rows: list[PeriodUsage] = field(default_factory=list)  # the current period's totals
 
 
 Statement = tuple[str, list[Any]]
 
 
-def ledger_statements(
+def _of_customers(model: Any) -> RawSQL:
+    return RawSQL(  # noqa: S611  (a constant table name; the ids are a parameter)
+        f'"{model._meta.db_table}"."customer_id" = ANY(%s)',
+        (Slot("customer_ids"),),
+        output_field=BooleanField(),
+    )
+
+
+_NOW = Slot("now", DateTimeField())
+
+
+@lru_cache(maxsize=1)
+def _usable_grants_select() -> CompiledSelect:
+    return select_compile(
+        CreditGrant.objects.usable(_NOW)
+        .filter(_of_customers(CreditGrant))
+        .order_by("customer_id", *GRANT_DRAW_ORDER)
+    )
+
+
+@lru_cache(maxsize=2)
+def _active_holds_select(*, excluding_one: bool) -> CompiledSelect:
+    holds = Reservation.objects.active(_NOW).filter(_of_customers(Reservation))
+    if excluding_one:
+        holds = holds.exclude(pk=Slot("excluded", UUIDField()))
+    return select_compile(
+        holds.values("customer_id", "meter_id", "unit")
+        .annotate(
+            quantity=Sum("quantity"),
+            cost=Sum("held_cost"),
+            credits=Sum("held_credits"),
+            wallet=Sum("held_wallet"),
+        )
+        .order_by()
+    )
+
+
+def consumption_statements(
     *,
     customer_ids: list[int],
     period_starts: list[datetime],
     now: datetime,
     exclude_reservation_id: Any = None,
 ) -> list[Statement]:
-    """The three reads of ``ledger_rows_read``, to be run after the customers' locks."""
-    ids = placeholders(len(customer_ids))
-    # Draw order: lower priority number first, then earliest expiry (none last), then the oldest.
-    grants = (
-        f"SELECT {GRANT.sql} FROM {CreditGrant._meta.db_table} g "  # noqa: S608
-        f"WHERE g.customer_id IN ({ids}) AND (g.expires_at IS NULL OR g.expires_at > %s) "
-        "AND g.expired_at IS NULL AND g.effective_at <= %s AND g.remaining > 0 "
-        "ORDER BY g.customer_id, g.priority, g.expires_at IS NULL, g.expires_at, g.id"
-    )
-    excluded = "AND r.id <> %s " if exclude_reservation_id is not None else ""
-    holds = (
-        f"SELECT {HOLD_SUMS.sql} FROM {Reservation._meta.db_table} r "  # noqa: S608
-        f"WHERE r.customer_id IN ({ids}) AND r.status = %s AND r.expires_at > %s {excluded}"
-        "GROUP BY r.customer_id, r.meter_id, r.unit"
-    )
-    hold_params: list[Any] = [*customer_ids, ReservationStatus.HELD, now]
+    """The three reads of ``consumption_rows_read``, to be run after the customers' locks."""
+    grants = _usable_grants_select()
+    holds = _active_holds_select(excluding_one=exclude_reservation_id is not None)
+    values = {"customer_ids": customer_ids, "now": now}
     if exclude_reservation_id is not None:
-        hold_params.append(reservation_pk(exclude_reservation_id))
+        values["excluded"] = reservation_pk(exclude_reservation_id)
     period_rows = (
         f"SELECT {PERIOD_USAGE.sql} FROM {PeriodUsage._meta.db_table} p "  # noqa: S608
-        f"WHERE p.customer_id IN ({ids}) AND p.period_start IN ({placeholders(len(period_starts))})"
+        f"WHERE p.customer_id IN ({placeholders(len(customer_ids))}) "
+        f"AND p.period_start IN ({placeholders(len(period_starts))})"
     )
     return [
-        (grants, [*customer_ids, now, now]),
-        (holds, hold_params),
+        (grants.sql, grants.bind(values)),
+        (holds.sql, holds.bind(values)),
         (period_rows, [*customer_ids, *period_starts]),
     ]
 
 
-def ledger_rows_build(
+def consumption_rows_build(
     results: list[list[tuple[Any, ...]]], *, current_start: dict[int, datetime]
-) -> dict[int, LedgerRows]:
-    """Each customer's ``LedgerRows`` from the results of ``ledger_statements``."""
+) -> dict[int, ConsumptionRows]:
+    """Each customer's ``ConsumptionRows`` from the results of ``consumption_statements``."""
     grant_rows, hold_rows, period_rows = results
-    loaded = {customer_id: LedgerRows() for customer_id in current_start}
+    loaded = {customer_id: ConsumptionRows() for customer_id in current_start}
     for values in grant_rows:
         grant = GRANT.build(values)
         loaded[grant.customer_id].grants.append(grant)
     for values in hold_rows:
         customer_id, meter_id, unit, quantity, cost, credits, wallet = HOLD_SUMS.convert(values)
-        loaded[customer_id].holds.append(
-            {
-                "meter_id": meter_id,
-                "unit": unit,
-                "quantity": quantity,
-                "cost": cost,
-                "credits": credits,
-                "wallet": wallet,
-            }
-        )
+        loaded[customer_id].holds.append(HoldRow(meter_id, unit, quantity, cost, credits, wallet))
     for values in period_rows:
         row = PERIOD_USAGE.build(values)
         if row.period_start == current_start[row.customer_id]:
@@ -228,9 +277,9 @@ def ledger_rows_build(
     return loaded
 
 
-def ledger_rows_read(
+def consumption_rows_read(
     *, subscriptions: list[Subscription], now: datetime, exclude_reservation_id: Any = None
-) -> dict[int, LedgerRows]:
+) -> dict[int, ConsumptionRows]:
     """The grants, holds and current period totals of any number of customers, in one round trip.
 
     A batch of events for many customers reads them all at once, after taking all their locks.
@@ -238,10 +287,17 @@ def ledger_rows_read(
     if not subscriptions:
         return {}
     current_start = {s.customer_id: s.current_period_start for s in subscriptions}
-    statements = ledger_statements(
+    statements = consumption_statements(
         customer_ids=list(current_start),
         period_starts=sorted(set(current_start.values())),
         now=now,
         exclude_reservation_id=exclude_reservation_id,
     )
-    return ledger_rows_build(selects_run(statements), current_start=current_start)
+    return consumption_rows_build(selects_run(statements), current_start=current_start)
+
+
+def active_holds_read(*, customer: Customer, now: datetime) -> list[HoldRow]:
+    """The customer's active holds summed per meter and unit, outside any lock (for the usage pages)."""
+    holds = _active_holds_select(excluding_one=False)
+    [rows] = selects_run([(holds.sql, holds.bind({"customer_ids": [customer.pk], "now": now}))])
+    return [HoldRow(*HOLD_SUMS.convert(values)[1:]) for values in rows]

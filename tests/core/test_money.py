@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plans.money import CREDITS, currency_exponent, format_money, round_money, to_minor_units
+from core.money import CREDITS, currency_exponent, format_money, round_money, to_minor_units
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,12 @@ back into an instance the way the ORM does (the backend's and the field's conver
 statements in one round trip, so a lock and the reads that must follow it cost one wait.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from django.db import connection
-from django.db.models import Field, Model
+from django.db.models import Expression, Field, Model, QuerySet
 
 M = TypeVar("M", bound=Model)
 Converter = Callable[[Any, Any, Any], Any]
@@ -111,6 +112,37 @@ def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tu
         while cursor.nextset():
             results.append(cursor.fetchall())
     return results
+
+
+class Slot(Expression):
+    """A value given each time a statement compiled once is run (``select_compile``).
+
+    It stands where a value would in a queryset, so the rule stays written once, in the ORM, and its SQL
+    is not compiled again on every request.
+    """
+
+    def __init__(self, name: str, output_field: Field | None = None) -> None:
+        super().__init__(output_field=output_field)
+        self.name = name
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        return "%s", [self]
+
+
+@dataclass(frozen=True)
+class CompiledSelect:
+    sql: str
+    params: tuple[Any, ...]
+
+    def bind(self, values: Mapping[str, Any]) -> list[Any]:
+        """The parameters, each ``Slot`` replaced by its value in ``values``."""
+        return [values[param.name] if isinstance(param, Slot) else param for param in self.params]
+
+
+def select_compile(queryset: QuerySet[Any, Any]) -> CompiledSelect:
+    """The queryset's SELECT, with its ``Slot`` parameters left to ``bind``. Callers cache the result."""
+    sql, params = queryset.query.get_compiler(connection=connection).as_sql()
+    return CompiledSelect(sql, tuple(params))
 
 
 def placeholders(count: int) -> str:

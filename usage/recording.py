@@ -1,0 +1,187 @@
+"""Recording usage: one customer's work decided by their consumption engine, and the rows it writes.
+
+Batch ingest (``usage.ingest``) records each new event through ``UsageRecorder.record``, and so does a
+reservation's commit (``usage.services.reservation_commit``) for the work it settles: the same decision, the same event
+row, credit-ledger rows, period totals, Stripe outbox rows and spend-limit notifications. The caller holds
+the customer's lock, built the engine after taking it, and flushes the ``BatchWrites`` in the same
+transaction.
+"""
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from core.money import CREDITS, ledger_amount
+from customers.spend_limits import limit_crossing_record, spend_limit_crossings
+from plans.models import Meter
+from usage.batch_writes import BatchWrites, NewUsageEvent
+from usage.consumption import ZERO, ConsumptionEngine, Draw
+from usage.models import CreditGrant, CreditLedgerEntry, LedgerEntryKind, PropertiesEncoder, StripeUsageOutbox
+from usage.overage import overage_quantity
+from usage.validation import MAX_NAME_LENGTH
+
+
+class UsageRecorder:
+    """Records one customer's usage in order, then gathers what it changed into ``writes``."""
+
+    def __init__(self, *, engine: ConsumptionEngine, writes: BatchWrites) -> None:
+        self.engine = engine
+        self.writes = writes
+        self.period_start = engine.subscription.current_period_start
+        self.spend_before = engine.period_spend(self.period_start)
+        self.events: list[NewUsageEvent] = []
+        self.draws: list[list[Draw]] = []
+
+    def record(
+        self,
+        *,
+        meter: Meter,
+        quantity: Decimal,
+        properties: dict[str, Any],
+        timestamp: datetime,
+        idempotency_key: str,
+        member_id: int | None = None,
+        reservation_id: Any = None,
+        properties_json: str | None = None,
+    ) -> NewUsageEvent:
+        """Decide and take what pays for the work; raises a ``UsageRefused`` and changes nothing if refused.
+
+        Work settling a reservation (``reservation_id``) was allowed when the hold was taken: its limits
+        are not checked again, and a shortfall becomes overage. ``properties_json`` is ``properties`` as
+        stored, when the caller has already encoded them.
+        """
+        engine = self.engine
+        coverage = engine.quote(
+            meter=meter,
+            quantity=quantity,
+            properties=properties,
+            timestamp=timestamp,
+            authorized=reservation_id is not None,
+        )
+        self.draws.append(engine.apply(coverage, meter=meter, timestamp=timestamp))
+        action = properties.get("action")
+        event = NewUsageEvent(
+            customer_id=engine.customer.pk,
+            meter_id=meter.pk,
+            member_id=member_id,
+            idempotency_key=idempotency_key,
+            quantity=quantity,
+            properties=properties_json or json.dumps(properties, cls=PropertiesEncoder),
+            timestamp=timestamp,
+            received_at=engine.now,
+            period_start=engine.period_for(timestamp)[0],
+            action=str(action)[:MAX_NAME_LENGTH] if action is not None else "",
+            dimension_value=coverage.dimension_value[:MAX_NAME_LENGTH],
+            billable=coverage.billable,
+            reservation_id=reservation_id,
+            cost_unit=coverage.unit,
+            cost=coverage.cost,
+            included_quantity=coverage.included_quantity,
+            credits_amount=coverage.credits,
+            wallet_amount=coverage.wallet,
+            overage_amount=coverage.overage,
+        )
+        self.events.append(event)
+        return event
+
+    def finish(self) -> None:
+        """Add the recorded events and what they changed to the writes; tell the limits they crossed."""
+        self.writes.events.extend(self.events)
+        self._collect_ledger()
+        self.writes.period_rows.extend(self.engine.changed_period_usage())
+        self._collect_outbox()
+        self._record_limit_crossings()
+
+    def _collect_ledger(self) -> None:
+        """One draw-down row per grant and one for the wallet, pointing at the last event drawn.
+
+        Each event records its own split (credits, wallet, overage); the ledger rows carry the
+        balance changes, summed per source so that a batch of 1,000 events writes a handful of rows.
+        """
+        engine = self.engine
+        totals: dict[int | None, Decimal] = defaultdict(Decimal)
+        counts: dict[int | None, int] = defaultdict(int)
+        last_event: dict[int | None, NewUsageEvent] = {}
+        grants: dict[int | None, CreditGrant] = {}
+        for usage_event, draws in zip(self.events, self.draws, strict=True):
+            for draw in draws:
+                key = draw.grant.pk if draw.grant else None
+                totals[key] += draw.amount
+                counts[key] += 1
+                last_event[key] = usage_event
+                if draw.grant:
+                    grants[key] = draw.grant
+        for key, amount in totals.items():
+            if not amount:
+                continue
+            entry = CreditLedgerEntry(
+                customer=engine.customer,
+                grant=grants.get(key),
+                kind=LedgerEntryKind.DRAWDOWN if amount < 0 else LedgerEntryKind.REFUND,
+                amount=ledger_amount(amount),
+                unit=grants[key].unit if key is not None else engine.currency,
+                reservation_id=last_event[key].reservation_id,
+                note=f"usage: {counts[key]} event{'s' if counts[key] > 1 else ''}",
+            )
+            self.writes.ledger_entries.append((entry, last_event[key]))
+        self.writes.grants.extend(grants.values())
+        if None in totals:
+            engine.balance.updated_at = engine.now
+            self.writes.balances.append(engine.balance)
+
+    def _collect_outbox(self) -> None:
+        """Queue what Stripe must bill: post-paid overage only, in the same transaction as the usage.
+
+        Summed per (meter, dimension value, period, hour), which is as fine as Stripe needs it; each
+        row points at the last event it counts.
+        """
+        engine = self.engine
+        terms = engine.terms
+        rows: dict[tuple[int, str, datetime, datetime], tuple[StripeUsageOutbox, NewUsageEvent]] = {}
+        for event in self.events:
+            if event.overage_amount <= 0 or (event.cost_unit == CREDITS and not terms.credit_rate):
+                continue
+            window = event.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            key = (event.meter_id, event.dimension_value, event.period_start, window)
+            row = (
+                rows[key][0]
+                if key in rows
+                else StripeUsageOutbox(
+                    customer=engine.customer,
+                    meter_id=event.meter_id,
+                    dimension_value=event.dimension_value,
+                    period_start=event.period_start,
+                    window_start=window,
+                    event_count=0,
+                    quantity=ZERO,
+                    amount=ZERO,
+                    currency=engine.currency,
+                )
+            )
+            rows[key] = (row, event)
+            row.event_count += 1
+            row.quantity += overage_quantity(
+                quantity=event.quantity,
+                included_quantity=event.included_quantity,
+                cost=event.cost,
+                overage_amount=event.overage_amount,
+            )
+            row.amount += terms.to_money(event.overage_amount, event.cost_unit)
+        self.writes.outbox.extend(rows.values())
+
+    def _record_limit_crossings(self) -> None:
+        """A soft or hard limit this usage crossed is recorded once per period for the alerting jobs."""
+        engine = self.engine
+        spend_after = engine.period_spend(self.period_start)
+        for crossing in spend_limit_crossings(
+            before=self.spend_before, after=spend_after, controls=engine.controls
+        ):
+            limit_crossing_record(
+                customer=engine.customer,
+                crossing=crossing,
+                period_start=self.period_start,
+                spend=spend_after,
+                currency=engine.currency,
+            )

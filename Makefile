@@ -45,7 +45,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 typecheck: install-dev
-	$(BIN)/mypy billing_app customers plans usage
+	$(BIN)/mypy billing_app core customers plans usage
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 pytest:

@@ -61,6 +61,11 @@ def subscription_start(
     far stays in the old period's totals, and the new plan's allowance starts fresh.
     """
     at = at or timezone.now()
+    current = Subscription.objects.filter(customer=customer).first()
+    if current is not None and current.plan_version_id == plan_version.pk:
+        # Subscribing again to the version in force changes nothing: a new period here would hand out
+        # a second allowance and reset the spend that the limits count.
+        return current
     start, end = period_bounds(anchor=at, interval=BillingInterval(plan_version.interval), moment=at)
     if plan_version.currency != customer.currency:
         raise InvalidInput(

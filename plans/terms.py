@@ -8,10 +8,10 @@ credits; credits become money at the plan's credit-pack rate, and nowhere else.
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 
-from core.money import CREDITS, ledger_amount
+from core.money import CREDITS, LEDGER_PLACES, ledger_amount
 from plans.models import Entitlement, Meter, PlanVersion, Price, PriceModel, PricingUnit
 from plans.pricing import PriceSpec
 from plans.selectors import price_spec, prices_with_rates
@@ -58,10 +58,29 @@ class PlanTerms:
         return ledger_amount(amount * self.credit_rate) if self.credit_rate else ZERO
 
     def from_money(self, money: Decimal, unit: str) -> Decimal:
-        """How much of ``unit`` ``money`` buys: the inverse of ``to_money`` (no credits without a pack)."""
+        """How much of ``unit`` ``money`` buys (no credits without a pack).
+
+        Rounded down, so what a balance is said to buy never costs more than the balance: converting
+        back with ``to_money`` (half-up, and monotone) cannot pass ``money``.
+        """
         if unit != CREDITS:
             return money
-        return ledger_amount(money / self.credit_rate) if self.credit_rate else ZERO
+        return (
+            (money / self.credit_rate).quantize(LEDGER_PLACES, rounding=ROUND_DOWN)
+            if self.credit_rate
+            else ZERO
+        )
+
+    def money_of_running_total(self, *, before: Decimal, add: Decimal, unit: str) -> Decimal:
+        """The money ``add`` more of ``unit`` costs after ``before`` of it: the conversion of the running total.
+
+        Each conversion rounds, so converting three draws of 1 credit apart (at 7.00 for 3 credits) would
+        cost 6.999999999999; converting the running total gives every draw its share of the dust, and any
+        number of draws costs exactly what one draw of their sum does.
+        """
+        if unit != CREDITS:
+            return add
+        return self.to_money(before + add, unit) - self.to_money(before, unit)
 
     def money_total(self, amounts: Iterable[tuple[Decimal, str]]) -> Decimal:
         """The sum of (amount, unit) pairs in the plan currency."""

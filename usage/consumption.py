@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from core.money import CREDITS
+from core.money import CREDITS, ledger_amount
 from customers.models import Customer, SpendControls, Subscription
 from plans.models import Meter
 from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
@@ -119,6 +119,8 @@ class ConsumptionEngine:
         self.entitlements = self.terms.entitlements
         self.controls = _spend_controls(customer)
         self.grants = rows.grants
+        # Grants used up before this request, loaded when a give-back returns credits to them.
+        self.used_up_grants: dict[int, CreditGrant] = {}
         current_start = subscription.current_period_start
         self.period_usage: dict[tuple[datetime, int], PeriodUsage] = {
             (current_start, row.meter_id): row for row in rows.period_rows
@@ -161,8 +163,19 @@ class ConsumptionEngine:
             if start == period_start
         )
 
+    def _pays_for(self, grant: CreditGrant, unit: str) -> bool:
+        """Whether ``grant`` can pay for usage priced in ``unit``: its own unit, or money for credits at
+        the plan's credit-pack rate (a monetary grant is worth what the wallet's money is worth)."""
+        return grant.unit == unit or (
+            unit == CREDITS and grant.unit == self.currency and self.terms.credit_rate is not None
+        )
+
+    def _grant_value(self, grant: CreditGrant, unit: str) -> Decimal:
+        """What ``grant``'s remaining amount pays for, in ``unit``."""
+        return grant.remaining if grant.unit == unit else self.terms.from_money(grant.remaining, unit)
+
     def grants_available(self, unit: str) -> Decimal:
-        pool = sum((grant.remaining for grant in self.grants if grant.unit == unit), ZERO)
+        pool = sum((self._grant_value(g, unit) for g in self.grants if self._pays_for(g, unit)), ZERO)
         return max(pool - self.holds.credits_by_unit.get(unit, ZERO), ZERO)
 
     def wallet_available(self) -> Decimal:
@@ -223,7 +236,11 @@ class ConsumptionEngine:
         dimension_value = self._dimension_value(spec, properties)
         included, _ = split_included(included=spec.included, before=before, add=quantity)
         try:
-            cost = marginal_cost(spec, before=before, add=quantity, dimension_value=dimension_value or None)
+            # Stored amounts have 12 places: the event's cost is rounded once, here, and every total
+            # after it (period, rollups, ledger) is a sum of stored event amounts, never rounded again.
+            cost = ledger_amount(
+                marginal_cost(spec, before=before, add=quantity, dimension_value=dimension_value or None)
+            )
         except UnknownDimensionValue as error:
             raise NotEntitled(
                 f"{meter.name} has no price for {spec.dimension} = {dimension_value!r} on this plan."
@@ -238,7 +255,7 @@ class ConsumptionEngine:
         )
         if not authorized:
             self._check_hard_limit(coverage, period_start=period[0])
-        self._cover(coverage, authorized=authorized, period_overage=row.overage_amount)
+        self._cover(coverage, authorized=authorized, period_row=row)
         return coverage
 
     def _check_gates(self, *, meter: Meter, spec: PriceSpec | None, properties: dict[str, Any]) -> None:
@@ -276,19 +293,15 @@ class ConsumptionEngine:
                 hard_limit=f"{hard_limit.normalize():f}",
             )
 
-    def _cover(self, coverage: Coverage, *, authorized: bool, period_overage: Decimal) -> None:
+    def _cover(self, coverage: Coverage, *, authorized: bool, period_row: PeriodUsage) -> None:
         """Split the cost over grants, wallet and overage, in that order."""
         unit, remaining = coverage.unit, coverage.cost
         if remaining < 0:
-            # Volume pricing made the period cheaper: give back post-paid overage first, then
-            # refund the rest to the wallet.
-            coverage.overage = max(remaining, -period_overage)
-            coverage.wallet = remaining - coverage.overage
+            self._give_back(coverage, period_row=period_row)
             return
         coverage.credits = min(self.grants_available(unit), remaining)
         remaining -= coverage.credits
-        wallet_units = self.terms.from_money(self.wallet_available(), unit)
-        coverage.wallet = min(wallet_units, remaining)
+        coverage.wallet = self._wallet_covers(unit, remaining, period_row=period_row)
         remaining -= coverage.wallet
         if remaining <= 0:
             return
@@ -301,6 +314,30 @@ class ConsumptionEngine:
             + (", and overage is blocked." if self.controls.block_overage else "."),
             needed=f"{remaining.normalize():f}",
         )
+
+    def _wallet_covers(self, unit: str, amount: Decimal, *, period_row: PeriodUsage) -> Decimal:
+        """How much of ``amount`` (in ``unit``) the wallet's available money pays for.
+
+        Credits cost money at the pack rate on the period's running total (``money_of_running_total``),
+        which is what ``apply`` will draw; when the wallet falls short, it pays what its money buys,
+        rounded down.
+        """
+        available = self.wallet_available()
+        needed = self.terms.money_of_running_total(before=period_row.wallet_amount, add=amount, unit=unit)
+        if needed <= available and (unit != CREDITS or self.terms.credit_rate is not None):
+            return amount
+        return min(self.terms.from_money(available, unit), amount)
+
+    @staticmethod
+    def _give_back(coverage: Coverage, *, period_row: PeriodUsage) -> None:
+        """A negative cost (volume pricing reached a cheaper tier) goes back where the period's cost came
+        from, in reverse consumption order: post-paid overage first, then the wallet, then credit grants,
+        each at most what it paid this period, in the unit it paid in."""
+        give_back = -coverage.cost
+        overage = min(give_back, max(period_row.overage_amount, ZERO))
+        wallet = min(give_back - overage, max(period_row.wallet_amount, ZERO))
+        credits = give_back - overage - wallet
+        coverage.overage, coverage.wallet, coverage.credits = -overage, -wallet, -credits
 
     def remaining_quantity(self, meter: Meter) -> Decimal | None:
         """Units of ``meter`` still usable this period under the plan's cap, or None when uncapped."""
@@ -323,15 +360,23 @@ class ConsumptionEngine:
         if not coverage.billable:
             row.non_billable_quantity += coverage.quantity
             return []
+        wallet_before = row.wallet_amount
         row.quantity += coverage.quantity
         row.included_quantity += coverage.included_quantity
         row.cost += coverage.cost
         row.credits_amount += coverage.credits
         row.wallet_amount += coverage.wallet
         row.overage_amount += coverage.overage
-        draws = self._draw_grants(coverage.unit, coverage.credits)
+        if coverage.credits >= 0:
+            draws = self._draw_grants(coverage.unit, coverage.credits)
+        else:
+            draws = self._refund_grants(coverage.unit, -coverage.credits)
         if coverage.wallet:
-            money = self.terms.to_money(coverage.wallet, coverage.unit)
+            money = self.terms.money_of_running_total(
+                before=wallet_before, add=coverage.wallet, unit=coverage.unit
+            )
+            # The running total's rounding may ask one ten-trillionth more than is left: never overdraw.
+            money = min(money, self.balance.wallet_balance)
             self.balance.wallet_balance -= money
             draws.append(Draw(grant=None, amount=-money))
         return draws
@@ -341,16 +386,49 @@ class ConsumptionEngine:
         return [self.period_usage[key] for key in self.changed_keys]
 
     def _draw_grants(self, unit: str, amount: Decimal) -> list[Draw]:
+        """Take ``amount`` of ``unit`` from the grants in draw order; a monetary grant paying for credits
+        gives their money at the pack rate. Each draw is at most what its grant holds."""
         draws = []
         for grant in self.grants:
             if amount <= 0:
                 break
-            if grant.unit != unit or grant.remaining <= 0:
+            if not self._pays_for(grant, unit) or grant.remaining <= 0:
                 continue
-            taken = min(grant.remaining, amount)
-            grant.remaining -= taken
+            taken = min(self._grant_value(grant, unit), amount)
+            cost = taken if grant.unit == unit else min(self.terms.to_money(taken, unit), grant.remaining)
+            grant.remaining -= cost
             amount -= taken
-            draws.append(Draw(grant=grant, amount=-taken))
+            draws.append(Draw(grant=grant, amount=-cost))
+        return draws
+
+    def _refund_grants(self, unit: str, amount: Decimal) -> list[Draw]:
+        """Give ``amount`` of ``unit`` back to the grants of that unit still in force, the last drawn first,
+        each up to what was taken from it; what no grant can take back goes to the wallet."""
+        loaded = {grant.pk: grant for grant in self.grants} | self.used_up_grants
+        refundable = (
+            CreditGrant.objects.in_force(self.now)
+            .filter(customer=self.customer, unit=unit)
+            .in_draw_order()
+            .reverse()
+        )
+        draws = []
+        for stored in refundable:
+            if amount <= 0:
+                break
+            grant = (
+                self.used_up_grants.setdefault(stored.pk, stored)
+                if stored.pk not in loaded
+                else loaded[stored.pk]
+            )
+            given = min(grant.amount - grant.remaining, amount)
+            if given > 0:
+                grant.remaining += given
+                amount -= given
+                draws.append(Draw(grant=grant, amount=given))
+        if amount > 0:
+            money = self.terms.to_money(amount, unit)
+            self.balance.wallet_balance += money
+            draws.append(Draw(grant=None, amount=money))
         return draws
 
 

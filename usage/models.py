@@ -71,17 +71,21 @@ GRANT_DRAW_ORDER = ("priority", F("expires_at").asc(nulls_last=True), "id")
 
 
 class CreditGrantQuerySet(models.QuerySet["CreditGrant"]):
-    def usable(self, now: datetime | Expression) -> "CreditGrantQuerySet":
-        """The grants usage may draw from at ``now``: in effect, not expired or voided, not used up.
-
-        ``now`` may be an expression, for a statement compiled once and run with each request's time.
-        """
+    def in_force(self, now: datetime | Expression) -> "CreditGrantQuerySet":
+        """The grants in effect at ``now``, not expired or voided, whatever they have left: where a
+        give-back (volume pricing reaching a cheaper tier) can return credits."""
         return self.filter(
             Q(expires_at__isnull=True) | Q(expires_at__gt=now),
             expired_at__isnull=True,
             effective_at__lte=now,
-            remaining__gt=0,
         )
+
+    def usable(self, now: datetime | Expression) -> "CreditGrantQuerySet":
+        """The grants usage may draw from at ``now``: in force and not used up.
+
+        ``now`` may be an expression, for a statement compiled once and run with each request's time.
+        """
+        return self.in_force(now).filter(remaining__gt=0)
 
     def in_draw_order(self) -> "CreditGrantQuerySet":
         return self.order_by(*GRANT_DRAW_ORDER)
@@ -285,8 +289,11 @@ class ReservationStatus(models.TextChoices):
 class ReservationQuerySet(models.QuerySet["Reservation"]):
     def active(self, now: datetime | Expression) -> "ReservationQuerySet":
         """The holds that count at ``now``: held and not past their expiry, whether or not the expiry job
-        has marked them yet."""
-        return self.filter(status=ReservationStatus.HELD, expires_at__gt=now)
+        has marked them yet. A hold of cached work (``properties.cached``) holds nothing: cache hits are
+        never counted, toward caps, allowance or spend."""
+        return self.filter(status=ReservationStatus.HELD, expires_at__gt=now).exclude(
+            properties__contains={"cached": True}
+        )
 
 
 class Reservation(models.Model):

@@ -246,10 +246,17 @@ def credit_grant_create(
         raise InvalidInput("expires_at must be in the future.", param="expires_at")
     if not 0 <= priority <= 100:
         raise InvalidInput("priority must be between 0 and 100 (lower is used first).", param="priority")
+    unit = (unit or _default_grant_unit(customer)).lower()
+    if unit not in (CREDITS, customer.currency):
+        # Any other unit could never be drawn: nothing is priced in it, and no rate turns it into either.
+        raise InvalidInput(
+            f"A grant is in credits or in the customer's currency ({customer.currency}), not {unit!r}.",
+            param="unit",
+        )
     grant = CreditGrant.objects.create(
         customer=customer,
         kind=kind,
-        unit=unit or _default_grant_unit(customer),
+        unit=unit,
         amount=amount,
         remaining=amount,
         priority=priority,

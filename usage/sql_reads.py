@@ -18,8 +18,9 @@ from functools import lru_cache
 from typing import Any, cast
 
 from django.db import connection
-from django.db.models import BooleanField, DateTimeField, Field, Sum, UUIDField
+from django.db.models import BooleanField, DateTimeField, Field, Sum, UUIDField, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Greatest
 
 from core.errors import NotFound
 from core.sql_rows import (
@@ -36,6 +37,8 @@ from core.sql_rows import (
 from customers.models import Customer, Member, SpendControls, Subscription
 from plans.models import Meter, PlanVersion
 from usage.models import GRANT_DRAW_ORDER, CreditGrant, CustomerBalance, PeriodUsage, Reservation
+
+ZERO = Decimal(0)
 
 CUSTOMER = ModelColumns(Customer, "c")
 SUBSCRIPTION = ModelColumns(Subscription, "s")
@@ -225,9 +228,11 @@ def _active_holds_select(*, excluding_one: bool) -> CompiledSelect:
         holds.values("customer_id", "meter_id", "unit")
         .annotate(
             quantity=Sum("quantity"),
-            cost=Sum("held_cost"),
-            credits=Sum("held_credits"),
-            wallet=Sum("held_wallet"),
+            # A hold that volume pricing made negative (a cheaper tier reached) frees nothing for others:
+            # it may never be committed, so it counts as zero, never as headroom.
+            cost=Sum(Greatest("held_cost", Value(ZERO))),
+            credits=Sum(Greatest("held_credits", Value(ZERO))),
+            wallet=Sum(Greatest("held_wallet", Value(ZERO))),
         )
         .order_by()
     )

@@ -10,7 +10,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from customers.models import Notification, NotificationKind
-from customers.services import customer_freeze, subscription_start
+from customers.services import customer_create, customer_freeze, subscription_start
 from tests.catalog_fixtures import event
 from usage.errors import InvalidBatch
 from usage.ingest import usage_events_ingest
@@ -316,8 +316,9 @@ def test_ledger_check_command_passes_and_reports_tampering(pro_plan, make_custom
         call_command("ledger_check")
 
 
-def test_rollup_days_are_utc_days_whatever_offset_the_client_sends(pro_plan, make_customer):
-    customer = make_customer("pro")
+def test_rollup_days_are_utc_days_whatever_offset_the_client_sends(pro_plan):
+    # Subscribed two days ago, so that yesterday is in the current period.
+    customer = customer_create(external_id="acme", name="Acme")
     subscription_start(customer=customer, plan_version=pro_plan, at=timezone.now() - timedelta(days=2))
     moment = (timezone.now() - timedelta(days=1)).replace(hour=1, minute=30, second=0, microsecond=0)
     # 01:30 UTC, written as 20:30 the evening before in New York.

@@ -167,7 +167,8 @@ def period_totals_save(rows: list[PeriodUsage]) -> None:
 # --- daily rollups -------------------------------------------------------------------------------
 
 
-ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "day")
+# A day can belong to two periods (a plan change opens a new one mid-day): the period is part of the key.
+ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "period_start", "day")
 ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
 
 
@@ -191,7 +192,7 @@ def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[s
     billable_units = F("quantity") - F("included_quantity")
     return (
         written.annotate(day=TruncDate("timestamp", tzinfo=UTC))  # UTC days, whatever offset was sent
-        .values(*ROLLUP_KEY, "period_start")
+        .values(*ROLLUP_KEY)
         .annotate(
             add_quantity=Sum("quantity"),
             add_billable_quantity=Coalesce(Sum(billable_units, filter=billable), ZERO),
@@ -216,8 +217,8 @@ def _rollups_upsert_sql() -> tuple[str, list[Any]]:
         RawSQL(f"{UsageEvent._meta.db_table}.id = ANY(%s)", (_EVENT_IDS,), output_field=BooleanField())  # noqa: S611
     )
     select, params = _rollup_deltas(written).query.get_compiler(connection=connection).as_sql()
-    columns = (*ROLLUP_KEY, "period_start", *ROLLUP_TOTALS)
-    sources = (*ROLLUP_KEY, "period_start", *(f"add_{name}" for name in ROLLUP_TOTALS))
+    columns = (*ROLLUP_KEY, *ROLLUP_TOTALS)
+    sources = (*ROLLUP_KEY, *(f"add_{name}" for name in ROLLUP_TOTALS))
     # Only constant names and the compiled query are formatted in; every value is a parameter.
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608

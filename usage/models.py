@@ -271,8 +271,8 @@ class DailyUsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "meter", "member", "action", "dimension_value", "day"],
-                name="daily_rollup_unique",
+                fields=["customer", "meter", "member", "action", "dimension_value", "period_start", "day"],
+                name="daily_rollup_unique_in_period",
                 nulls_distinct=False,
             ),
         ]

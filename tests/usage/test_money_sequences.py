@@ -10,7 +10,7 @@ import pytest
 from customers.models import Subscription
 from customers.services import spend_controls_update, subscription_start
 from usage.ledger_audit import ledger_mismatches
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage, UsageEvent
+from usage.models import CreditGrant, CustomerBalance, DailyUsageRollup, PeriodUsage, UsageEvent
 from usage.services import credit_grant_create, wallet_top_up
 
 pytestmark = pytest.mark.django_db
@@ -207,3 +207,26 @@ def test_period_totals_are_sums_of_the_stored_event_amounts(api, make_plan, make
     row = PeriodUsage.objects.get(customer=customer)
     assert row.cost == sum(event.cost for event in events)
     assert row.overage_amount == sum(event.overage_amount for event in events)
+
+
+def test_a_plan_change_mid_day_keeps_each_periods_usage_in_its_own_rollup(
+    api, pro_plan, make_plan, make_customer
+):
+    make_plan(
+        "bigger",
+        prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.05", "included": "500"}],
+    )
+    customer = make_customer("pro")
+    assert send(api, "e1", "api_call", "7")["status"] == "accepted"
+    old_period = Subscription.objects.get(customer=customer).current_period_start
+
+    assert (
+        api.post("/api/v1/customers/acme/subscription", {"plan": "bigger"}, format="json").status_code == 200
+    )
+    assert send(api, "e2", "api_call", "5")["status"] == "accepted"
+
+    new_period = Subscription.objects.get(customer=customer).current_period_start
+    by_period = {
+        rollup.period_start: rollup.quantity for rollup in DailyUsageRollup.objects.filter(customer=customer)
+    }
+    assert by_period == {old_period: Decimal(7), new_period: Decimal(5)}

@@ -56,6 +56,13 @@ def test_an_unsupported_method_answers_a_json_405(api, acme):
     assert response.json()["error"]["request_id"] == response["Request-Id"]
 
 
+def test_a_reservation_without_quantity_holds_one_unit(api, acme):
+    response = api.post("/api/v1/reservations", reservation_body(), format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["quantity"] == "1"
+    assert Reservation.objects.get().quantity == 1
+
+
 def test_a_crash_after_the_write_answers_json_500_and_leaves_no_hold(api, acme, monkeypatch):
     def broken_output(reservation):
         raise RuntimeError("the response could not be built")

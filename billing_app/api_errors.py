@@ -3,7 +3,9 @@
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError
 from django.http import HttpRequest, JsonResponse
+from psycopg.errors import NumericValueOutOfRange
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,6 +45,15 @@ def _error_response_for(exc: Exception, context: dict[str, Any]) -> Response | N
         )
     if isinstance(exc, BillingError):
         return error_response(exc.code, exc.message, exc.http_status, **exc.details)
+    if isinstance(exc, NumericValueOutOfRange) or (
+        isinstance(exc, DataError) and isinstance(exc.__cause__, NumericValueOutOfRange)
+    ):
+        # Inputs are bounded by their columns (usage.validation), but a total they make (a quantity times a
+        # high unit price) can still pass its column; the request's transaction is rolled back. Bulk writes
+        # use psycopg's COPY directly, so its error arrives unwrapped.
+        return error_response(
+            "out_of_range", "An amount this request would record is larger than can be stored.", 400
+        )
     if isinstance(exc, exceptions.ParseError):
         return error_response("malformed_json", f"The body is not valid JSON: {exc.detail}", 400)
     if isinstance(exc, exceptions.ValidationError):

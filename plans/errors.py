@@ -31,6 +31,12 @@ class InvalidInput(BillingError):
     code = "invalid_request"
 
 
+class OutOfRange(BillingError):
+    """A number beyond what can be stored or counted; ``param`` names it and ``max`` is the bound."""
+
+    code = "out_of_range"
+
+
 class PlanVersionInUse(BillingError):
     code = "plan_version_in_use"
     http_status = 409

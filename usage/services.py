@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from customers.models import Customer, Subscription
-from plans.errors import InvalidInput, NotFound
-from plans.models import CreditPack, Meter, PricingUnit
+from plans.errors import InvalidInput, NotFound, OutOfRange
+from plans.models import RATE, CreditPack, Meter, PricingUnit
 from plans.money import CREDITS
 from plans.sql_rows import rows_insert, rows_update
 from usage.balances import CustomerLedger
@@ -35,7 +35,7 @@ from usage.models import (
     ReservationStatus,
     UsageEvent,
 )
-from usage.validation import EventInput
+from usage.validation import EventInput, decimal_column_max
 
 
 def _subscription_of(customer: Customer) -> Subscription:
@@ -259,10 +259,15 @@ def credit_grant_create(
         raise InvalidInput("expires_at must be in the future.", param="expires_at")
     if not 0 <= priority <= 100:
         raise InvalidInput("priority must be between 0 and 100 (lower is used first).", param="priority")
+    unit = (unit or _default_grant_unit(customer)).lower()
+    if unit not in (CREDITS, customer.currency):
+        raise InvalidInput(
+            f"unit must be {CREDITS} or the customer's currency, {customer.currency}.", param="unit"
+        )
     grant = CreditGrant.objects.create(
         customer=customer,
         kind=kind,
-        unit=unit or _default_grant_unit(customer),
+        unit=unit,
         amount=amount,
         remaining=amount,
         priority=priority,
@@ -313,6 +318,14 @@ def wallet_top_up(*, customer: Customer, amount: Decimal, note: str = "") -> Cre
     if amount <= 0:
         raise InvalidInput("A top-up must be greater than zero.", param="amount")
     balance = customer_balance_for_update(customer)
+    room = decimal_column_max(**RATE) - balance.wallet_balance
+    if amount > room:
+        raise OutOfRange(
+            f"The wallet holds at most {decimal_column_max(**RATE):f} {balance.currency}; "
+            f"this top-up may be at most {room:f}.",
+            param="amount",
+            max=f"{room:f}",
+        )
     balance.wallet_balance += amount
     balance.save(update_fields=["wallet_balance", "updated_at"])
     return CreditLedgerEntry.objects.create(

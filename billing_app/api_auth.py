@@ -42,7 +42,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiClient, ApiKey] | None:
         header = authentication.get_authorization_header(request).decode(errors="replace")
         scheme, _, raw_key = header.partition(" ")
-        if scheme != self.keyword or not raw_key.strip():
+        # RFC 9110: the scheme is case-insensitive; clients send "bearer" as often as "Bearer".
+        if scheme.lower() != self.keyword.lower() or not raw_key.strip():
             return None
         api_key = api_key_by_hash(api_key_hash(raw_key.strip()))
         if api_key is None:

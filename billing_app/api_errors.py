@@ -1,13 +1,17 @@
-"""The one place API errors get their shape: ``{"error": {"code": ..., "message": ...}}``."""
+"""The one place API errors get their shape: ``{"error": {"code": ..., "message": ..., "request_id": ...}}``."""
 
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError
+from django.http import HttpRequest, JsonResponse
+from psycopg.errors import NumericValueOutOfRange
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from billing_app.api_requests import api_error_body, request_id_of
 from billing_app.models import ApiKey
 from billing_app.throttling import api_key_rate_limit
 from core.errors import BillingError
@@ -27,12 +31,29 @@ def _first_message(detail: Any) -> str:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _error_response_for(exc, context)
+    if response is not None and isinstance(response.data, dict) and "error" in response.data:
+        request = context.get("request")
+        response.data["error"]["request_id"] = request_id_of(request._request) if request else None
+    return response
+
+
+def _error_response_for(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         return error_response(
             "request_too_large", "The body is larger than the 10 MB an event batch can need.", 413
         )
     if isinstance(exc, BillingError):
         return error_response(exc.code, exc.message, exc.http_status, **exc.details)
+    if isinstance(exc, NumericValueOutOfRange) or (
+        isinstance(exc, DataError) and isinstance(exc.__cause__, NumericValueOutOfRange)
+    ):
+        # Inputs are bounded by their columns (usage.validation), but a total they make (a quantity times a
+        # high unit price) can still pass its column; the request's transaction is rolled back. Bulk writes
+        # use psycopg's COPY directly, so its error arrives unwrapped.
+        return error_response(
+            "out_of_range", "An amount this request would record is larger than can be stored.", 400
+        )
     if isinstance(exc, exceptions.ParseError):
         return error_response("malformed_json", f"The body is not valid JSON: {exc.detail}", 400)
     if isinstance(exc, exceptions.ValidationError):
@@ -63,3 +84,14 @@ def _rate_limited_response(*, exc: exceptions.Throttled, request: Request | None
     if wait:
         response["Retry-After"] = str(wait)
     return response
+
+
+def api_route_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any /api/ path no endpoint answers, so a client's typo gets the error shape, not an HTML page."""
+    hint = " (API paths have no trailing slash)" if request.path.endswith("/") else ""
+    return JsonResponse(
+        api_error_body(
+            code="not_found", message=f"No API endpoint at {request.path}{hint}.", request=request
+        ),
+        status=404,
+    )

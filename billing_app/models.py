@@ -5,6 +5,7 @@ import hashlib
 import secrets
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -41,13 +42,16 @@ class ApiKey(models.Model):
 
     @classmethod
     def generate(
-        cls, *, name: str, rate_limit_per_minute: int | None = None, test_mode: bool = False
+        cls, *, name: str, rate_limit_per_minute: int | None = None, test_mode: bool | None = None
     ) -> tuple["ApiKey", str]:
         """Create a key and return it with the raw secret, which is shown once and never stored.
 
         A test-mode key (``sk_test_``, the demo's) says so in its prefix, so it is never mistaken for one
-        that a production backend uses.
+        that a production backend uses. Unless told, the mode follows ``DEBUG``: a key made on a
+        development server is a test key, one made in production a live key.
         """
+        if test_mode is None:
+            test_mode = settings.DEBUG
         raw_key = ("sk_test_" if test_mode else "sk_live_") + secrets.token_urlsafe(32)
         api_key = cls.objects.create(
             name=name,

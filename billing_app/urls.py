@@ -1,7 +1,9 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from billing_app.api_errors import api_route_not_found
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
@@ -10,6 +12,7 @@ urlpatterns = [
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^api/(?P<path>.*)$", api_route_not_found),
     path("", include("usage.urls")),
     path("", include("plans.urls")),
     path("", include("billing_app.stripe.urls")),

@@ -29,3 +29,9 @@ class Conflict(BillingError):
 
 class InvalidInput(BillingError):
     code = "invalid_request"
+
+
+class OutOfRange(BillingError):
+    """A number beyond what can be stored or counted; ``param`` names it and ``max`` is the bound."""
+
+    code = "out_of_range"

@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -15,8 +16,22 @@ class CustomerStatus(models.TextChoices):
     FROZEN = "frozen", "Frozen"
 
 
+# A customer's id is a segment of our URLs (/api/v1/customers/{external_id}): letters, digits and - . _ ~ : @,
+# which no client escapes differently, and not only dots, which URL resolution reads as "here" or "parent".
+EXTERNAL_ID_CHARACTERS = "letters, digits and - . _ ~ : @"
+external_id_validator = RegexValidator(
+    r"\A(?!\.+\Z)[A-Za-z0-9._~:@-]+\Z",
+    f"An external id may hold only {EXTERNAL_ID_CHARACTERS}, and not only dots.",
+)
+
+
 class Customer(models.Model):
-    external_id = models.CharField(max_length=120, unique=True, help_text="The id in the operator's system.")
+    external_id = models.CharField(
+        max_length=120,
+        unique=True,
+        validators=[external_id_validator],
+        help_text=f"The id in the operator's system: {EXTERNAL_ID_CHARACTERS}.",
+    )
     name = models.CharField(max_length=200)
     email = models.EmailField(blank=True)
     currency = models.CharField(max_length=3, default="usd")

@@ -3,10 +3,12 @@
 from datetime import datetime
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, NotFound
+from core.money import ISO_4217_CURRENCIES
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -16,6 +18,7 @@ from customers.models import (
     NotificationKind,
     SpendControls,
     Subscription,
+    external_id_validator,
 )
 from customers.periods import period_bounds
 from plans.models import BillingInterval, Plan, PlanVersion
@@ -26,6 +29,12 @@ def customer_create(
     *, external_id: str, name: str, email: str = "", plan_code: str | None = None, currency: str | None = None
 ) -> Customer:
     """Create a customer, subscribed to the latest version of ``plan_code`` when given."""
+    try:
+        external_id_validator(external_id)
+    except ValidationError as error:
+        raise InvalidInput(error.messages[0], param="external_id") from None
+    if currency is not None and currency.lower() not in ISO_4217_CURRENCIES:
+        raise InvalidInput(f"{currency!r} is not an ISO 4217 currency code.", param="currency")
     plan_version = plan_version_for_code(plan_code) if plan_code else None
     with transaction.atomic():
         try:

@@ -13,12 +13,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, OutOfRange
 from core.money import CREDITS
 from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Subscription
 from customers.services import members_get_or_create
-from plans.models import CreditPack, Meter, PricingUnit
+from plans.models import RATE, CreditPack, Meter, PricingUnit
 from usage.batch_writes import BatchWrites
 from usage.consumption import ConsumptionEngine
 from usage.errors import NoSubscription, ReservationNotHeld
@@ -34,6 +34,7 @@ from usage.models import (
 )
 from usage.recording import UsageRecorder
 from usage.sql_reads import reservation_for_settling
+from usage.validation import decimal_column_max
 
 
 def _subscription_of(customer: Customer) -> Subscription:
@@ -307,6 +308,14 @@ def wallet_top_up(*, customer: Customer, amount: Decimal, note: str = "") -> Cre
     if amount <= 0:
         raise InvalidInput("A top-up must be greater than zero.", param="amount")
     balance = customer_balance_for_update(customer)
+    room = decimal_column_max(**RATE) - balance.wallet_balance
+    if amount > room:
+        raise OutOfRange(
+            f"The wallet holds at most {decimal_column_max(**RATE):f} {balance.currency}; "
+            f"this top-up may be at most {room:f}.",
+            param="amount",
+            max=f"{room:f}",
+        )
     balance.wallet_balance += amount
     balance.save(update_fields=["wallet_balance", "updated_at"])
     return CreditLedgerEntry.objects.create(

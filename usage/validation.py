@@ -6,17 +6,18 @@ them all in one round and nothing of an invalid batch is ever written.
 """
 
 import json
+import math
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from customers.models import Customer, Subscription
-from plans.models import Meter
+from plans.models import QUANTITY, Meter
 from usage.consumption import ConsumptionEngine
 from usage.errors import InvalidBatch
 from usage.models import PropertiesEncoder
@@ -25,9 +26,70 @@ EVENT_FIELDS = {"idempotency_key", "customer", "meter", "quantity", "timestamp",
 MAX_KEY_LENGTH = 255
 MAX_NAME_LENGTH = 120
 MAX_PROPERTIES_BYTES = 8192
-# Quantities are stored with 6 decimal places and up to 18 digits before the point.
-MAX_QUANTITY = Decimal("1e17")
-QUANTITY_PLACES = 6
+# Deep enough for any real description of work; the bound keeps every walk over properties (ours, the JSON
+# encoder's, PostgreSQL's) far from a recursion limit.
+MAX_PROPERTIES_DEPTH = 32
+QUANTITY_PLACES: int = QUANTITY["decimal_places"]
+# The quantity column holds 18 digits before the point, but what a quantity becomes must fit as well: its
+# cost, and the credits and wallet amounts that pay for it, are stored with 12 (``plans.models.RATE``).
+# Twelve digits (a trillion tokens in one event) keep a cost at a unit price up to 1 storable.
+MAX_QUANTITY = Decimal("999999999999.999999")
+# PostgreSQL stores a timestamp's offset only below 16 hours either way.
+MAX_UTC_OFFSET = timedelta(hours=16)
+
+# PostgreSQL text holds no NUL, and a lone surrogate (a JSON "\ud800" escape) has no UTF-8 form: either
+# would fail only when written, after the request was accepted.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+class OutOfRangeValue(ValueError):
+    """A number beyond what its column stores; ``maximum`` is the largest one accepted."""
+
+    def __init__(self, message: str, *, maximum: Decimal) -> None:
+        super().__init__(message)
+        self.maximum = maximum
+
+
+def decimal_column_max(*, max_digits: int, decimal_places: int) -> Decimal:
+    """The largest value a ``DecimalField(max_digits, decimal_places)`` stores: 9999.99 for (6, 2)."""
+    return Decimal(10) ** (max_digits - decimal_places) - Decimal(10) ** -decimal_places
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored, or None when it can."""
+    found = _UNSTORABLE_CHARACTER.search(value)
+    if found is None:
+        return None
+    return (
+        "holds a NUL character" if found.group() == "\x00" else "holds a lone surrogate (not valid Unicode)"
+    )
+
+
+def properties_problem(properties: dict[str, Any]) -> str | None:
+    """What makes an object of properties unstorable, with its path ("properties.a.b: ..."), or None.
+
+    Walked with a stack rather than recursion, so the depth check itself cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any, int]] = [("properties", properties, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_PROPERTIES_DEPTH:
+                return f"{path}: properties nest deeper than {MAX_PROPERTIES_DEPTH} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and (problem := text_problem(key)):
+                    return f"{path}: a key {problem}"
+                stack.append(
+                    (f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]", item, depth + 1)
+                )
+        elif isinstance(value, str):
+            if problem := text_problem(value):
+                return f"{path} {problem}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            # NaN and Infinity are not JSON numbers: nothing downstream could read them back.
+            return f"{path} is {value}, which is not a JSON number"
+    return None
 
 
 @dataclass
@@ -87,8 +149,10 @@ def parse_quantity(raw: Any) -> Decimal:
         raise ValueError(f"quantity {raw!r} is not a decimal number") from error
     if not quantity.is_finite() or quantity < 0:
         raise ValueError("quantity must be a finite number >= 0")
-    if quantity >= MAX_QUANTITY or quantity.as_tuple().exponent < -QUANTITY_PLACES:  # type: ignore[operator]
-        raise ValueError(f"quantity must be below 1e17 with at most {QUANTITY_PLACES} decimal places")
+    if quantity > MAX_QUANTITY:
+        raise OutOfRangeValue(f"quantity must be at most {MAX_QUANTITY}", maximum=MAX_QUANTITY)
+    if quantity.as_tuple().exponent < -QUANTITY_PLACES:  # type: ignore[operator]
+        raise ValueError(f"quantity has more than {QUANTITY_PLACES} decimal places")
     return quantity
 
 
@@ -103,13 +167,16 @@ def _parse_timestamp(raw: Any, now: datetime) -> datetime:
         moment = parse_datetime(raw)
     if moment is None:
         raise ValueError(f"timestamp {raw[:40]!r} is not ISO 8601")
-    if timezone.is_naive(moment):
+    offset = moment.utcoffset()
+    if offset is None:
         raise ValueError("timestamp needs a timezone (e.g. Z or +00:00)")
+    if abs(offset) >= MAX_UTC_OFFSET:
+        raise ValueError("timestamp offset must be between -15:59 and +15:59")
     if moment < now - timedelta(days=settings.USAGE_MAX_EVENT_AGE_DAYS):
         raise ValueError(f"timestamp is more than {settings.USAGE_MAX_EVENT_AGE_DAYS} days in the past")
     if moment > now + timedelta(seconds=settings.USAGE_MAX_CLOCK_SKEW_SECONDS):
         raise ValueError("timestamp is more than 5 minutes in the future")
-    return moment
+    return moment.astimezone(UTC)
 
 
 def _string(raw: Any, name: str, *, required: bool, max_length: int) -> str | None:
@@ -119,6 +186,8 @@ def _string(raw: Any, name: str, *, required: bool, max_length: int) -> str | No
         raise ValueError(f"{name} must be a non-empty string")
     if len(raw) > max_length:
         raise ValueError(f"{name} is longer than {max_length} characters")
+    if problem := text_problem(raw):
+        raise ValueError(f"{name} {problem}")
     return raw
 
 
@@ -131,6 +200,8 @@ def _parse_event(index: int, raw: Any, now: datetime) -> EventInput:
     properties = raw.get("properties") or {}
     if not isinstance(properties, dict):
         raise ValueError("properties must be an object")
+    if problem := properties_problem(properties):
+        raise ValueError(problem)
     properties_json = json.dumps(properties, cls=PropertiesEncoder)
     if len(properties_json) > MAX_PROPERTIES_BYTES:
         raise ValueError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
@@ -168,6 +239,8 @@ def events_parse(raw_events: list[Any], *, now: datetime) -> list[EventInput]:
     for index, raw in enumerate(raw_events):
         try:
             parsed.append(_parse_event(index, raw, now))
+        except OutOfRangeValue as error:
+            problems.add(index, "out_of_range", str(error))
         except ValueError as error:
             message = str(error)
             code = next(

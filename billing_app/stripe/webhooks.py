@@ -2,7 +2,7 @@
 
 1. The ``Stripe-Signature`` header is checked against ``STRIPE_WEBHOOK_SECRET`` (and
    ``STRIPE_THIN_WEBHOOK_SECRET`` if a separate event destination sends the thin v2 events); a forged body
-   or a timestamp older than five minutes (Stripe's replay tolerance) is refused with 400.
+   or a timestamp more than five minutes old (Stripe's replay tolerance) or ahead is refused with 400.
 2. Every verified event is stored (``StripeWebhookEvent``, unique by Stripe's event id) before anything else.
 3. It is processed in one transaction that first locks its row and skips it if already processed, so a
    replay, or two deliveries racing each other, change things once. A handler error rolls back, is recorded
@@ -14,6 +14,7 @@ operator notices go out after it commits.
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -66,10 +67,21 @@ def signature_verify(payload: bytes, header: str | None) -> None:
     for secret in _webhook_secrets():
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, SIGNATURE_TOLERANCE_SECONDS)
-            return
         except stripe.SignatureVerificationError as failure:
             error = failure
+            continue
+        _signed_at_not_ahead(header or "")
+        return
     raise error or stripe.SignatureVerificationError("No webhook secret is configured.", header)
+
+
+def _signed_at_not_ahead(header: str) -> None:
+    """The SDK refuses only old signatures. One dated ahead of our clock by more than the tolerance was
+    made by someone who holds the secret and wants it to stay replayable for longer, or by a broken clock."""
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit() and int(value) > time.time() + SIGNATURE_TOLERANCE_SECONDS:
+            raise stripe.SignatureVerificationError("The signature is dated in the future.", header)
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:

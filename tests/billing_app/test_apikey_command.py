@@ -44,3 +44,32 @@ def test_the_first_name_of_the_command_still_works():
 def test_a_key_needs_a_name():
     with pytest.raises(CommandError, match="--name"):
         create("apikey_create")
+
+
+@pytest.mark.parametrize(("debug", "prefix"), [(True, "sk_test_"), (False, "sk_live_")])
+def test_the_key_mode_follows_debug(settings, debug, prefix):
+    settings.DEBUG = debug
+
+    assert create("apikey_create", "--name", "backend").startswith(prefix)
+
+
+@pytest.mark.parametrize(("debug", "prefix"), [(True, "sk_test_"), (False, "sk_live_")])
+def test_a_key_made_in_the_admin_follows_debug_too(admin_client, settings, debug, prefix):
+    settings.DEBUG = debug
+
+    response = admin_client.post(
+        "/admin/billing_app/apikey/add/", {"name": "admin-made", "rate_limit_per_minute": ""}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert ApiKey.objects.get(name="admin-made").prefix.startswith(prefix)
+    assert any(prefix in str(message) for message in response.context["messages"])
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_the_authorization_scheme_is_case_insensitive(scheme):
+    secret = create("apikey_create", "--name", "backend")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"{scheme} {secret}")
+
+    assert client.get("/api/v1/customers/nobody").status_code == 404

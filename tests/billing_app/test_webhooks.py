@@ -86,6 +86,18 @@ def test_a_stale_signature_is_refused(client, canceled_event):
     assert not StripeWebhookEvent.objects.exists()
 
 
+def test_a_signature_dated_in_the_future_is_refused(client, canceled_event):
+    response = signed_post(client, canceled_event, timestamp=int(time.time()) + 600)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert not StripeWebhookEvent.objects.exists()
+
+
+def test_a_signature_a_little_ahead_of_our_clock_is_accepted(client, canceled_event):
+    assert signed_post(client, canceled_event, timestamp=int(time.time()) + 60).status_code == 200
+
+
 def test_a_body_changed_after_signing_is_refused(client, canceled_event):
     import json
 

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import InvalidInput
 from customers.models import Customer, SpendControls, Subscription
 from customers.selectors import customer_by_external_id
 from customers.services import (
@@ -16,10 +17,12 @@ from customers.services import (
     spend_controls_update,
     subscription_start,
 )
-from usage.api.fields import MoneyField, decimal_string
+from plans.models import MONEY
+from usage.api.fields import LedgerAmountField, MoneyField, decimal_string
 from usage.models import CreditGrant, CustomerBalance, GrantKind
 from usage.selectors import credits_remaining_by_unit, usage_period_summary, usage_summary_as_dict
 from usage.services import credit_grant_create, wallet_top_up
+from usage.validation import MAX_NAME_LENGTH, text_problem
 
 
 def customer_output(customer: Customer) -> dict[str, Any]:
@@ -76,6 +79,24 @@ def grant_output(grant: CreditGrant) -> dict[str, Any]:
     }
 
 
+class CustomerEndpoint(APIView):
+    """An endpoint under /customers/{external_id}.
+
+    An id no customer can have (a NUL, a lone surrogate, too long) is answered 400 naming it, before any
+    query: PostgreSQL refuses a NUL in a query parameter, which was a 500.
+    """
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        external_id = kwargs["external_id"]
+        if problem := text_problem(external_id):
+            raise InvalidInput(f"external_id {problem}.", param="external_id")
+        if len(external_id) > MAX_NAME_LENGTH:
+            raise InvalidInput(
+                f"external_id is longer than {MAX_NAME_LENGTH} characters.", param="external_id"
+            )
+
+
 class CustomersView(APIView):
     class CustomerCreateInput(serializers.Serializer):
         external_id = serializers.CharField(max_length=120)
@@ -99,13 +120,13 @@ class CustomersView(APIView):
         return Response(customer_output(customer), status=status.HTTP_201_CREATED)
 
 
-class CustomerView(APIView):
+class CustomerView(CustomerEndpoint):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, external_id: str) -> Response:
         return Response(customer_output(customer_by_external_id(external_id)))
 
 
-class SubscriptionView(APIView):
+class SubscriptionView(CustomerEndpoint):
     class SubscriptionChangeInput(serializers.Serializer):
         plan = serializers.CharField(max_length=64)
 
@@ -120,9 +141,9 @@ class SubscriptionView(APIView):
         return Response(subscription_output(subscription))
 
 
-class CreditsView(APIView):
+class CreditsView(CustomerEndpoint):
     class CreditGrantInput(serializers.Serializer):
-        amount = serializers.DecimalField(max_digits=24, decimal_places=6, min_value=0)
+        amount = LedgerAmountField(decimal_places=6)
         kind = serializers.ChoiceField(choices=GrantKind.values, default=GrantKind.PURCHASED)
         unit = serializers.CharField(max_length=10, required=False)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -142,9 +163,9 @@ class CreditsView(APIView):
         )
 
 
-class WalletTopUpView(APIView):
+class WalletTopUpView(CustomerEndpoint):
     class WalletTopUpInput(serializers.Serializer):
-        amount = MoneyField()
+        amount = LedgerAmountField(decimal_places=MONEY["decimal_places"])
         note = serializers.CharField(max_length=200, required=False, default="")
 
     @extend_schema(request=WalletTopUpInput, responses={201: dict})
@@ -160,7 +181,7 @@ class WalletTopUpView(APIView):
         )
 
 
-class LimitsView(APIView):
+class LimitsView(CustomerEndpoint):
     class LimitsInput(serializers.Serializer):
         soft_limit = MoneyField(required=False, allow_null=True, default=None)
         hard_limit = MoneyField(required=False, allow_null=True, default=None)
@@ -174,7 +195,7 @@ class LimitsView(APIView):
         return Response(limits_output(controls))
 
 
-class CustomerUsageView(APIView):
+class CustomerUsageView(CustomerEndpoint):
     """The same numbers as the customer's /settings/usage page, from the same selectors."""
 
     @extend_schema(responses={200: dict})

@@ -4,6 +4,7 @@ Views parse, call one service and shape the answer; errors become ``{"error": {.
 ``billing_app.api_errors``. Decimals go out as strings.
 """
 
+from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
@@ -77,7 +78,7 @@ class EventsView(APIView):
 class UsageQuestionInput(serializers.Serializer):
     customer = serializers.CharField(max_length=120)
     meter = serializers.CharField(max_length=120)
-    quantity = QuantityField(default=1)
+    quantity = QuantityField(default=Decimal(1))
     properties = PropertiesField()
 
 

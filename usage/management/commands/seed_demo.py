@@ -58,6 +58,11 @@ class Command(BaseCommand):
     help = "Load the demo catalog, customers and 45 days of usage (idempotent)."
 
     def handle(self, *args: object, **options: object) -> None:
+        # The demo creates logins with known passwords (admin / admin): never on a production database.
+        if not settings.DEBUG:
+            raise CommandError(
+                "seed_demo creates logins with known passwords (admin / admin) and runs only with DEBUG=true."
+            )
         if not CATALOG.exists():
             raise CommandError(f"The demo catalog {CATALOG} is missing.")
         call_command("catalog_import", str(CATALOG), verbosity=0)

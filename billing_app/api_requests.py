@@ -1,0 +1,75 @@
+"""What every API request gets around its view: a request id, one transaction, and JSON even for a crash.
+
+The request id is a fresh UUID, sent back in the ``Request-Id`` header and in every error body, and
+logged, so a client's report ("request 3f2c… failed") finds its log line.
+
+A write to the API runs in one transaction that is rolled back whenever the answer is an error: a
+response that fails after a service wrote (a reservation held, then the response crashed) must not
+leave the write behind while the client is told it failed.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+logger = logging.getLogger("billing_app.api")
+
+API_PREFIX = "/api/"
+REQUEST_ID_HEADER = "Request-Id"
+# Reads change nothing; sparing them the transaction keeps /check and the usage reads at one round trip.
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def request_id_of(request: HttpRequest) -> str | None:
+    return getattr(request, "request_id", None)
+
+
+def api_error_body(*, code: str, message: str, request: HttpRequest) -> dict[str, dict[str, str | None]]:
+    return {"error": {"code": code, "message": message, "request_id": request_id_of(request)}}
+
+
+class ApiRequestMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith(API_PREFIX):
+            return self.get_response(request)
+        request.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
+        started = time.monotonic()
+        if request.method in _READ_METHODS:
+            response = self.get_response(request)
+        else:
+            with transaction.atomic():
+                response = self.get_response(request)
+                if response.status_code >= 400:
+                    transaction.set_rollback(True)
+        response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
+        logger.info(
+            "api %s %s %s %s %.0fms",
+            request.request_id,  # type: ignore[attr-defined]
+            request.method,
+            request.path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """An error no handler turned into a 4xx: logged with its id, answered as JSON (never HTML)."""
+        if not request.path.startswith(API_PREFIX):
+            return None
+        logger.exception("api %s failed", request_id_of(request), exc_info=exception)
+        return JsonResponse(
+            api_error_body(
+                code="internal_error",
+                message="Something went wrong on our side and nothing was changed; quote the request id if "
+                "you report it.",
+                request=request,
+            ),
+            status=500,
+        )

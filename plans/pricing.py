@@ -228,6 +228,25 @@ def marginal_cost(
         return price_cost(spec, quantity=before + add) - price_cost(spec, quantity=before)
 
 
+def billable_cost(
+    spec: PriceSpec, *, billable_before: Decimal, billable_add: Decimal, dimension_value: str | None = None
+) -> Decimal:
+    """Unrounded cost, in the price's unit, of `billable_add` units past the allowance, arriving after
+    `billable_before` such units this period.
+
+    For the consumption engine, which counts the allowance apart, in units taken: open reservations pin
+    allowance and may settle in any order, so "the allowance is the first N units of the period" does not
+    hold for them. Tiers apply to billable units only, as in `price_cost`; with no holds, this equals
+    `marginal_cost` for the same event.
+    """
+    with localcontext(_EXACT):
+        if spec.model == PriceModel.DIMENSIONAL:
+            _require_valid(spec)
+            return dimension_rate(spec, dimension_value) * billable_add
+        start = spec.included + billable_before
+        return price_cost(spec, quantity=start + billable_add) - price_cost(spec, quantity=start)
+
+
 def dimension_rate(spec: PriceSpec, value: str | None) -> Decimal:
     """Rate per meter unit of a dimensional price for `value`: its own rate, else the default, else refuse."""
     for known, rate in spec.rates:

@@ -21,7 +21,7 @@ from typing import Any
 from core.money import CREDITS, ledger_amount
 from customers.models import Customer, SpendControls, Subscription
 from plans.models import Meter
-from plans.pricing import PriceSpec, UnknownDimensionValue, marginal_cost, split_included
+from plans.pricing import PriceSpec, UnknownDimensionValue, billable_cost
 from plans.terms import PlanTerms, plan_terms_cached
 from usage.errors import (
     AccountFrozen,
@@ -32,7 +32,7 @@ from usage.errors import (
     NotEntitled,
     UsageRefused,
 )
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage
+from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation
 from usage.sql_reads import ConsumptionRows, HoldRow, consumption_rows_read
 
 ZERO = Decimal(0)
@@ -63,6 +63,7 @@ class Holds:
     """What active reservations hold: it counts against the allowance, balances and limits."""
 
     quantity_by_meter: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    included_by_meter: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     credits_by_unit: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     wallet_money: Decimal = ZERO
     spend_money: Decimal = ZERO  # what the holds would cost, in money: the hard limit counts it
@@ -72,6 +73,7 @@ class Holds:
         holds = cls()
         for row in rows:
             holds.quantity_by_meter[row.meter_id] += row.quantity
+            holds.included_by_meter[row.meter_id] += row.included
             holds.credits_by_unit[row.unit] += row.credits
             holds.wallet_money += terms.to_money(row.wallet, row.unit)
             holds.spend_money += terms.to_money(row.cost, row.unit)
@@ -190,56 +192,51 @@ class ConsumptionEngine:
         quantity: Decimal,
         properties: dict[str, Any],
         timestamp: datetime,
-        authorized: bool = False,
-        after_holds: bool = False,
     ) -> Coverage:
         """Decide one unit of work. Raises a ``UsageRefused`` with the reason when it may not run.
 
-        ``authorized`` is for settling work a reservation already allowed: it skips the limits
-        (they were checked when the hold was taken) and lets any shortfall become overage.
-
-        Holds always count against plan caps and balances. ``after_holds`` also prices the work as
-        if the held units were already used (the allowance they may take is not offered twice): right
-        for a new hold or a question about one, wrong for usage being recorded, which is priced after
-        recorded usage only, so two pieces of work never both pay for the same units.
+        Open holds pin what they reserved: their units count against the plan's cap, the allowance they
+        took is not offered again, their billable units come first in the tiers, and the credits and
+        wallet money they hold are not available. So new usage and new holds are priced after every
+        hold, and a hold's commit (``hold_settled``) pays exactly from what the hold pinned.
         """
         spec = self.specs.get(meter.pk)
         unit = spec.unit if spec else self.currency
         if properties.get("cached") is True:
             # A cache hit is recorded for the customer's insight but never billed or counted.
             return Coverage(unit=unit, quantity=quantity, billable=False)
-        if not authorized:
-            self._check_gates(meter=meter, spec=spec, properties=properties)
+        self._check_gates(meter=meter, spec=spec, properties=properties)
         period = self.period_for(timestamp)
         row = self.usage_row(meter_id=meter.pk, period=period)
-        held = (
-            self.holds.quantity_by_meter.get(meter.pk, ZERO)
-            if period[0] == self.subscription.current_period_start
-            else ZERO
-        )
+        current = period[0] == self.subscription.current_period_start
+        held = self.holds.quantity_by_meter.get(meter.pk, ZERO) if current else ZERO
+        held_included = self.holds.included_by_meter.get(meter.pk, ZERO) if current else ZERO
         used_or_held = row.quantity + held
         limit = self.entitlements.get(meter.key)
-        if (
-            not authorized
-            and limit is not None
-            and limit.limit is not None
-            and used_or_held + quantity > limit.limit
-        ):
+        if limit is not None and limit.limit is not None and used_or_held + quantity > limit.limit:
             raise EntitlementLimitReached(
                 f"The plan allows {limit.limit.normalize():f} {meter.unit} of {meter.name} per period; "
                 f"{used_or_held.normalize():f} are used or held.",
                 limit=str(limit.limit),
             )
-        before = used_or_held if after_holds else row.quantity
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
         dimension_value = self._dimension_value(spec, properties)
-        included, _ = split_included(included=spec.included, before=before, add=quantity)
+        # The allowance is counted in units taken, not in positions: what recorded usage and open holds
+        # took is gone, whatever order the holds settle in.
+        allowance_left = max(spec.included - row.included_quantity - held_included, ZERO)
+        included = min(quantity, allowance_left)
+        billable_before = (row.quantity - row.included_quantity) + (held - held_included)
         try:
             # Stored amounts have 12 places: the event's cost is rounded once, here, and every total
             # after it (period, rollups, ledger) is a sum of stored event amounts, never rounded again.
             cost = ledger_amount(
-                marginal_cost(spec, before=before, add=quantity, dimension_value=dimension_value or None)
+                billable_cost(
+                    spec,
+                    billable_before=billable_before,
+                    billable_add=quantity - included,
+                    dimension_value=dimension_value or None,
+                )
             )
         except UnknownDimensionValue as error:
             raise NotEntitled(
@@ -253,10 +250,45 @@ class ConsumptionEngine:
             money_cost=self.terms.to_money(cost, unit),
             dimension_value=dimension_value,
         )
-        if not authorized:
-            self._check_hard_limit(coverage, period_start=period[0])
-        self._cover(coverage, authorized=authorized, period_row=row)
+        self._check_hard_limit(coverage, period_start=period[0])
+        self._cover(coverage, period_row=row)
         return coverage
+
+    def hold_settled(self, hold: Reservation, *, quantity: Decimal) -> Coverage:
+        """What committing ``quantity`` of ``hold`` costs, and what pays: the hold's own quote, in proportion.
+
+        The hold was decided under the plan version, prices and balances of its time, and pinned what it
+        needed; its commit draws from that first: the pinned allowance, then the billable units at the
+        rate the hold was quoted (never more than it was quoted), paid by its pinned credits, wallet money
+        and overage in that order. No limit is checked again: they were checked when the hold was taken.
+        """
+        if hold.properties.get("cached") is True:
+            return Coverage(unit=hold.unit, quantity=quantity, billable=False)
+        included = min(quantity, hold.held_included)
+        billable_held = hold.quantity - hold.held_included
+        share = (quantity - included) / billable_held if billable_held > 0 else ZERO
+        cost = ledger_amount(hold.held_cost * share)
+        coverage = Coverage(
+            unit=hold.unit,
+            quantity=quantity,
+            included_quantity=included,
+            cost=cost,
+            money_cost=self.terms.to_money(cost, hold.unit),
+            dimension_value=self._hold_dimension_value(hold),
+        )
+        if cost < 0:
+            self._give_back(
+                coverage, period_row=self.usage_row(meter_id=hold.meter_id, period=self.period_for(self.now))
+            )
+            return coverage
+        coverage.credits = min(cost, max(hold.held_credits, ZERO))
+        coverage.wallet = min(cost - coverage.credits, max(hold.held_wallet, ZERO))
+        coverage.overage = cost - coverage.credits - coverage.wallet
+        return coverage
+
+    def _hold_dimension_value(self, hold: Reservation) -> str:
+        spec = self.specs.get(hold.meter_id)
+        return self._dimension_value(spec, hold.properties) if spec else ""
 
     def _check_gates(self, *, meter: Meter, spec: PriceSpec | None, properties: dict[str, Any]) -> None:
         if self.customer.is_frozen:
@@ -293,7 +325,7 @@ class ConsumptionEngine:
                 hard_limit=f"{hard_limit.normalize():f}",
             )
 
-    def _cover(self, coverage: Coverage, *, authorized: bool, period_row: PeriodUsage) -> None:
+    def _cover(self, coverage: Coverage, *, period_row: PeriodUsage) -> None:
         """Split the cost over grants, wallet and overage, in that order."""
         unit, remaining = coverage.unit, coverage.cost
         if remaining < 0:
@@ -306,7 +338,7 @@ class ConsumptionEngine:
         if remaining <= 0:
             return
         overage_possible = unit != CREDITS or self.terms.credit_rate is not None
-        if authorized or (overage_possible and not self.controls.block_overage):
+        if overage_possible and not self.controls.block_overage:
             coverage.overage = remaining
             return
         raise InsufficientBalance(
@@ -467,9 +499,7 @@ def usage_decide(
     engine = ConsumptionEngine(customer=customer, balance=balance, subscription=subscription, now=now)
     remaining = engine.remaining_quantity(meter)
     try:
-        coverage = engine.quote(
-            meter=meter, quantity=quantity, properties=properties, timestamp=now, after_holds=True
-        )
+        coverage = engine.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
     except UsageRefused as refusal:
         return Decision(False, refusal.code, refusal.message, None, engine.currency, remaining)
     return Decision(True, None, None, coverage, engine.currency, remaining)

@@ -313,6 +313,8 @@ class Reservation(models.Model):
     properties = models.JSONField(default=dict, blank=True, encoder=PropertiesEncoder)
     quantity = models.DecimalField(**QUANTITY)
     unit = models.CharField(max_length=10, blank=True)
+    # The allowance the hold pins, in meter units: no other usage may take it until the hold settles.
+    held_included = models.DecimalField(**QUANTITY, default=ZERO)
     held_cost = models.DecimalField(**RATE, default=ZERO)
     held_credits = models.DecimalField(**RATE, default=ZERO)
     held_wallet = models.DecimalField(**RATE, default=ZERO)

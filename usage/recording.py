@@ -18,7 +18,14 @@ from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from plans.models import Meter
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, Draw
-from usage.models import CreditGrant, CreditLedgerEntry, LedgerEntryKind, PropertiesEncoder, StripeUsageOutbox
+from usage.models import (
+    CreditGrant,
+    CreditLedgerEntry,
+    LedgerEntryKind,
+    PropertiesEncoder,
+    Reservation,
+    StripeUsageOutbox,
+)
 from usage.overage import overage_quantity
 from usage.validation import MAX_NAME_LENGTH
 
@@ -43,23 +50,23 @@ class UsageRecorder:
         timestamp: datetime,
         idempotency_key: str,
         member_id: int | None = None,
-        reservation_id: Any = None,
+        hold: Reservation | None = None,
         properties_json: str | None = None,
     ) -> NewUsageEvent:
         """Decide and take what pays for the work; raises a ``UsageRefused`` and changes nothing if refused.
 
-        Work settling a reservation (``reservation_id``) was allowed when the hold was taken: its limits
-        are not checked again, and a shortfall becomes overage. ``properties_json`` is ``properties`` as
-        stored, when the caller has already encoded them.
+        Work settling a reservation (``hold``) was allowed when the hold was taken: it pays from what the
+        hold pinned (``ConsumptionEngine.hold_settled``), and no limit is checked again.
+        ``properties_json`` is ``properties`` as stored, when the caller has already encoded them.
         """
         engine = self.engine
-        coverage = engine.quote(
-            meter=meter,
-            quantity=quantity,
-            properties=properties,
-            timestamp=timestamp,
-            authorized=reservation_id is not None,
-        )
+        if hold is not None:
+            coverage = engine.hold_settled(hold, quantity=quantity)
+        else:
+            coverage = engine.quote(
+                meter=meter, quantity=quantity, properties=properties, timestamp=timestamp
+            )
+        reservation_id = hold.pk if hold is not None else None
         self.draws.append(engine.apply(coverage, meter=meter, timestamp=timestamp))
         action = properties.get("action")
         event = NewUsageEvent(

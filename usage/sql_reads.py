@@ -71,6 +71,7 @@ HOLD_SUMS = Columns(
             ("meter_id", "meter"),
             ("unit", "unit"),
             ("quantity", "quantity"),
+            ("included", "held_included"),
             ("cost", "held_cost"),
             ("credits", "held_credits"),
             ("wallet", "held_wallet"),
@@ -182,6 +183,7 @@ class HoldRow:
     meter_id: int
     unit: str
     quantity: Decimal
+    included: Decimal  # of ``quantity``, the allowance pinned
     cost: Decimal
     credits: Decimal
     wallet: Decimal
@@ -228,6 +230,7 @@ def _active_holds_select(*, excluding_one: bool) -> CompiledSelect:
         holds.values("customer_id", "meter_id", "unit")
         .annotate(
             quantity=Sum("quantity"),
+            included=Sum("held_included"),
             # A hold that volume pricing made negative (a cheaper tier reached) frees nothing for others:
             # it may never be committed, so it counts as zero, never as headroom.
             cost=Sum(Greatest("held_cost", Value(ZERO))),
@@ -273,8 +276,8 @@ def consumption_rows_build(
         grant = GRANT.build(values)
         loaded[grant.customer_id].grants.append(grant)
     for values in hold_rows:
-        customer_id, meter_id, unit, quantity, cost, credits, wallet = HOLD_SUMS.convert(values)
-        loaded[customer_id].holds.append(HoldRow(meter_id, unit, quantity, cost, credits, wallet))
+        customer_id, *sums = HOLD_SUMS.convert(values)
+        loaded[customer_id].holds.append(HoldRow(*sums))
     for values in period_rows:
         row = PERIOD_USAGE.build(values)
         if row.period_start == current_start[row.customer_id]:

@@ -3,15 +3,25 @@
 Named by the rule they prove. The ledger is checked after every sequence: each balance equals its rows.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
+from django.utils import timezone
 
 from customers.models import Subscription
 from customers.services import spend_controls_update, subscription_start
 from usage.ledger_audit import ledger_mismatches
-from usage.models import CreditGrant, CustomerBalance, DailyUsageRollup, PeriodUsage, UsageEvent
-from usage.services import credit_grant_create, wallet_top_up
+from usage.models import (
+    CreditGrant,
+    CustomerBalance,
+    DailyUsageRollup,
+    PeriodUsage,
+    StripeUsageOutbox,
+    UsageEvent,
+)
+from usage.services import credit_grant_create, credit_grants_expire, wallet_top_up
 
 pytestmark = pytest.mark.django_db
 
@@ -33,8 +43,14 @@ def send(api, key: str, meter: str, quantity: str, **properties) -> dict:
     return response.json()["results"][0]
 
 
-def reserve(api, key: str, meter: str, quantity: str, **properties):
-    body = {"idempotency_key": key, "customer": "acme", "meter": meter, "quantity": quantity}
+def reserve(api, key: str, meter: str, quantity: str, ttl_seconds: int = 300, **properties):
+    body = {
+        "idempotency_key": key,
+        "customer": "acme",
+        "meter": meter,
+        "quantity": quantity,
+        "ttl_seconds": ttl_seconds,
+    }
     if properties:
         body["properties"] = properties
     return api.post("/api/v1/reservations", body, format="json")
@@ -230,3 +246,65 @@ def test_a_plan_change_mid_day_keeps_each_periods_usage_in_its_own_rollup(
         rollup.period_start: rollup.quantity for rollup in DailyUsageRollup.objects.filter(customer=customer)
     }
     assert by_period == {old_period: Decimal(7), new_period: Decimal(5)}
+
+
+def commit(api, reservation_id: str, quantity: str):
+    return api.post(f"/api/v1/reservations/{reservation_id}/commit", {"quantity": quantity}, format="json")
+
+
+def test_a_hold_keeps_the_allowance_it_pinned(api, pro_plan, make_customer):
+    """Pro: 100 calls included, then $0.10. Overage blocked, a hard limit of $0.50 and $0.50 in the wallet."""
+    customer = make_customer("pro", hard_limit=Decimal("0.50"), block_overage=True)
+    wallet_top_up(customer=customer, amount=Decimal("0.50"))
+    assert send(api, "e1", "api_call", "95")["status"] == "accepted"
+    hold = reserve(api, "r1", "api_call", "10")  # 5 included, 5 at $0.10 from the wallet
+    assert hold.status_code == 201, hold.content
+
+    # The 5 calls left in the allowance are the hold's: this event would pay $0.50 for its 5, past the limit.
+    result = send(api, "e2", "api_call", "5")
+    assert (result["status"], result["code"]) == ("refused", "hard_limit_reached")
+
+    assert commit(api, hold.json()["id"], "10").status_code == 200
+    row = PeriodUsage.objects.get(customer=customer)
+    assert (row.quantity, row.included_quantity, row.cost) == (Decimal(105), Decimal(100), Decimal("0.50"))
+    assert (row.wallet_amount, row.overage_amount) == (Decimal("0.50"), Decimal(0))
+    assert wallet(customer) == Decimal(0)
+    assert not StripeUsageOutbox.objects.exists()
+
+
+def test_a_grant_expiring_under_an_open_hold_still_pays_for_it(api, credits_plan, make_customer):
+    customer = make_customer("credits", block_overage=True)
+    now = timezone.now()
+    credit_grant_create(customer=customer, amount=Decimal("5"), expires_at=now + timedelta(minutes=10))
+    hold = reserve(api, "r1", "workflow_run", "1", ttl_seconds=3600, complexity="standard")  # 5 credits
+    assert hold.status_code == 201, hold.content
+
+    with time_machine.travel(now + timedelta(minutes=11)):
+        assert credit_grants_expire() == 0  # the hold pinned its credits: expiry waits
+        response = api.post(
+            f"/api/v1/reservations/{hold.json()['id']}/commit", {"quantity": "1"}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        event = UsageEvent.objects.get(customer=customer)
+        assert (event.credits_amount, event.overage_amount) == (Decimal(5), Decimal(0))
+        assert credit_grants_expire() == 1  # settled: now the grant expires, with nothing left in it
+
+
+def test_a_hold_commits_at_the_prices_it_was_quoted_under(api, make_plan, make_customer):
+    make_plan("payg", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}])
+    make_plan("exports", prices=[PER_UNIT])
+    customer = make_customer("payg")
+    hold = reserve(api, "r1", "api_call", "10")  # $1.00 of overage
+    assert hold.status_code == 201, hold.content
+    assert (
+        api.post("/api/v1/customers/acme/subscription", {"plan": "exports"}, format="json").status_code == 200
+    )
+
+    assert commit(api, hold.json()["id"], "6").status_code == 200
+
+    event = UsageEvent.objects.get(customer=customer)
+    assert (event.cost, event.included_quantity, event.overage_amount) == (
+        Decimal("0.60"),
+        0,
+        Decimal("0.60"),
+    )

@@ -27,6 +27,21 @@ class Aggregation(models.TextChoices):
     LATEST = "latest", "Latest quantity"
 
 
+# The aggregations the engine bills as declared. The others are named so that a catalog asking for them gets
+# a clear refusal, not a meter billed as a sum of reports (a peak-seats meter would bill every report).
+BILLED_AGGREGATIONS = (Aggregation.SUM, Aggregation.COUNT)
+
+
+def aggregation_refusal(aggregation: str) -> str | None:
+    """Why a meter may not use ``aggregation``, or None when it may."""
+    if aggregation in BILLED_AGGREGATIONS:
+        return None
+    return (
+        f"'{aggregation}' meters are not billed yet: only 'sum' (quantities added up) and 'count' (events "
+        "counted) are. Report the quantity to bill as a sum meter instead."
+    )
+
+
 class Meter(models.Model):
     key = models.SlugField(max_length=64, unique=True, help_text="The event name backends send.")
     name = models.CharField(max_length=120)
@@ -45,8 +60,9 @@ class Meter(models.Model):
         return self.key
 
     def clean(self) -> None:
-        if self.aggregation == Aggregation.UNIQUE and not self.unique_property:
-            raise ValidationError({"unique_property": "A unique aggregation needs the property it counts."})
+        refusal = aggregation_refusal(self.aggregation)
+        if refusal is not None:
+            raise ValidationError({"aggregation": refusal})
 
 
 class BillingInterval(models.TextChoices):

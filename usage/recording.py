@@ -15,7 +15,7 @@ from typing import Any
 
 from core.money import CREDITS, ledger_amount
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
-from plans.models import Meter
+from plans.models import Aggregation, Meter
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, Draw
 from usage.models import (
@@ -28,6 +28,8 @@ from usage.models import (
 )
 from usage.overage import overage_quantity
 from usage.validation import MAX_NAME_LENGTH
+
+ONE = Decimal(1)
 
 
 class UsageRecorder:
@@ -60,6 +62,9 @@ class UsageRecorder:
         ``properties_json`` is ``properties`` as stored, when the caller has already encoded them.
         """
         engine = self.engine
+        if meter.aggregation == Aggregation.COUNT and hold is None:
+            # A count meter counts events: each is one unit, whatever quantity it reports.
+            quantity = ONE
         if hold is not None:
             coverage = engine.hold_settled(hold, quantity=quantity)
         else:

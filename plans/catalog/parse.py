@@ -16,7 +16,7 @@ from plans.catalog.content import (
     PlanEntry,
     VersionContent,
 )
-from plans.models import MONEY, QUANTITY, RATE, Aggregation, BillingInterval, PricingUnit
+from plans.models import MONEY, QUANTITY, RATE, Aggregation, BillingInterval, PricingUnit, aggregation_refusal
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
@@ -118,8 +118,9 @@ def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEn
     reader.check_keys(item, _METER_KEYS, where)
     aggregation = reader.choice(item, "aggregation", where, Aggregation.values, default=Aggregation.SUM)
     unique_property = reader.optional_text(item, "unique_property", where, max_length=64) or ""
-    if aggregation == Aggregation.UNIQUE and not unique_property:
-        reader.error(where, "a unique aggregation needs 'unique_property', the event property it counts.")
+    refusal = aggregation_refusal(aggregation)
+    if refusal is not None:
+        reader.error(where, refusal)
     return MeterEntry(
         key=key,
         name=reader.text(item, "name", where, max_length=120),

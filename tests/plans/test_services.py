@@ -310,22 +310,15 @@ def test_an_unused_draft_is_editable(pro):
 
 def test_meter_upsert_creates_then_updates():
     created = meter_upsert(key="api_call", name="API calls", unit="call", aggregation=Aggregation.SUM)
-    updated = meter_upsert(
-        key="api_call", name="Users", unit="user", aggregation=Aggregation.UNIQUE, unique_property="user_id"
-    )
+    updated = meter_upsert(key="api_call", name="Requests", unit="request", aggregation=Aggregation.COUNT)
     assert created.pk == updated.pk
     meter = Meter.objects.get()
-    assert (meter.name, meter.unit, meter.aggregation, meter.unique_property) == (
-        "Users",
-        "user",
-        "unique",
-        "user_id",
-    )
+    assert (meter.name, meter.unit, meter.aggregation) == ("Requests", "request", "count")
 
 
 def test_meter_upsert_refuses_what_the_admin_form_would():
-    with pytest.raises(InvalidInput, match="A unique aggregation needs the property it counts"):
-        meter_upsert(key="seats", name="Seats", unit="seat", aggregation=Aggregation.UNIQUE)
+    with pytest.raises(InvalidInput, match="'max' meters are not billed yet"):
+        meter_upsert(key="seats", name="Seats", unit="seat", aggregation=Aggregation.MAX)
     with pytest.raises(InvalidInput, match="Meter 'bad key'"):
         meter_upsert(key="bad key", name="Bad", unit="x", aggregation=Aggregation.SUM)
     assert not Meter.objects.exists()

@@ -12,6 +12,9 @@ from django.utils import timezone
 
 from customers.models import Subscription
 from customers.services import spend_controls_update, subscription_start
+from plans.catalog.parse import CatalogInvalid
+from plans.models import Aggregation
+from plans.services import catalog_import, meter_upsert
 from usage.ledger_audit import ledger_mismatches
 from usage.models import (
     CreditGrant,
@@ -308,3 +311,35 @@ def test_a_hold_commits_at_the_prices_it_was_quoted_under(api, make_plan, make_c
         0,
         Decimal("0.60"),
     )
+
+
+def test_a_count_meter_bills_events_not_quantities(api, make_plan, make_customer):
+    """The issue's table: quantities 5, 9, 3, 7 at $1 a unit. A count meter bills 4 events: $4, not $24."""
+    make_plan("counted", prices=[{"meter": "request", "model": "per_unit", "unit_amount": "1.00"}])
+    meter_upsert(key="request", name="Requests", unit="request", aggregation=Aggregation.COUNT)
+    customer = make_customer("counted")
+    for index, quantity in enumerate(["5", "9", "3", "7"]):
+        assert send(api, f"e{index}", "request", quantity)["status"] == "accepted"
+
+    row = PeriodUsage.objects.get(customer=customer)
+    assert (row.quantity, row.cost) == (Decimal(4), Decimal(4))
+    usage = api.get("/api/v1/customers/acme/usage").json()
+    assert [(m["key"], Decimal(m["quantity"])) for m in usage["meters"]] == [("request", Decimal(4))]
+
+
+@pytest.mark.parametrize("aggregation", ["max", "unique", "latest"])
+def test_an_aggregation_the_engine_cannot_bill_is_refused_by_the_catalog(aggregation):
+    catalog = {
+        "meters": [
+            {
+                "key": "seats",
+                "name": "Seats",
+                "unit": "seat",
+                "aggregation": aggregation,
+                "unique_property": "u",
+            }
+        ],
+        "plans": [],
+    }
+    with pytest.raises(CatalogInvalid, match=f"'{aggregation}' meters are not billed yet"):
+        catalog_import(data=catalog)

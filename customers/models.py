@@ -1,12 +1,14 @@
 """Customers (the operator's accounts), their members, subscriptions and spend controls."""
 
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
+from core.money import QUANTITY_PLACES
 from customers.periods import period_bounds
 from plans.models import MONEY, BillingInterval, PlanVersion
 
@@ -108,6 +110,11 @@ class Subscription(models.Model):
         PlanVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="pending_subscriptions"
     )
     stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    # A plan change keeps the billing period: the plan in force started here (None: with the period), and
+    # the period had by then used this, per meter id: {"included": units, "billable": units}. The new
+    # plan's allowance is prorated for the time left and added to what was used; its tiers count from here.
+    plan_started_at = models.DateTimeField(null=True, blank=True)
+    usage_at_plan_start = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -129,6 +136,27 @@ class Subscription(models.Model):
         return period_bounds(
             anchor=self.billing_anchor, interval=BillingInterval(self.interval), moment=moment
         )
+
+    def plan_share(self) -> Decimal:
+        """The share of the current period the plan in force covers: 1, or after a mid-period change the
+        time left at the change over the period's length (to the second, as Stripe prorates)."""
+        start, end = self.current_period_start, self.current_period_end
+        if self.plan_started_at is None or self.plan_started_at <= start:
+            return Decimal(1)
+        left = max((end - self.plan_started_at).total_seconds(), 0)
+        return Decimal(int(left)) / Decimal(int((end - start).total_seconds()))
+
+    def used_before_plan(self, meter_id: int) -> tuple[Decimal, Decimal]:
+        """(allowance units, billable units) the current period had used when the plan in force started."""
+        used = self.usage_at_plan_start.get(str(meter_id)) or {}
+        return Decimal(used.get("included", 0)), Decimal(used.get("billable", 0))
+
+    def period_allowance(self, *, meter_id: int, plan_included: Decimal) -> Decimal:
+        """The current period's allowance of a meter, in units: what was used of earlier plans' allowance
+        this period, plus the plan in force's allowance prorated for the part of the period it covers."""
+        included_before, _ = self.used_before_plan(meter_id)
+        share = plan_included * self.plan_share()
+        return included_before + share.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP)
 
 
 class SpendControls(models.Model):

@@ -62,26 +62,49 @@ def plan_version_for_code(plan_code: str) -> PlanVersion:
 
 @transaction.atomic
 def subscription_start(
-    *, customer: Customer, plan_version: PlanVersion, at: datetime | None = None
+    *,
+    customer: Customer,
+    plan_version: PlanVersion,
+    at: datetime | None = None,
+    usage_so_far: dict[int, tuple[Decimal, Decimal]] | None = None,
 ) -> Subscription:
-    """Put the customer on ``plan_version`` from ``at`` (now), starting a new billing period.
+    """Put the customer on ``plan_version`` from ``at`` (now).
 
-    A plan change takes effect at once and opens a new period anchored at the change: usage so
-    far stays in the old period's totals, and the new plan's allowance starts fresh.
+    A first subscription opens a billing period anchored at ``at``. A plan change keeps the billing
+    period (when the interval is the same): usage so far keeps the prices it was rated at, and the new
+    plan's allowance is prorated for the time left and added to the allowance already used, its tiers
+    counting from the change. ``usage_so_far`` is what the period had used per meter id, (allowance
+    units, billable units); ``usage.services.subscription_change`` reads it under the customer's lock.
+    A change of interval (monthly to yearly) opens a new period at the change. Subscribing again to
+    the version in force changes nothing.
     """
     at = at or timezone.now()
-    current = Subscription.objects.filter(customer=customer).first()
-    if current is not None and current.plan_version_id == plan_version.pk:
-        # Subscribing again to the version in force changes nothing: a new period here would hand out
-        # a second allowance and reset the spend that the limits count.
-        return current
-    start, end = period_bounds(anchor=at, interval=BillingInterval(plan_version.interval), moment=at)
     if plan_version.currency != customer.currency:
         raise InvalidInput(
             f"The plan is priced in {plan_version.currency.upper()} but the customer pays in "
             f"{customer.currency.upper()}.",
             param="plan",
         )
+    current = Subscription.objects.select_for_update().filter(customer=customer).first()
+    if current is not None and current.plan_version_id == plan_version.pk:
+        # A new period here would hand out a second allowance and reset the spend the limits count.
+        return current
+    if (
+        current is not None
+        and current.interval == plan_version.interval
+        and current.current_period_start <= at < current.current_period_end
+    ):
+        current.plan_version = plan_version
+        current.plan_started_at = at
+        current.usage_at_plan_start = {
+            str(meter_id): {"included": str(included), "billable": str(billable)}
+            for meter_id, (included, billable) in (usage_so_far or {}).items()
+        }
+        current.grandfathered = False
+        current.pending_plan_version = None
+        current.save()
+        return current
+    start, end = period_bounds(anchor=at, interval=BillingInterval(plan_version.interval), moment=at)
     subscription, _ = Subscription.objects.update_or_create(
         customer=customer,
         defaults={
@@ -89,6 +112,8 @@ def subscription_start(
             "billing_anchor": at,
             "current_period_start": start,
             "current_period_end": end,
+            "plan_started_at": None,
+            "usage_at_plan_start": {},
             "grandfathered": False,
             "pending_plan_version": None,
         },
@@ -108,6 +133,9 @@ def subscription_roll_period(*, subscription: Subscription, now: datetime | None
         subscription.plan_version = subscription.pending_plan_version
         subscription.pending_plan_version = None
         subscription.grandfathered = False
+    # A new period: the plan in force covers all of it.
+    subscription.plan_started_at = None
+    subscription.usage_at_plan_start = {}
     start, end = period_bounds(
         anchor=subscription.billing_anchor,
         interval=BillingInterval(subscription.plan_version.interval),

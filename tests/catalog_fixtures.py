@@ -24,6 +24,7 @@ def make_plan(db) -> Callable[..., PlanVersion]:
         entitlements: list[dict[str, Any]] = (),  # type: ignore[assignment]
         credit_packs: list[dict[str, Any]] = (),  # type: ignore[assignment]
         currency: str = "usd",
+        interval: str = "month",
     ) -> PlanVersion:
         for price in prices:
             meter_upsert(
@@ -41,7 +42,7 @@ def make_plan(db) -> Callable[..., PlanVersion]:
         version = plan_version_create(
             plan=plan,
             currency=currency,
-            interval="month",
+            interval=interval,
             base_fee=Decimal(base_fee),
             prices=list(prices),
             entitlements=list(entitlements),

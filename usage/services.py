@@ -17,8 +17,8 @@ from core.errors import InvalidInput, NotFound, OutOfRange
 from core.money import CREDITS
 from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Subscription
-from customers.services import members_get_or_create
-from plans.models import RATE, CreditPack, Meter, PricingUnit
+from customers.services import members_get_or_create, subscription_start
+from plans.models import RATE, CreditPack, Meter, PlanVersion, PricingUnit
 from usage.batch_writes import BatchWrites
 from usage.consumption import ConsumptionEngine
 from usage.errors import NoSubscription, ReservationNotHeld
@@ -28,6 +28,7 @@ from usage.models import (
     CreditLedgerEntry,
     GrantKind,
     LedgerEntryKind,
+    PeriodUsage,
     Reservation,
     ReservationStatus,
     UsageEvent,
@@ -43,6 +44,29 @@ def _subscription_of(customer: Customer) -> Subscription:
         return customer.subscription
     except Subscription.DoesNotExist:
         raise NoSubscription(f"Customer {customer.external_id!r} has no subscription.") from None
+
+
+# --- plan changes ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def subscription_change(
+    *, customer: Customer, plan_version: PlanVersion, at: datetime | None = None
+) -> Subscription:
+    """Move the customer to ``plan_version`` at once, keeping the billing period (``subscription_start``).
+
+    Under the customer's lock, so no usage lands between reading what the period has used and the change:
+    that reading is where the new plan's prorated allowance and its tiers start.
+    """
+    customer_balance_for_update(customer)
+    subscription = Subscription.objects.filter(customer=customer).first()
+    usage_so_far: dict[int, tuple[Decimal, Decimal]] = {}
+    if subscription is not None:
+        for row in PeriodUsage.objects.filter(
+            customer=customer, period_start=subscription.current_period_start
+        ):
+            usage_so_far[row.meter_id] = (row.included_quantity, row.quantity - row.included_quantity)
+    return subscription_start(customer=customer, plan_version=plan_version, at=at, usage_so_far=usage_so_far)
 
 
 # --- reservations ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from usage.models import (
     StripeUsageOutbox,
     UsageEvent,
 )
+from usage.selectors.periods import usage_periods
 from usage.services import credit_grant_create, credit_grants_expire, wallet_top_up
 
 pytestmark = pytest.mark.django_db
@@ -228,27 +229,61 @@ def test_period_totals_are_sums_of_the_stored_event_amounts(api, make_plan, make
     assert row.overage_amount == sum(event.overage_amount for event in events)
 
 
-def test_a_plan_change_mid_day_keeps_each_periods_usage_in_its_own_rollup(
+def test_a_change_to_a_yearly_plan_mid_day_keeps_each_periods_usage_in_its_own_rollup(
     api, pro_plan, make_plan, make_customer
 ):
     make_plan(
-        "bigger",
+        "yearly",
+        interval="year",
         prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.05", "included": "500"}],
     )
     customer = make_customer("pro")
     assert send(api, "e1", "api_call", "7")["status"] == "accepted"
     old_period = Subscription.objects.get(customer=customer).current_period_start
 
+    # Another interval cannot keep the period: the yearly plan opens its own, the same day.
     assert (
-        api.post("/api/v1/customers/acme/subscription", {"plan": "bigger"}, format="json").status_code == 200
+        api.post("/api/v1/customers/acme/subscription", {"plan": "yearly"}, format="json").status_code == 200
     )
     assert send(api, "e2", "api_call", "5")["status"] == "accepted"
 
     new_period = Subscription.objects.get(customer=customer).current_period_start
+    assert new_period != old_period
     by_period = {
         rollup.period_start: rollup.quantity for rollup in DailyUsageRollup.objects.filter(customer=customer)
     }
     assert by_period == {old_period: Decimal(7), new_period: Decimal(5)}
+
+
+def test_a_plan_change_keeps_the_period_and_prorates_the_new_allowance(
+    api, pro_plan, make_plan, make_customer
+):
+    """Pro: 100 calls included, then $0.10. Bigger: 500 included, then $0.05. The change comes halfway."""
+    make_plan(
+        "bigger",
+        prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.05", "included": "500"}],
+    )
+    customer = make_customer("pro")
+    subscription = Subscription.objects.get(customer=customer)
+    start, end = subscription.current_period_start, subscription.current_period_end
+    assert send(api, "e1", "api_call", "60")["status"] == "accepted"  # 60 of Pro's 100 included
+
+    with time_machine.travel(start + (end - start) / 2, tick=False):
+        assert (
+            api.post("/api/v1/customers/acme/subscription", {"plan": "bigger"}, format="json").status_code
+            == 200
+        )
+        # The allowance is now 60 used + half of 500 = 310: 250 more free, then $0.05 a call.
+        assert send(api, "e2", "api_call", "300")["status"] == "accepted"
+        usage = api.get("/api/v1/customers/acme/usage").json()
+
+    subscription.refresh_from_db()
+    assert (subscription.current_period_start, subscription.current_period_end) == (start, end)
+    event = UsageEvent.objects.get(idempotency_key="e2")
+    assert (event.included_quantity, event.cost) == (Decimal(250), Decimal("2.50"))
+    [line] = usage["meters"]
+    assert (Decimal(line["quantity"]), Decimal(line["included"])) == (Decimal(360), Decimal(310))
+    assert [period.start for period in usage_periods(customer=customer)] == [start]  # one period
 
 
 def commit(api, reservation_id: str, quantity: str):

@@ -15,13 +15,12 @@ from customers.services import (
     customer_create,
     plan_version_for_code,
     spend_controls_update,
-    subscription_start,
 )
 from plans.models import MONEY
 from usage.api.fields import LedgerAmountField, MoneyField, decimal_string
 from usage.models import CreditGrant, CustomerBalance, GrantKind
 from usage.selectors import credits_remaining_by_unit, usage_period_summary, usage_summary_as_dict
-from usage.services import credit_grant_create, wallet_top_up
+from usage.services import credit_grant_create, subscription_change, wallet_top_up
 from usage.validation import MAX_NAME_LENGTH, text_problem
 
 
@@ -135,7 +134,7 @@ class SubscriptionView(CustomerEndpoint):
         data = self.SubscriptionChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
         customer = customer_by_external_id(external_id)
-        subscription = subscription_start(
+        subscription = subscription_change(
             customer=customer, plan_version=plan_version_for_code(data.validated_data["plan"])
         )
         return Response(subscription_output(subscription))

@@ -11,7 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from core.money import CREDITS, format_money
-from customers.models import Customer, SpendControls
+from customers.models import Customer, SpendControls, Subscription
 from customers.selectors import customer_plan_terms
 from plans.models import Meter
 from plans.terms import PlanTerms
@@ -171,11 +171,23 @@ def usage_period_summary(
     )
     clock = PeriodClock(period=period, now=now)
 
+    subscription = Subscription.objects.filter(customer=customer).first() if period.is_current else None
     meters: list[MeterLine] = []
     for meter in terms.meters_with(extra=[row.meter for row in usage_rows.values()]):
         row = usage_rows.get(meter.pk)
+        spec = terms.specs.get(meter.pk)
+        included = spec.included if spec else ZERO
+        if subscription is not None:  # after a plan change this period: the prorated allowance
+            included = subscription.period_allowance(meter_id=meter.pk, plan_included=included)
         meters.append(
-            _meter_line(meter=meter, row=row, terms=terms, daily=daily.get(meter.pk, {}), clock=clock)
+            _meter_line(
+                meter=meter,
+                row=row,
+                terms=terms,
+                included=included,
+                daily=daily.get(meter.pk, {}),
+                clock=clock,
+            )
         )
     controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(customer=customer)
     spend = terms.money_total((line.cost, line.cost_unit) for line in meters)
@@ -266,13 +278,13 @@ def _meter_line(
     meter: Meter,
     row: PeriodUsage | None,
     terms: PlanTerms,
+    included: Decimal,
     daily: Mapping[date, DayTotals],
     clock: PeriodClock,
 ) -> MeterLine:
     spec = terms.specs.get(meter.pk)
     quantity = row.quantity if row else ZERO
     cost = row.cost if row else ZERO
-    included = spec.included if spec else ZERO
     unit = terms.cost_unit(meter.pk)
 
     projected_add = ZERO

@@ -5,7 +5,9 @@ logged, so a client's report ("request 3f2c… failed") finds its log line.
 
 A write to the API runs in one transaction that is rolled back whenever the answer is an error: a
 response that fails after a service wrote (a reservation held, then the response crashed) must not
-leave the write behind while the client is told it failed.
+leave the write behind while the client is told it failed. A write with an ``Idempotency-Key`` holds the
+key's lock around that and stores its answer in the same transaction (``billing_app.idempotency``): the
+write's own changes sit in a savepoint, so an error answer undoes them and still keeps the key.
 """
 
 import logging
@@ -15,6 +17,14 @@ from collections.abc import Callable
 
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from billing_app.idempotency import (
+    idempotency_key_of,
+    idempotent_replay,
+    idempotent_write_claim,
+    idempotent_write_record,
+)
+from core.errors import BillingError
 
 logger = logging.getLogger("billing_app.api")
 
@@ -41,13 +51,7 @@ class ApiRequestMiddleware:
             return self.get_response(request)
         request.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
         started = time.monotonic()
-        if request.method in _READ_METHODS:
-            response = self.get_response(request)
-        else:
-            with transaction.atomic():
-                response = self.get_response(request)
-                if response.status_code >= 400:
-                    transaction.set_rollback(True)
+        response = self.get_response(request) if request.method in _READ_METHODS else self._write(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
         logger.info(
             "api %s %s %s %s %.0fms",
@@ -57,6 +61,31 @@ class ApiRequestMiddleware:
             response.status_code,
             (time.monotonic() - started) * 1000,
         )
+        return response
+
+    def _write(self, request: HttpRequest) -> HttpResponse:
+        key = idempotency_key_of(request)
+        if key is None:
+            return self._run_write(request)
+        with transaction.atomic():
+            try:
+                write = idempotent_write_claim(request=request, key=key)
+            except BillingError as error:
+                body = api_error_body(code=error.code, message=error.message, request=request)
+                return JsonResponse({"error": {**body["error"], **error.details}}, status=error.http_status)
+            if write is None:
+                return self._run_write(request)
+            if write.stored is not None:
+                return idempotent_replay(write.stored)
+            response = self._run_write(request)
+            idempotent_write_record(write=write, response=response)
+        return response
+
+    def _run_write(self, request: HttpRequest) -> HttpResponse:
+        with transaction.atomic():
+            response = self.get_response(request)
+            if response.status_code >= 400:
+                transaction.set_rollback(True)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -62,6 +62,34 @@ class ApiKey(models.Model):
         return api_key, raw_key
 
 
+class IdempotencyKey(models.Model):
+    """An ``Idempotency-Key`` an API key sent with a write, and the answer that write got.
+
+    Written in the write's own transaction, so a crash keeps neither; a retry with the same key and the
+    same request (``fingerprint``) gets ``status_code`` and ``response_body`` back instead of running
+    again. Kept ``IDEMPOTENCY_KEY_RETENTION_DAYS`` (``billing_app.idempotency``).
+    """
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(
+        max_length=64, help_text="SHA-256 of the API key, method, path and canonical body of the request."
+    )
+    method = models.CharField(max_length=10)
+    path = models.TextField()
+    status_code = models.PositiveSmallIntegerField()
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_key_unique_per_api_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.method} {self.path} → {self.status_code})"
+
+
 # --- Stripe ----------------------------------------------------------------------------------------
 
 

@@ -53,6 +53,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": MINUTE,
         "options": {"expires": MINUTE},
     },
+    "idempotency-keys-prune": {
+        "task": "billing_app.tasks.idempotency_keys_prune_task",
+        "schedule": crontab(hour=4, minute=23),
+        "options": {"expires": 24 * 3600.0},
+    },
     "usage-carries-finalize": {
         "task": "billing_app.tasks.usage_carries_finalize_task",
         "schedule": 5 * MINUTE,

@@ -15,6 +15,7 @@ from celery import shared_task
 
 from billing_app.circuit_breaker import circuit_breaker_check
 from billing_app.customer_emails import customer_emails_send
+from billing_app.idempotency import idempotency_keys_prune
 from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.client import stripe_connected
 from billing_app.stripe.outbox import outbox_drain
@@ -91,3 +92,9 @@ def spend_alerts_task() -> int:
 @shared_task
 def circuit_breaker_task() -> list[int]:
     return [customer.pk for customer in circuit_breaker_check()]
+
+
+@shared_task
+def idempotency_keys_prune_task() -> int:
+    """Forget idempotency keys past their retention (``IDEMPOTENCY_KEY_RETENTION_DAYS``)."""
+    return idempotency_keys_prune()

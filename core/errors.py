@@ -35,3 +35,9 @@ class OutOfRange(BillingError):
     """A number beyond what can be stored or counted; ``param`` names it and ``max`` is the bound."""
 
     code = "out_of_range"
+
+
+class IdempotencyKeyReused(Conflict):
+    """An idempotency key already answered a different request, or recorded a different event."""
+
+    code = "idempotency_key_reused"

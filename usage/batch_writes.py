@@ -58,6 +58,7 @@ class NewUsageEvent:
     credits_amount: Decimal
     wallet_amount: Decimal
     overage_amount: Decimal
+    fingerprint: str | None = None  # of the event as the client sent it (``usage.validation``)
     id: int | None = None
 
     def written_id(self) -> int:

@@ -28,7 +28,7 @@ from usage.locks import customer_balances_for_update
 from usage.models import UsageEvent
 from usage.recording import UsageRecorder
 from usage.sql_reads import consumption_rows_read
-from usage.validation import EventInput, check_dimensions, events_parse, resolve_names
+from usage.validation import EventInput, check_dimensions, check_reused_keys, events_parse, resolve_names
 
 
 @dataclass
@@ -122,17 +122,20 @@ def events_recorded(events_by_customer: dict[int, list[EventInput]]) -> dict[tup
     """The ids of events already recorded under these keys, by (customer id, idempotency key).
 
     Read after the customers' locks: a concurrent request recording the same keys has committed by then.
+    Raises ``IdempotencyKeyReused`` when a key was recorded, or is sent twice in the batch, for different
+    events (``usage.validation.check_reused_keys``).
     """
     keys = list({event.idempotency_key for events in events_by_customer.values() for event in events})
     # Two array parameters instead of a thousand: the statement stays small and quick to send.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT customer_id, idempotency_key, id FROM {UsageEvent._meta.db_table} "  # noqa: S608
+            f"SELECT customer_id, idempotency_key, id, fingerprint FROM {UsageEvent._meta.db_table} "  # noqa: S608
             "WHERE customer_id = ANY(%s) AND idempotency_key = ANY(%s)",
             [list(events_by_customer), keys],
         )
         rows = cursor.fetchall()
-    return {(customer_id, key): pk for customer_id, key, pk in rows}
+    check_reused_keys(events_by_customer, {(customer_id, key): fp for customer_id, key, _, fp in rows})
+    return {(customer_id, key): pk for customer_id, key, pk, _ in rows}
 
 
 def events_record_for_customer(
@@ -175,6 +178,7 @@ def events_record_for_customer(
         except UsageRefused as refusal:
             results[event.index] = EventResult(key, "refused", code=refusal.code, message=refusal.message)
             continue
+        new_event.fingerprint = event.fingerprint
         recorded[key] = new_event
         results[event.index] = EventResult(key, "accepted", new_event=new_event)
     recorder.finish()

@@ -205,6 +205,10 @@ class UsageEvent(models.Model):
     credits_amount = models.DecimalField(**RATE, default=ZERO)
     wallet_amount = models.DecimalField(**RATE, default=ZERO)
     overage_amount = models.DecimalField(**RATE, default=ZERO)
+    # What the client sent under ``idempotency_key`` (``usage.validation``), so the key sent again with other
+    # content is refused, not taken for a duplicate. NULL for events recorded before it was kept and for
+    # reservation commits, whose key is the reservation's.
+    fingerprint = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         ordering = ["-timestamp", "-id"]

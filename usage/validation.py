@@ -16,6 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
+from core.errors import BillingError, IdempotencyKeyReused
+from core.fingerprints import fingerprint
 from customers.models import Customer, Subscription
 from plans.models import QUANTITY, Meter
 from usage.consumption import ConsumptionEngine
@@ -103,10 +105,15 @@ class EventInput:
     user: str | None
     properties: dict[str, Any]
     properties_json: str = "{}"  # ``properties`` as stored
+    fingerprint: str = ""  # of the event's content as sent (``core.fingerprints``)
 
 
 class _Problems:
-    def __init__(self) -> None:
+    def __init__(
+        self, error: type[BillingError] = InvalidBatch, what: tuple[str, str] = ("is invalid", "are invalid")
+    ) -> None:
+        self.error = error
+        self.what = what  # what the events are, said of one and of several
         self.items: list[dict[str, Any]] = []
 
     def add(self, index: int, code: str, message: str) -> None:
@@ -115,8 +122,8 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             count = len(self.items)
-            raise InvalidBatch(
-                f"{count} event{'s' if count > 1 else ''} of the batch {'are' if count > 1 else 'is'} invalid; "
+            raise self.error(
+                f"{count} event{'s' if count > 1 else ''} of the batch {self.what[count > 1]}; "
                 "nothing was recorded.",
                 events=sorted(self.items, key=lambda item: item["index"]),
             )
@@ -205,19 +212,36 @@ def _parse_event(index: int, raw: Any, now: datetime) -> EventInput:
     properties_json = json.dumps(properties, cls=PropertiesEncoder)
     if len(properties_json) > MAX_PROPERTIES_BYTES:
         raise ValueError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
+    customer_id = _string(raw.get("customer"), "customer", required=True, max_length=MAX_NAME_LENGTH) or ""
+    meter_key = _string(raw.get("meter"), "meter", required=True, max_length=MAX_NAME_LENGTH) or ""
+    quantity = parse_quantity(raw.get("quantity", 1))
+    timestamp = _parse_timestamp(raw.get("timestamp"), now)
+    user = _string(raw.get("user"), "user", required=False, max_length=MAX_NAME_LENGTH)
     return EventInput(
         index=index,
         idempotency_key=_string(
             raw.get("idempotency_key"), "idempotency_key", required=True, max_length=MAX_KEY_LENGTH
         )
         or "",
-        customer_id=_string(raw.get("customer"), "customer", required=True, max_length=MAX_NAME_LENGTH) or "",
-        meter_key=_string(raw.get("meter"), "meter", required=True, max_length=MAX_NAME_LENGTH) or "",
-        quantity=parse_quantity(raw.get("quantity", 1)),
-        timestamp=_parse_timestamp(raw.get("timestamp"), now),
-        user=_string(raw.get("user"), "user", required=False, max_length=MAX_NAME_LENGTH),
+        customer_id=customer_id,
+        meter_key=meter_key,
+        quantity=quantity,
+        timestamp=timestamp,
+        user=user,
         properties=properties,
         properties_json=properties_json,
+        # The event as the client sent it: a timestamp left out (it defaults to now) stays out, so the
+        # same event sent again later is still the same event.
+        fingerprint=fingerprint(
+            {
+                "customer": customer_id,
+                "meter": meter_key,
+                "quantity": quantity,
+                "timestamp": timestamp.isoformat() if raw.get("timestamp") is not None else None,
+                "user": user,
+                "properties": properties,
+            }
+        ),
     )
 
 
@@ -311,4 +335,43 @@ def check_dimensions(engine: ConsumptionEngine, events: list[EventInput], meters
                 f"{spec.dimension} = {value!r} has no price for meter {event.meter_key!r} "
                 f"(priced: {', '.join(sorted(known))}).",
             )
+    problems.raise_if_any()
+
+
+def check_reused_keys(
+    events_by_customer: dict[int, list[EventInput]], recorded: dict[tuple[int, str], str | None]
+) -> None:
+    """Refuse a batch in which a key stands for two different events: ``IdempotencyKeyReused`` (409).
+
+    A key names one event of its customer. Sent again with the same content (``EventInput.fingerprint``)
+    it is a duplicate; with other content it is a client's mistake that ``duplicate`` would hide while the
+    new usage went unrecorded. ``recorded`` holds the fingerprints of the keys already in the ledger, by
+    (customer id, key); an event recorded before fingerprints were kept has None and counts as the same.
+    """
+    code = IdempotencyKeyReused.code
+    problems = _Problems(
+        IdempotencyKeyReused,
+        ("reuses the key of a different event", "reuse the keys of different events"),
+    )
+    for customer_id, events in events_by_customer.items():
+        first_in_batch: dict[str, EventInput] = {}
+        for event in events:
+            key = event.idempotency_key
+            if (customer_id, key) in recorded:
+                known = recorded[customer_id, key]
+                if known is not None and known != event.fingerprint:
+                    problems.add(
+                        event.index,
+                        code,
+                        f"idempotency_key {key!r} was recorded for a different event (its customer, meter, "
+                        "quantity, timestamp, user or properties differ); send new usage under a new key.",
+                    )
+                continue
+            first = first_in_batch.setdefault(key, event)
+            if first.fingerprint != event.fingerprint:
+                problems.add(
+                    event.index,
+                    code,
+                    f"idempotency_key {key!r} names a different event at index {first.index} of this batch.",
+                )
     problems.raise_if_any()

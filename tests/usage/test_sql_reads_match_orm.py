@@ -218,10 +218,16 @@ def test_recorded_keys_are_the_orm_events_under_those_keys(api, two_customers):
         assert response.status_code == 200
 
     class Keyed:
-        def __init__(self, key: str) -> None:
-            self.idempotency_key = key
+        """An event sent again as it was recorded (its fingerprint too), or a new one."""
 
-    found = events_recorded({acme.pk: [Keyed("k1"), Keyed("k3")], globex.pk: [Keyed("k2")]})
+        def __init__(self, customer, key: str) -> None:
+            self.idempotency_key = key
+            recorded = UsageEvent.objects.filter(customer=customer, idempotency_key=key).first()
+            self.fingerprint = recorded.fingerprint if recorded else ""
+
+    found = events_recorded(
+        {acme.pk: [Keyed(acme, "k1"), Keyed(acme, "k3")], globex.pk: [Keyed(globex, "k2")]}
+    )
     expected = {
         (event.customer_id, event.idempotency_key): event.pk
         for event in UsageEvent.objects.filter(

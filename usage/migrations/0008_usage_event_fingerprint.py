@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0006_rollup_key_has_period'),
+        ('usage', '0007_reservation_held_included'),
     ]
 
     operations = [

@@ -25,7 +25,7 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from core.money import CREDITS
+from core.money import CREDITS, ledger_amount
 from customers.models import Subscription
 from plans.terms import PlanTerms
 from usage.models import (
@@ -119,7 +119,7 @@ def cached_total_mismatches(now: datetime | None = None) -> list[Mismatch]:
         key = (period.customer_id, period.meter_id, period.period_start)
         events = event_totals.pop(key, {})
         rollups = rollup_totals.pop(key, {})
-        label = f"customer {period.customer_id} meter {period.meter_id} period {period.period_start:%Y-%m-%d}"
+        label = f"customer {period.customer_id} meter {period.meter_id} period {period.period_start:%Y-%m-%d %H:%M}"
         checks = [
             ("billable quantity", period.quantity, events.get("billable_total") or ZERO),
             ("non-billable quantity", period.non_billable_quantity, events.get("non_billable_total") or ZERO),
@@ -310,12 +310,13 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
 
     Every outbox row counts, whatever its status: the outbox is the record of what Stripe was (or will be)
     told. Overage priced in credits is money at the customer's current plan's credit rate (the event does not
-    record the rate it was rated at); with no rate, nothing can bill it, and its units alone are compared.
+    record the rate it was rated at); when that plan has no rate, only the units are compared.
     """
     terms = _TermsByCustomer()
     Key = tuple[int, int, str, datetime]
     event_units: dict[Key, Decimal] = defaultdict(Decimal)
     event_money: dict[Key, Decimal] = defaultdict(Decimal)
+    unpriced: set[Key] = set()  # credits overage whose rate the current plan does not know
     events = (
         UsageEvent.objects.filter(billable=True)
         .exclude(overage_amount=0)
@@ -346,10 +347,13 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
         event_units[key] += overage_quantity(
             quantity=quantity, included_quantity=included, cost=cost, overage_amount=overage
         )
+        rate = terms.credit_rate(customer_id)
         if unit != CREDITS:
             event_money[key] += overage
-        elif (customer_terms := terms.of(customer_id)) is not None:
-            event_money[key] += customer_terms.to_money(overage, unit)
+        elif rate is None:
+            unpriced.add(key)
+        else:
+            event_money[key] += ledger_amount(overage * rate)
     outbox = {
         (row["customer_id"], row["meter_id"], row["dimension_value"], row["period_start"]): row
         for row in StripeUsageOutbox.objects.values(
@@ -364,13 +368,13 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
         label = (
             f"customer {customer_id} meter {meter_id}"
             + (f" ({dimension_value})" if dimension_value else "")
-            + f" period {period_start:%Y-%m-%d} overage"
+            + f" period {period_start:%Y-%m-%d %H:%M} overage"
         )
         sent = outbox.get(key, {})
-        for name, recorded, queued in (
-            ("units", event_units.get(key, ZERO), sent.get("units") or ZERO),
-            ("money", event_money.get(key, ZERO), sent.get("money") or ZERO),
-        ):
+        compared = [("units", event_units.get(key, ZERO), sent.get("units") or ZERO)]
+        if key not in unpriced:
+            compared.append(("money", event_money.get(key, ZERO), sent.get("money") or ZERO))
+        for name, recorded, queued in compared:
             if _differs(recorded, queued):
                 mismatches.append(
                     Mismatch(f"{label} {name}", recorded, queued, "events record", "the Stripe outbox holds")
@@ -416,7 +420,7 @@ def rollup_mismatches(now: datetime | None = None) -> list[Mismatch]:
         customer_id, meter_id, member_id, action, dimension_value, day, period_start = key
         label = (
             f"customer {customer_id} meter {meter_id} member {member_id} action {action!r}"
-            f" dimension {dimension_value!r} day {day} period {period_start:%Y-%m-%d} rollup"
+            f" dimension {dimension_value!r} day {day} period {period_start:%Y-%m-%d %H:%M} rollup"
         )
         events, rollups = from_events.get(key, {}), from_rollups.get(key, {})
         for name in ROLLUP_TOTALS:

@@ -136,7 +136,7 @@ def test_overage_missing_from_the_stripe_outbox_is_reported(billed):
     StripeUsageOutbox.objects.filter(pk=row.pk).update(
         quantity=row.quantity - 5, amount=row.amount - Decimal("0.5")
     )
-    period = f"{row.period_start:%Y-%m-%d}"
+    period = f"{row.period_start:%Y-%m-%d %H:%M}"
 
     assert texts(overage_outbox_mismatches()) == [
         f"customer {billed.pk} meter {row.meter_id} period {period} overage units: "
@@ -174,7 +174,7 @@ def test_a_rollup_holding_two_periods_is_reported(billed):
     rewrite_history("UPDATE usage_usageevent SET period_start = %s WHERE id = %s", [next_period, later.pk])
 
     periods = {text.split(" period ")[1].split(" ")[0] for text in texts(rollup_mismatches())}
-    assert periods == {f"{later.period_start:%Y-%m-%d}", f"{next_period:%Y-%m-%d}"}
+    assert periods == {f"{later.period_start:%Y-%m-%d}", f"{next_period:%Y-%m-%d}"}  # then the time
 
 
 def test_a_negative_wallet_is_reported(billed):

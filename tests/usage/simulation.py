@@ -26,7 +26,7 @@ from rest_framework.test import APIClient
 from billing_app.models import ApiKey
 from core.errors import BillingError
 from customers.models import Customer, Subscription
-from customers.services import customer_create, spend_controls_update, subscription_start
+from customers.services import customer_create, spend_controls_update
 from customers.tasks import subscriptions_roll_periods_task
 from plans.models import Meter, PlanVersion
 from plans.terms import PlanTerms
@@ -40,6 +40,7 @@ from usage.services import (
     reservation_create,
     reservation_release,
     reservations_expire,
+    subscription_change,
     wallet_top_up,
 )
 
@@ -456,7 +457,7 @@ class EngineSimulation(RuleBasedStateMachine):
 
     @rule(who=st.integers(0, 1), plan=st.sampled_from(sorted(PLANS)))
     def plan_change(self, who: int, plan: str) -> None:
-        subscription_start(customer=self._customer(who), plan_version=self.plans[plan])
+        subscription_change(customer=self._customer(who), plan_version=self.plans[plan])
 
     # --- time -----------------------------------------------------------------------------------------
 

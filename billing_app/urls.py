@@ -3,11 +3,19 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from billing_app import login_protection
 from billing_app.api_errors import api_route_not_found
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
     path("admin/", admin.site.urls),
+    # Before Django's own: the password-reset views that brute-force protection wraps.
+    path("accounts/password_reset/", login_protection.PasswordResetView.as_view(), name="password_reset"),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        login_protection.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

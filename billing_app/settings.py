@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "csp",
     "django_celery_beat",
     "axes",
     "plans",
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "billing_app.api_requests.ApiRequestMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -222,6 +224,30 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "REDOC_DIST": "SIDECAR",
+}
+
+# Content-Security-Policy (django-csp) on every response. No page has an inline script or <style>: scripts
+# and stylesheets come from our own static files, plotly's stylesheet from the plotly wheel (usage/views.py,
+# plotly_css) so that it injects none, and htmx is told not to inject its indicator styles (base.html).
+# Inline style *attributes* are allowed: the usage bars are sized by them (style="width: 40%"), and plotly
+# positions its SVG layers with them. An attribute cannot load anything or match other elements, so what
+# an injected one could do is limited to the look of one element; <style> elements and every script
+# remain refused. /api/docs relaxes styles for Redoc (billing_app/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-elem": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 # The largest valid event batch (1,000 events with 8 KB of properties each) is about 9.3 MB.

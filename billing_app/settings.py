@@ -209,7 +209,10 @@ if API_RATE_LIMIT_PER_MINUTE < 0:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "billing_app.api_auth.ApiKeyScope",
+    ],
     "DEFAULT_THROTTLE_CLASSES": ["billing_app.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["usage.api.parsers.DecimalJSONParser"],

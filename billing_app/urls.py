@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from billing_app import login_protection
 from billing_app.api_errors import api_route_not_found
+from billing_app.api_keys import PublishableKeysView
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
@@ -18,6 +19,11 @@ urlpatterns = [
         name="password_reset_confirm",
     ),
     path("accounts/", include("django.contrib.auth.urls")),
+    path(
+        "api/v1/customers/<str:external_id>/publishable-keys",
+        PublishableKeysView.as_view(),
+        name="api-publishable-keys",
+    ),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
     # Redoc styles itself with <style> elements it writes at run time (styled-components), reads the schema

@@ -23,20 +23,62 @@ from customers.services import customer_unfreeze
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
-    fields = ("name", "prefix", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
+    list_display = (
+        "name",
+        "prefix",
+        "kind",
+        "customer",
+        "rate_limit_per_minute",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = ("kind",)
+    list_select_related = ("customer",)
+    readonly_fields = ("prefix", "kind", "key_hash", "created_at", "last_used_at")
+    fields = (
+        "name",
+        "customer",
+        "prefix",
+        "kind",
+        "rate_limit_per_minute",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    autocomplete_fields = ("customer",)
     actions = ("revoke",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        # A key's customer (and so its kind) is chosen when it is made: empty for a secret key, a customer
+        # for that customer's publishable key.
+        return (*self.readonly_fields, "customer") if obj is not None else tuple(self.readonly_fields)
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is None:
+            form.base_fields["customer"].help_text = (
+                "Empty: a secret key (sk_…) for a backend, with full access. A customer: that customer's "
+                "publishable key (pk_…), which may only read its usage and ask /check, for its frontend."
+            )
+        return form
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
         # A new key: generate the secret and show it once; only its hash is stored.
-        api_key, raw_key = ApiKey.generate(name=obj.name, rate_limit_per_minute=obj.rate_limit_per_minute)
-        obj.pk, obj.prefix, obj.key_hash = api_key.pk, api_key.prefix, api_key.key_hash
+        api_key, raw_key = ApiKey.generate(
+            name=obj.name, rate_limit_per_minute=obj.rate_limit_per_minute, customer=obj.customer
+        )
+        obj.pk, obj.prefix, obj.key_hash, obj.kind = (
+            api_key.pk,
+            api_key.prefix,
+            api_key.key_hash,
+            api_key.kind,
+        )
         messages.warning(
-            request, f"The secret of {obj.name} is {raw_key}. Copy it now: it will not be shown again."
+            request, f"The key {obj.name} is {raw_key}. Copy it now: it will not be shown again."
         )
 
     @admin.action(description="Revoke the selected keys")

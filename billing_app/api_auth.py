@@ -1,14 +1,18 @@
 """Bearer-key authentication for the metering API."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from billing_app.models import ApiKey, api_key_hash
+from billing_app.models import ApiKey, ApiKeyKind, api_key_hash
 from core.sql_rows import ModelColumns, selects_run
+
+if TYPE_CHECKING:
+    # rest_framework.views imports this module while it defines APIView (DEFAULT_PERMISSION_CLASSES).
+    from rest_framework.views import APIView
 
 
 class ApiClient:
@@ -58,6 +62,40 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return self.keyword
 
 
+# What a publishable key may call, by URL name and method: read its customer's usage, and ask /check about
+# it. Both answer a frontend's "how much is used and left"; neither writes nor lists.
+PUBLISHABLE_KEY_ENDPOINTS = {("api-customer-usage", "GET"), ("api-check", "POST")}
+
+
+class ApiKeyScope(permissions.BasePermission):
+    """Secret keys may call every endpoint; a publishable key only ``PUBLISHABLE_KEY_ENDPOINTS`` for its customer.
+
+    Anything else is refused 403 ``forbidden``, before the view reads or writes anything.
+    """
+
+    def has_permission(self, request: Request, view: "APIView") -> bool:
+        api_key = request.auth
+        if not isinstance(api_key, ApiKey) or api_key.kind == ApiKeyKind.SECRET:
+            return True
+        match = request.resolver_match
+        url_name = match.url_name if match else None
+        if (url_name, request.method) not in PUBLISHABLE_KEY_ENDPOINTS:
+            raise exceptions.PermissionDenied(
+                "A publishable key may only read its customer's usage (GET /api/v1/customers/{id}/usage) "
+                "and ask POST /api/v1/check about it.",
+                code="forbidden",
+            )
+        if url_name == "api-customer-usage":
+            asked = view.kwargs.get("external_id")
+        else:
+            asked = request.data.get("customer") if isinstance(request.data, dict) else None
+        if api_key.customer is None or asked != api_key.customer.external_id:
+            raise exceptions.PermissionDenied(
+                "A publishable key may only ask about its own customer.", code="forbidden"
+            )
+        return True
+
+
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """Documents the Bearer key in the OpenAPI schema."""
 
@@ -68,5 +106,6 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "A secret API key: `Authorization: Bearer sk_live_...`",
+            "description": "An API key: `Authorization: Bearer sk_live_...` (secret), or a customer's "
+            "publishable key `pk_live_...`, which may only read that customer's usage and ask /check.",
         }

@@ -6,6 +6,7 @@ required (``make run`` starts an embedded PostgreSQL and Redis and sets both URL
 ``REDIS_URL`` Celery runs tasks eagerly in-process.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -34,7 +35,9 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "csp",
     "django_celery_beat",
+    "axes",
     "plans",
     "customers",
     "usage",
@@ -43,6 +46,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "billing_app.api_requests.ApiRequestMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -52,6 +56,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: it turns a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "billing_app.urls"
@@ -99,6 +105,26 @@ PASSWORD_HASHERS = env.list(
         "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
     ],
 )
+# django-axes checks every login (the site's and the admin's) before the password is.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After LOGIN_FAILURE_LIMIT failed logins for one username from one address, that pair is refused for
+# LOGIN_LOCKOUT_MINUTES, even with the right password; a success before then clears the count. The pair,
+# not the address alone, so that colleagues behind one office NAT do not lock each other out. The same
+# limit counts password-reset requests per email and address (billing_app/login_protection.py).
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+if AXES_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be 1 or more.")
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "billing_app.login_protection.lockout_response"
+# The address is REMOTE_ADDR, or the proxy's X-Forwarded-For entry behind BEHIND_TLS_PROXY: never a header
+# the client writes itself, or each attempt could claim a new address and never be locked out.
+AXES_CLIENT_IP_CALLABLE = "billing_app.login_protection.client_address"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/settings/usage"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -183,7 +209,10 @@ if API_RATE_LIMIT_PER_MINUTE < 0:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "billing_app.api_auth.ApiKeyScope",
+    ],
     "DEFAULT_THROTTLE_CLASSES": ["billing_app.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["usage.api.parsers.DecimalJSONParser"],
@@ -200,6 +229,30 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Content-Security-Policy (django-csp) on every response. No page has an inline script or <style>: scripts
+# and stylesheets come from our own static files, plotly's stylesheet from the plotly wheel (usage/views.py,
+# plotly_css) so that it injects none, and htmx is told not to inject its indicator styles (base.html).
+# Inline style *attributes* are allowed: the usage bars are sized by them (style="width: 40%"), and plotly
+# positions its SVG layers with them. An attribute cannot load anything or match other elements, so what
+# an injected one could do is limited to the look of one element; <style> elements and every script
+# remain refused. /api/docs relaxes styles for Redoc (billing_app/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-elem": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
 # The largest valid event batch (1,000 events with 8 KB of properties each) is about 9.3 MB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
@@ -210,14 +263,13 @@ USAGE_MAX_CLOCK_SKEW_SECONDS = 300
 RESERVATION_DEFAULT_TTL_SECONDS = 300
 IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("IDEMPOTENCY_KEY_RETENTION_DAYS", default=30)
 
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     # TLS usually ends at a proxy in front of the app; these trust its header and are opt-in, because
     # HSTS cannot be taken back from browsers that have seen it.
-    SECURE_PROXY_SSL_HEADER = (
-        ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
-    )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 

@@ -1,17 +1,46 @@
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from billing_app import login_protection
 from billing_app.api_errors import api_route_not_found
+from billing_app.api_keys import PublishableKeysView
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
     path("admin/", admin.site.urls),
+    # Before Django's own: the password-reset views that brute-force protection wraps.
+    path("accounts/password_reset/", login_protection.PasswordResetView.as_view(), name="password_reset"),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        login_protection.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
+    path(
+        "api/v1/customers/<str:external_id>/publishable-keys",
+        PublishableKeysView.as_view(),
+        name="api-publishable-keys",
+    ),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
+    # Redoc styles itself with <style> elements it writes at run time (styled-components), reads the schema
+    # in a worker it starts from a blob: URL, and shows Redocly's logo from their CDN (decoration, loaded as
+    # before; refusing it would log a violation on every visit). The page shows our own schema, nothing a
+    # user wrote.
+    path(
+        "api/docs",
+        csp_update(
+            {
+                "style-src-elem": ["'unsafe-inline'"],
+                "worker-src": ["'self'", "blob:"],
+                "img-src": ["https://cdn.redoc.ly"],
+            }
+        )(SpectacularRedocView.as_view(url_name="api-schema")),
+        name="api-docs",
+    ),
     re_path(r"^api/(?P<path>.*)$", api_route_not_found),
     path("", include("usage.urls")),
     path("", include("plans.urls")),

@@ -18,4 +18,5 @@ urlpatterns = [
     ),
     # plotly.js from the installed plotly package (see views.plotly_js): versioned, cached for a year.
     path("vendor/plotly-<str:version>.min.js", views.plotly_js, name="plotly-js"),
+    path("vendor/plotly-<str:version>.css", views.plotly_css, name="plotly-css"),
 ]

@@ -6,7 +6,9 @@ every 30 s and the view renders only the region asked for. Everything is scoped 
 user's customer (through their ``Member``): an id from another customer is a 404.
 """
 
+import ast
 import gzip
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -270,6 +272,57 @@ def plotly_js(request: HttpRequest, version: str) -> HttpResponse:
     return response
 
 
+# plotly.js would inject its own stylesheet as a <style> element, which our Content-Security-Policy refuses.
+# It skips that when the page already has an element with the stylesheet's id and the class
+# "no-inline-styles"; the page links this stylesheet so, built from the rules in the same plotly.min.js.
+PLOTLY_CSS_RULES = re.compile(r"\{\"X,X div\":[^}]*\}")
+PLOTLY_CSS_RULE = re.compile(
+    r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'):("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
+)
+
+
+@lru_cache(maxsize=1)
+def _plotly_css() -> str:
+    found = PLOTLY_CSS_RULES.search(PLOTLY_JS.read_text(encoding="utf-8"))
+    if found is None:
+        raise RuntimeError(f"plotly {PLOTLY_VERSION}: its stylesheet rules were not found in plotly.min.js.")
+    lines = []
+    for selector, declarations in PLOTLY_CSS_RULE.findall(found.group(0)):
+        # The placeholders plotly.js replaces itself (src/css/plotcss.js) before it inserts a rule.
+        full = (
+            ast.literal_eval(selector)
+            .replace("X", ".js-plotly-plot .plotly")
+            .replace("Y", ".plotly-notifier")
+        )
+        lines.append(f"{full} {{{ast.literal_eval(declarations)}}}")
+    # plotly.js inserts each rule at the top of its sheet, so the last of them comes first.
+    return "\n".join(reversed(lines)) + "\n"
+
+
+# plotly.js also injects maplibre's stylesheet for map traces, unless an element with its id is on the page.
+# The usage chart draws no map, so the page holds an empty element of that id (see settings_usage.html).
+PLOTLY_MAP_STYLE_ID = re.compile(
+    r'getElementById\("([0-9a-f]{64})"\)\)\{var \w+=document\.createElement\("style"\)'
+)
+
+
+@lru_cache(maxsize=1)
+def plotly_map_style_id() -> str | None:
+    """None if another plotly.js hides it otherwise: the page still works (the browser test names the refusal)."""
+    found = PLOTLY_MAP_STYLE_ID.search(PLOTLY_JS.read_text(encoding="utf-8"))
+    return found.group(1) if found else None
+
+
+@require_GET
+def plotly_css(request: HttpRequest, version: str) -> HttpResponse:
+    """The stylesheet plotly.js would otherwise inject; versioned and cached like plotly_js."""
+    if version != PLOTLY_VERSION:
+        raise Http404("Not this plotly.js version.")
+    response = HttpResponse(_plotly_css(), content_type="text/css; charset=utf-8")
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
 # --- Helpers ------------------------------------------------------------------------------------------
 
 
@@ -294,6 +347,7 @@ def _base_context(member: Member, period: BillingPeriod | None) -> dict[str, Any
         "period_query": f"?period={period.key}" if period and not period.is_current else "",
         "poll": bool(period and period.is_current),
         "plotly_version": PLOTLY_VERSION,
+        "plotly_map_style_id": plotly_map_style_id(),
     }
 
 

@@ -416,6 +416,33 @@ def test_plotly_js_is_served_from_the_installed_package(client):
     assert client.get("/vendor/plotly-0.0.1.min.js").status_code == 404
 
 
+def test_plotly_css_is_the_stylesheet_plotly_would_inject(client):
+    response = client.get(f"/vendor/plotly-{PLOTLY_VERSION}.css")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    assert ".js-plotly-plot .plotly .main-svg {position:absolute;" in response.content.decode()
+    assert client.get("/vendor/plotly-0.0.1.css").status_code == 404
+
+
+def test_the_page_has_no_inline_script_style_or_handler_for_the_policy_to_refuse(admin):
+    response = admin.get(PAGE)
+    page = response.content.decode()
+
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy
+    assert "style-src-elem 'self'" in policy
+    # Every <script> loads a file, except the chart's data (json_script), which is not run.
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert scripts
+    assert all("src=" in tag or 'type="application/json"' in tag for tag in scripts), scripts
+    assert "<style" not in page
+    assert not re.search(r"\son[a-z]+=", page)
+    # plotly.js finds its stylesheet by this id and class, and its map stylesheet's id, and injects neither.
+    assert 'id="plotly.js-style-global" class="no-inline-styles"' in page
+    assert re.search(r'<template id="[0-9a-f]{64}"></template>', page)
+
+
 # --- The numbers against the usage API ----------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing_app', '0003_api_key_rate_limit'),
+        ('billing_app', '0004_api_key_publishable'),
     ]
 
     operations = [

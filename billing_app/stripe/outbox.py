@@ -1,12 +1,13 @@
 """Drain the Stripe usage outbox into Stripe meter events: nothing lost, nothing counted twice.
 
-Ingest writes ``StripeUsageOutbox`` rows (post-paid overage only) in the transaction that accepted the
-usage. The drain works in two steps:
+Ingest writes ``StripeUsageOutbox`` rows (post-paid overage, and give-backs of it) in the transaction that
+accepted the usage. What reaches Stripe is money as we rated it, in minor units, never quantities for Stripe
+to rate again (docs/stripe.md). The drain works in two steps:
 
 1. **Claim** (one short transaction): lock pending rows with ``select_for_update(skip_locked=True)``, so
    concurrent drains take disjoint rows; group them per customer × Stripe meter (the meter, or the meter's
    dimension value for dimensional prices) × period × hour; turn each group into a ``StripeMeterEvent`` whose
-   ``identifier`` is derived from its row ids and whose whole-unit ``value`` is fixed from the running total
+   ``identifier`` is derived from its row ids and whose whole-cent ``value`` is fixed from the running total
    of ``StripeUsageCarry``; stamp the identifier on the rows; commit. Groups whose hour is too old for Stripe
    (35 days) are marked ``too_old`` and raised to operators to invoice by hand, never dropped.
 2. **Send** (no transaction, no row lock held over the network): post each pending meter event with its
@@ -20,10 +21,11 @@ the event stays pending and the next drain posts the same identifier. Stripe cou
 exists with identifier ...", which the drain takes as success. Before the claim commits nothing has been
 sent, and a rolled-back claim leaves the rows pending as they were.
 
-Whole units: Stripe meter values are integers. Each event sends ``floor(total claimed) - units sent so far``
-for its carry key, so a fraction is carried into the next event instead of being rounded away, and what
-Stripe has is always within one unit of the ledger. At period close ``billing_app.stripe.carries`` rounds the
-last fraction half up. Only the drain reads the outbox; it never looks at usage events.
+Whole minor units: Stripe meter values are integers. Each event sends ``floor(total claimed) - cents sent so
+far`` for its carry key, so a fraction of a cent is carried into the next event instead of being rounded away,
+and what Stripe has is always within one cent of the ledger. A give-back sends a negative value. At period
+close ``billing_app.stripe.carries`` rounds the last fraction half up. Only the drain reads the outbox; it never
+looks at usage events.
 """
 
 import hashlib
@@ -49,6 +51,7 @@ from billing_app.models import (
 from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
+from core.money import currency_exponent
 from customers.models import Customer, Subscription
 from plans.terms import PlanTerms
 from usage.models import OutboxStatus, StripeUsageOutbox
@@ -87,6 +90,10 @@ class _Group:
     @property
     def quantity(self) -> Decimal:
         return sum((row.quantity for row in self.rows), Decimal(0))
+
+    @property
+    def amount(self) -> Decimal:
+        return sum((row.amount for row in self.rows), Decimal(0))
 
 
 def _ceil_minute(moment: datetime) -> datetime:
@@ -176,6 +183,11 @@ def _whole(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
+def minor_units(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` of ``currency`` in its minor unit, exact: 0.1234 USD -> 12.34 (cents)."""
+    return amount.scaleb(currency_exponent(currency))
+
+
 @transaction.atomic
 def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None = None) -> DrainResult:
     """Turn up to ``batch_size`` pending outbox rows into pending meter events (see the module docstring)."""
@@ -220,11 +232,12 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
         carry = _carry_for_update(
             group.customer, group.route, group.period_start, routes.subscription(group.customer)
         )
-        quantity = group.quantity
-        carry.quantity += quantity
-        value = max(_whole(carry.quantity) - carry.value, 0)
+        amount = group.amount
+        carry.minor_units += minor_units(amount, group.rows[0].currency)
+        # Negative after a give-back: Stripe's sum meter takes it off what was sent before.
+        value = _whole(carry.minor_units) - carry.value
         carry.value += value
-        carry.save(update_fields=["quantity", "value"])
+        carry.save(update_fields=["minor_units", "value"])
         # Nothing whole to send yet: the fraction waits in the carry and the rows are done.
         status = MeterEventStatus.PENDING if value else MeterEventStatus.SENT
         StripeMeterEvent.objects.create(
@@ -238,7 +251,8 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
             period_start=group.period_start,
             window_start=group.window_start,
             timestamp=timestamp,
-            quantity=quantity,
+            quantity=group.quantity,
+            amount=amount,
             value=value,
             row_count=len(group.rows),
             status=status,
@@ -434,6 +448,24 @@ def outbox_drain(
     result.events_failed = sent.events_failed
     result.rows_too_old += sent.rows_too_old
     return result
+
+
+def outbox_period_lines(*, customer: Customer, period_start: datetime) -> dict[str, Decimal]:
+    """The overage money we rated for one period, per Stripe meter (event name): what each metered line of
+    Stripe's invoice must bill once rounded. Usage too old for Stripe is billed by hand and left out; rows
+    with no Stripe meter yet are under ``""``."""
+    routes = _Routes()
+    lines: dict[str, Decimal] = {}
+    rows = (
+        StripeUsageOutbox.objects.filter(customer=customer, period_start=period_start)
+        .exclude(status=OutboxStatus.TOO_OLD)
+        .select_related("customer", "meter")
+    )
+    for row in rows:
+        route = routes.route(row)
+        name = route.event_name if route else ""
+        lines[name] = lines.get(name, Decimal(0)) + row.amount
+    return lines
 
 
 def outbox_backlog() -> dict[str, Any]:

@@ -314,6 +314,7 @@ class OperatorAlertKind(models.TextChoices):
     RECONCILIATION = "reconciliation", "Reconciliation divergence"
     TOO_OLD_USAGE = "too_old_usage", "Usage too old for Stripe"
     STRIPE_REFUSED = "stripe_refused", "Stripe refused usage"
+    OUTBOX_STUCK = "outbox_stuck", "Usage waiting for Stripe"
 
 
 class OperatorAlert(models.Model):

@@ -9,7 +9,9 @@ to rate again (docs/stripe.md). The drain works in two steps:
    dimension value for dimensional prices) × period × hour; turn each group into a ``StripeMeterEvent`` whose
    ``identifier`` is derived from its row ids and whose whole-cent ``value`` is fixed from the running total
    of ``StripeUsageCarry``; stamp the identifier on the rows; commit. Groups whose hour is too old for Stripe
-   (35 days) are marked ``too_old`` and raised to operators to invoice by hand, never dropped.
+   (35 days) are marked ``too_old`` and raised to operators to invoice by hand, never dropped. Rows with no
+   Stripe meter yet stay pending and the next batch starts after them, so one customer's stuck rows never
+   hold back anyone else's; rows pending longer than ``STRIPE_OUTBOX_STUCK_MINUTES`` raise an operator alert.
 2. **Send** (no transaction, no row lock held over the network): post each pending meter event with its
    identifier, then mark it and its rows sent. A lease (``claimed_until``) keeps two drains from posting
    the same event at the same time; it is a courtesy, not the guarantee.
@@ -39,7 +41,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
 from billing_app.models import (
@@ -66,6 +68,7 @@ WINDOW = timedelta(hours=1)
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_MAX_BATCHES = 20
 DEFAULT_LEASE_SECONDS = 120
+DEFAULT_STUCK_MINUTES = 15
 TRANSIENT_ERRORS = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
@@ -77,6 +80,10 @@ class DrainResult:
     rows_too_old: int = 0
     events_failed: int = 0
     waiting_for_sync: int = 0
+    # The last row id the claim looked at: the next batch starts after it, so rows that must wait (no Stripe
+    # meter yet) never fill every batch and hold back the rows behind them.
+    last_row_id: int = 0
+    rows_stuck: int = 0
 
 
 @dataclass
@@ -189,13 +196,16 @@ def minor_units(amount: Decimal, currency: str) -> Decimal:
 
 
 @transaction.atomic
-def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None = None) -> DrainResult:
-    """Turn up to ``batch_size`` pending outbox rows into pending meter events (see the module docstring)."""
+def outbox_claim(
+    *, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None = None, after_id: int = 0
+) -> DrainResult:
+    """Turn up to ``batch_size`` pending outbox rows with ids above ``after_id`` into pending meter events
+    (see the module docstring)."""
     now = now or timezone.now()
     result = DrainResult()
     rows = list(
         StripeUsageOutbox.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(status=OutboxStatus.PENDING, meter_event_identifier="")
+        .filter(status=OutboxStatus.PENDING, meter_event_identifier="", pk__gt=after_id)
         # Customers Stripe cannot bill yet wait: usage sent before the Stripe subscription exists is dated
         # before its first period and would never be invoiced.
         .exclude(customer__stripe_customer_id="")
@@ -205,6 +215,7 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
     )
     routes = _Routes()
     groups: dict[tuple[int, str, datetime, datetime], _Group] = {}
+    result.last_row_id = rows[-1].pk if rows else after_id
     for row in rows:
         route = routes.route(row)
         if route is None:
@@ -435,19 +446,53 @@ def outbox_drain(
     """Claim pending outbox rows into meter events, then post every pending meter event."""
     client = client or stripe_client()
     result = DrainResult()
+    after_id = 0
     for _ in range(max_batches):
-        claimed = outbox_claim(batch_size=batch_size, now=now)
+        claimed = outbox_claim(batch_size=batch_size, now=now, after_id=after_id)
         result.rows_claimed += claimed.rows_claimed
         result.events_created += claimed.events_created
         result.rows_too_old += claimed.rows_too_old
-        result.waiting_for_sync = claimed.waiting_for_sync
-        if not claimed.rows_claimed or claimed.rows_claimed + claimed.waiting_for_sync < batch_size:
+        result.waiting_for_sync += claimed.waiting_for_sync
+        if claimed.last_row_id == after_id:
             break
+        after_id = claimed.last_row_id
+    result.rows_stuck = outbox_stuck_alert(now=now)
     sent = meter_events_send(client=client, owner=owner, now=now)
     result.events_sent = sent.events_sent
     result.events_failed = sent.events_failed
     result.rows_too_old += sent.rows_too_old
     return result
+
+
+def outbox_stuck_alert(*, now: datetime | None = None) -> int:
+    """Tell operators about rows waiting longer than ``STRIPE_OUTBOX_STUCK_MINUTES`` (default: 15 drains of
+    one minute): one alert per customer and oldest stuck row. Returns the number of stuck rows."""
+    now = now or timezone.now()
+    minutes = getattr(settings, "STRIPE_OUTBOX_STUCK_MINUTES", DEFAULT_STUCK_MINUTES)
+    stuck = StripeUsageOutbox.objects.filter(
+        status=OutboxStatus.PENDING,
+        meter_event_identifier="",
+        created_at__lt=now - timedelta(minutes=minutes),
+    )
+    total = 0
+    for customer_id, count, oldest_id, oldest_at in (
+        stuck.values_list("customer_id")
+        .annotate(count=Count("id"), oldest=Min("id"), since=Min("created_at"))
+        .order_by("customer_id")
+    ):
+        total += count
+        customer = Customer.objects.get(pk=customer_id)
+        operator_alert_raise(
+            kind=OperatorAlertKind.OUTBOX_STUCK,
+            customer=customer,
+            message=(
+                f"{count} outbox row(s) of {customer} have waited for Stripe since {oldest_at:%Y-%m-%d %H:%M} "
+                "UTC: the customer or its plan's Stripe meters are not synced (see the sync errors)."
+            ),
+            data={"rows": count, "oldest_outbox_id": oldest_id},
+            dedupe_key=f"outbox-stuck-{oldest_id}",
+        )
+    return total
 
 
 def outbox_period_lines(*, customer: Customer, period_start: datetime) -> dict[str, Decimal]:

@@ -18,6 +18,7 @@ from billing_app.stripe.outbox import meter_event_timestamp, outbox_drain
 from billing_app.stripe.sync import stripe_sync_pending
 from billing_app.tasks import stripe_outbox_drain_task
 from customers.models import Subscription
+from plans.models import Meter
 from tests.billing_app.conftest import calls, ingest
 from tests.catalog_fixtures import event
 from usage.models import OutboxStatus, StripeUsageOutbox
@@ -27,8 +28,6 @@ METER_EVENTS = "/v1/billing/meter_events"
 
 
 def stripe_total(fake, customer, key="api_call"):
-    from plans.models import Meter
-
     return fake.meter_total(Meter.objects.get(key=key).stripe_meter_id, customer.stripe_customer_id, 0, 2**31)
 
 
@@ -294,3 +293,32 @@ def test_the_drain_task_retries_transient_stripe_errors_with_backoff():
     }
     assert stripe_outbox_drain_task.retry_backoff is True
     assert not issubclass(stripe.InvalidRequestError, tuple(stripe_outbox_drain_task.autoretry_for))
+
+
+def test_one_customers_stuck_rows_do_not_hold_back_the_others(stripe_on, pro_plan, make_plan, make_customer):
+    make_plan("exports", prices=[{"meter": "export", "model": "per_unit", "unit_amount": "0.50"}])
+    stuck = make_customer("exports", "stuck")
+    acme = make_customer("pro")
+    stripe_sync_pending()
+    # The export meter lost its Stripe meter (a plan change to a version not synced yet, say): the stuck
+    # customer's rows cannot be routed, and they are the oldest in the outbox.
+    Meter.objects.filter(key="export").update(stripe_meter_id="")
+    for batch in range(4):
+        ingest(event(f"x{batch}", customer="stuck", meter="export", quantity=2))
+    ingest(*calls("a", 130))
+
+    result = outbox_drain(batch_size=2)
+
+    acme.refresh_from_db()
+    assert stripe_total(stripe_on, acme) == 300
+    assert result.waiting_for_sync == 4
+    assert StripeUsageOutbox.objects.filter(customer=stuck, status=OutboxStatus.PENDING).count() == 4
+    assert not OperatorAlert.objects.filter(kind=OperatorAlertKind.OUTBOX_STUCK).exists()
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=16), tick=False):
+        assert outbox_drain(batch_size=2).rows_stuck == 4
+        outbox_drain(batch_size=2)
+
+    [alert] = OperatorAlert.objects.filter(kind=OperatorAlertKind.OUTBOX_STUCK)
+    assert alert.customer == stuck
+    assert alert.data["rows"] == 4

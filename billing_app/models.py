@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Q
 
 from customers.models import Customer, Subscription
-from plans.models import MONEY, QUANTITY, Meter, PlanVersion
+from plans.models import MONEY, QUANTITY, RATE, Meter, PlanVersion
 
 
 def api_key_hash(raw_key: str) -> str:
@@ -186,8 +186,10 @@ class StripeMeterEvent(models.Model):
     """One meter event the outbox drain owes Stripe: a group of outbox rows, fixed when they were claimed.
 
     ``identifier`` is derived from the outbox rows it carries, so every retry (after a timeout, an outage or
-    a worker killed mid-call) sends the same identifier and Stripe counts it once. ``value`` is in whole
-    units, as Stripe requires; the fraction stays in ``StripeUsageCarry``.
+    a worker killed mid-call) sends the same identifier and Stripe counts it once. ``value`` is money in
+    whole minor units (cents), as we rated it: Stripe prices every meter at one minor unit per unit and
+    never re-rates our quantities (docs/stripe.md). The fraction of a minor unit stays in
+    ``StripeUsageCarry``; a give-back makes ``value`` negative.
     """
 
     identifier = models.CharField(max_length=100, unique=True)
@@ -203,7 +205,10 @@ class StripeMeterEvent(models.Model):
         help_text="The timestamp sent to Stripe, inside the hour and the period."
     )
     quantity = models.DecimalField(**QUANTITY, help_text="Exact overage units of the outbox rows.")
-    value = models.BigIntegerField(help_text="Whole units sent to Stripe.")
+    amount = models.DecimalField(
+        **RATE, default=Decimal(0), help_text="Exact overage money of the outbox rows, in the currency."
+    )
+    value = models.BigIntegerField(help_text="Whole minor units of money sent to Stripe.")
     row_count = models.PositiveIntegerField()
     status = models.CharField(
         max_length=10, choices=MeterEventStatus.choices, default=MeterEventStatus.PENDING
@@ -231,18 +236,21 @@ class StripeMeterEvent(models.Model):
 class StripeUsageCarry(models.Model):
     """What the drain has claimed and sent for one customer, Stripe meter and billing period.
 
-    Stripe takes whole meter values only. Each meter event sends ``floor(quantity) - value`` units of the
-    running total, so the fraction is carried into the next event of the same meter and period and the
-    sum sent never drifts from the ledger by a unit or more; at period close the last fraction is rounded
-    half up (``usage_carries_finalize``). The row is also the lock that serializes those sums.
+    Stripe takes whole meter values only, and our meters carry money in minor units. Each meter event
+    sends ``floor(minor_units) - value`` of the running total, so the fraction of a cent is carried into
+    the next event of the same meter and period and the sum sent never drifts from the ledger by a cent
+    or more; at period close the last fraction is rounded half up (``usage_carries_finalize``), which makes
+    Stripe's line the local amount rounded once. The row is also the lock that serializes those sums.
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_usage_carries")
     event_name = models.CharField(max_length=100)
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
-    quantity = models.DecimalField(**QUANTITY, default=Decimal(0), help_text="Overage units claimed, exact.")
-    value = models.BigIntegerField(default=0, help_text="Whole units put into meter events.")
+    minor_units = models.DecimalField(
+        **RATE, default=Decimal(0), help_text="Overage money claimed, in minor units, exact."
+    )
+    value = models.BigIntegerField(default=0, help_text="Whole minor units put into meter events.")
     finalized_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -381,6 +389,7 @@ class OperatorAlertKind(models.TextChoices):
     RECONCILIATION = "reconciliation", "Reconciliation divergence"
     TOO_OLD_USAGE = "too_old_usage", "Usage too old for Stripe"
     STRIPE_REFUSED = "stripe_refused", "Stripe refused usage"
+    OUTBOX_STUCK = "outbox_stuck", "Usage waiting for Stripe"
 
 
 class OperatorAlert(models.Model):

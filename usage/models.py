@@ -358,7 +358,8 @@ class StripeUsageOutbox(models.Model):
     overage, so a 1,000-event batch writes a handful of rows. A Celery job drains pending rows
     (``select_for_update(skip_locked=True)``), sends them as meter events with deterministic
     identifiers and marks them sent. Included allowance, credits and wallet are settled locally and
-    never appear here. Rows are never deleted: they are the record of what Stripe was told.
+    never appear here; a give-back of overage already queued (a negative ``amount``) does. Rows are
+    never deleted: they are the record of what Stripe was told.
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="stripe_outbox")

@@ -147,13 +147,14 @@ class UsageRecorder:
         """Queue what Stripe must bill: post-paid overage only, in the same transaction as the usage.
 
         Summed per (meter, dimension value, period, hour), which is as fine as Stripe needs it; each
-        row points at the last event it counts.
+        row points at the last event it counts. A give-back (negative overage, e.g. a volume tier that
+        lowers the rate of units already billed) is queued too, so that Stripe's total equals ours.
         """
         engine = self.engine
         terms = engine.terms
         rows: dict[tuple[int, str, datetime, datetime], tuple[StripeUsageOutbox, NewUsageEvent]] = {}
         for event in self.events:
-            if event.overage_amount <= 0 or (event.cost_unit == CREDITS and not terms.credit_rate):
+            if not event.overage_amount or (event.cost_unit == CREDITS and not terms.credit_rate):
                 continue
             window = event.timestamp.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
             key = (event.meter_id, event.dimension_value, event.period_start, window)

@@ -1,6 +1,6 @@
 """Period close for usage sent to Stripe: the last carried fraction of each ended period.
 
-The drain sends whole units and carries the fraction (``billing_app.stripe.outbox``); once a period has
+The drain sends whole minor units of money and carries the fraction of one (``billing_app.stripe.outbox``); once a period has
 ended and nothing of it is still queued, the remaining fraction is rounded half up, once.
 """
 
@@ -34,7 +34,7 @@ def usage_carries_finalize(*, now: datetime | None = None) -> int:
             )
             if carry is None or _period_busy(carry):
                 continue
-            remainder = carry.quantity - carry.value
+            remainder = carry.minor_units - carry.value
             last = (
                 StripeMeterEvent.objects.filter(
                     customer=carry.customer, event_name=carry.event_name, period_start=carry.period_start

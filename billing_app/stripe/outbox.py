@@ -1,14 +1,17 @@
 """Drain the Stripe usage outbox into Stripe meter events: nothing lost, nothing counted twice.
 
-Ingest writes ``StripeUsageOutbox`` rows (post-paid overage only) in the transaction that accepted the
-usage. The drain works in two steps:
+Ingest writes ``StripeUsageOutbox`` rows (post-paid overage, and give-backs of it) in the transaction that
+accepted the usage. What reaches Stripe is money as we rated it, in minor units, never quantities for Stripe
+to rate again (docs/stripe.md). The drain works in two steps:
 
 1. **Claim** (one short transaction): lock pending rows with ``select_for_update(skip_locked=True)``, so
    concurrent drains take disjoint rows; group them per customer × Stripe meter (the meter, or the meter's
    dimension value for dimensional prices) × period × hour; turn each group into a ``StripeMeterEvent`` whose
-   ``identifier`` is derived from its row ids and whose whole-unit ``value`` is fixed from the running total
+   ``identifier`` is derived from its row ids and whose whole-cent ``value`` is fixed from the running total
    of ``StripeUsageCarry``; stamp the identifier on the rows; commit. Groups whose hour is too old for Stripe
-   (35 days) are marked ``too_old`` and raised to operators to invoice by hand, never dropped.
+   (35 days) are marked ``too_old`` and raised to operators to invoice by hand, never dropped. Rows with no
+   Stripe meter yet stay pending and the next batch starts after them, so one customer's stuck rows never
+   hold back anyone else's; rows pending longer than ``STRIPE_OUTBOX_STUCK_MINUTES`` raise an operator alert.
 2. **Send** (no transaction, no row lock held over the network): post each pending meter event with its
    identifier, then mark it and its rows sent. A lease (``claimed_until``) keeps two drains from posting
    the same event at the same time; it is a courtesy, not the guarantee.
@@ -20,10 +23,11 @@ the event stays pending and the next drain posts the same identifier. Stripe cou
 exists with identifier ...", which the drain takes as success. Before the claim commits nothing has been
 sent, and a rolled-back claim leaves the rows pending as they were.
 
-Whole units: Stripe meter values are integers. Each event sends ``floor(total claimed) - units sent so far``
-for its carry key, so a fraction is carried into the next event instead of being rounded away, and what
-Stripe has is always within one unit of the ledger. At period close ``billing_app.stripe.carries`` rounds the
-last fraction half up. Only the drain reads the outbox; it never looks at usage events.
+Whole minor units: Stripe meter values are integers. Each event sends ``floor(total claimed) - cents sent so
+far`` for its carry key, so a fraction of a cent is carried into the next event instead of being rounded away,
+and what Stripe has is always within one cent of the ledger. A give-back sends a negative value. At period
+close ``billing_app.stripe.carries`` rounds the last fraction half up. Only the drain reads the outbox; it never
+looks at usage events.
 """
 
 import hashlib
@@ -37,7 +41,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
 from billing_app.models import (
@@ -49,6 +53,7 @@ from billing_app.models import (
 from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
+from core.money import currency_exponent
 from customers.models import Customer, Subscription
 from plans.terms import PlanTerms
 from usage.models import OutboxStatus, StripeUsageOutbox
@@ -63,6 +68,7 @@ WINDOW = timedelta(hours=1)
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_MAX_BATCHES = 20
 DEFAULT_LEASE_SECONDS = 120
+DEFAULT_STUCK_MINUTES = 15
 TRANSIENT_ERRORS = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
@@ -74,6 +80,10 @@ class DrainResult:
     rows_too_old: int = 0
     events_failed: int = 0
     waiting_for_sync: int = 0
+    # The last row id the claim looked at: the next batch starts after it, so rows that must wait (no Stripe
+    # meter yet) never fill every batch and hold back the rows behind them.
+    last_row_id: int = 0
+    rows_stuck: int = 0
 
 
 @dataclass
@@ -87,6 +97,10 @@ class _Group:
     @property
     def quantity(self) -> Decimal:
         return sum((row.quantity for row in self.rows), Decimal(0))
+
+    @property
+    def amount(self) -> Decimal:
+        return sum((row.amount for row in self.rows), Decimal(0))
 
 
 def _ceil_minute(moment: datetime) -> datetime:
@@ -176,14 +190,22 @@ def _whole(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
+def minor_units(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` of ``currency`` in its minor unit, exact: 0.1234 USD -> 12.34 (cents)."""
+    return amount.scaleb(currency_exponent(currency))
+
+
 @transaction.atomic
-def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None = None) -> DrainResult:
-    """Turn up to ``batch_size`` pending outbox rows into pending meter events (see the module docstring)."""
+def outbox_claim(
+    *, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None = None, after_id: int = 0
+) -> DrainResult:
+    """Turn up to ``batch_size`` pending outbox rows with ids above ``after_id`` into pending meter events
+    (see the module docstring)."""
     now = now or timezone.now()
     result = DrainResult()
     rows = list(
         StripeUsageOutbox.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(status=OutboxStatus.PENDING, meter_event_identifier="")
+        .filter(status=OutboxStatus.PENDING, meter_event_identifier="", pk__gt=after_id)
         # Customers Stripe cannot bill yet wait: usage sent before the Stripe subscription exists is dated
         # before its first period and would never be invoiced.
         .exclude(customer__stripe_customer_id="")
@@ -193,6 +215,7 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
     )
     routes = _Routes()
     groups: dict[tuple[int, str, datetime, datetime], _Group] = {}
+    result.last_row_id = rows[-1].pk if rows else after_id
     for row in rows:
         route = routes.route(row)
         if route is None:
@@ -220,11 +243,12 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
         carry = _carry_for_update(
             group.customer, group.route, group.period_start, routes.subscription(group.customer)
         )
-        quantity = group.quantity
-        carry.quantity += quantity
-        value = max(_whole(carry.quantity) - carry.value, 0)
+        amount = group.amount
+        carry.minor_units += minor_units(amount, group.rows[0].currency)
+        # Negative after a give-back: Stripe's sum meter takes it off what was sent before.
+        value = _whole(carry.minor_units) - carry.value
         carry.value += value
-        carry.save(update_fields=["quantity", "value"])
+        carry.save(update_fields=["minor_units", "value"])
         # Nothing whole to send yet: the fraction waits in the carry and the rows are done.
         status = MeterEventStatus.PENDING if value else MeterEventStatus.SENT
         StripeMeterEvent.objects.create(
@@ -238,7 +262,8 @@ def outbox_claim(*, batch_size: int = DEFAULT_BATCH_SIZE, now: datetime | None =
             period_start=group.period_start,
             window_start=group.window_start,
             timestamp=timestamp,
-            quantity=quantity,
+            quantity=group.quantity,
+            amount=amount,
             value=value,
             row_count=len(group.rows),
             status=status,
@@ -421,19 +446,71 @@ def outbox_drain(
     """Claim pending outbox rows into meter events, then post every pending meter event."""
     client = client or stripe_client()
     result = DrainResult()
+    after_id = 0
     for _ in range(max_batches):
-        claimed = outbox_claim(batch_size=batch_size, now=now)
+        claimed = outbox_claim(batch_size=batch_size, now=now, after_id=after_id)
         result.rows_claimed += claimed.rows_claimed
         result.events_created += claimed.events_created
         result.rows_too_old += claimed.rows_too_old
-        result.waiting_for_sync = claimed.waiting_for_sync
-        if not claimed.rows_claimed or claimed.rows_claimed + claimed.waiting_for_sync < batch_size:
+        result.waiting_for_sync += claimed.waiting_for_sync
+        if claimed.last_row_id == after_id:
             break
+        after_id = claimed.last_row_id
+    result.rows_stuck = outbox_stuck_alert(now=now)
     sent = meter_events_send(client=client, owner=owner, now=now)
     result.events_sent = sent.events_sent
     result.events_failed = sent.events_failed
     result.rows_too_old += sent.rows_too_old
     return result
+
+
+def outbox_stuck_alert(*, now: datetime | None = None) -> int:
+    """Tell operators about rows waiting longer than ``STRIPE_OUTBOX_STUCK_MINUTES`` (default: 15 drains of
+    one minute): one alert per customer and oldest stuck row. Returns the number of stuck rows."""
+    now = now or timezone.now()
+    minutes = getattr(settings, "STRIPE_OUTBOX_STUCK_MINUTES", DEFAULT_STUCK_MINUTES)
+    stuck = StripeUsageOutbox.objects.filter(
+        status=OutboxStatus.PENDING,
+        meter_event_identifier="",
+        created_at__lt=now - timedelta(minutes=minutes),
+    )
+    total = 0
+    for customer_id, count, oldest_id, oldest_at in (
+        stuck.values_list("customer_id")
+        .annotate(count=Count("id"), oldest=Min("id"), since=Min("created_at"))
+        .order_by("customer_id")
+    ):
+        total += count
+        customer = Customer.objects.get(pk=customer_id)
+        operator_alert_raise(
+            kind=OperatorAlertKind.OUTBOX_STUCK,
+            customer=customer,
+            message=(
+                f"{count} outbox row(s) of {customer} have waited for Stripe since {oldest_at:%Y-%m-%d %H:%M} "
+                "UTC: the customer or its plan's Stripe meters are not synced (see the sync errors)."
+            ),
+            data={"rows": count, "oldest_outbox_id": oldest_id},
+            dedupe_key=f"outbox-stuck-{oldest_id}",
+        )
+    return total
+
+
+def outbox_period_lines(*, customer: Customer, period_start: datetime) -> dict[str, Decimal]:
+    """The overage money we rated for one period, per Stripe meter (event name): what each metered line of
+    Stripe's invoice must bill once rounded. Usage too old for Stripe is billed by hand and left out; rows
+    with no Stripe meter yet are under ``""``."""
+    routes = _Routes()
+    lines: dict[str, Decimal] = {}
+    rows = (
+        StripeUsageOutbox.objects.filter(customer=customer, period_start=period_start)
+        .exclude(status=OutboxStatus.TOO_OLD)
+        .select_related("customer", "meter")
+    )
+    for row in rows:
+        route = routes.route(row)
+        name = route.event_name if route else ""
+        lines[name] = lines.get(name, Decimal(0)) + row.amount
+    return lines
 
 
 def outbox_backlog() -> dict[str, Any]:

@@ -1,16 +1,17 @@
 """Compare the local ledger with Stripe and record where they disagree.
 
 - Meter usage (hourly job): per customer × Stripe meter × billing period (the current one and the one
-  before), the overage units the drain has sent (``StripeMeterEvent`` rows marked sent, exact quantities)
-  against Stripe's meter event summary for the customer over the period.
+  before), the overage money the drain has sent (``StripeMeterEvent`` rows marked sent, exact amounts in
+  minor units) against Stripe's meter event summary for the customer over the period.
 - Invoices (on ``invoice.finalized``): the post-paid overage the local engine rated for the period (the
-  outbox amounts, rounded once) against the invoice's metered lines.
+  outbox amounts, rounded once per Stripe meter, as Stripe rounds each line) against the invoice's
+  metered lines.
 
 A difference over ``RECONCILIATION_TOLERANCE_PERCENT`` (1%) of the local number is a
 ``ReconciliationDivergence`` (one open row per subject and period, updated on each check and resolved when
 the numbers agree again), a ``logger.warning`` and, the first time, an operator alert. Differences smaller
-than what whole units and rounding explain (under one unit; under one minor unit of money) are ignored:
-Stripe takes whole units, and the drain carries the fraction.
+than what whole minor units explain (under one cent) are ignored: Stripe takes whole values, and the drain
+carries the fraction of a cent.
 
 Usage still in the outbox is in neither number, so a Stripe outage shows as a backlog, not a divergence.
 """
@@ -38,11 +39,11 @@ from billing_app.models import (
 from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
+from billing_app.stripe.outbox import minor_units, outbox_period_lines
 from core.money import currency_exponent, round_money
 from customers.models import Customer, Subscription
 from plans.models import Meter
 from plans.terms import PlanTerms
-from usage.models import OutboxStatus, StripeUsageOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,10 @@ def customer_meters_reconcile(
             )
             for row in sent.values("event_name", "stripe_meter_id", "meter_id", "dimension_value").distinct()
         }
-        totals = dict(sent.values_list("event_name").annotate(total=Sum("quantity")))
+        totals = {
+            name: minor_units(total, subscription.plan_version.currency)
+            for name, total in sent.values_list("event_name").annotate(total=Sum("amount"))
+        }
         # Events may be dated up to five minutes ahead (Stripe's limit), e.g. at the first whole minute of a
         # period that has just begun.
         end = min(period[1], now + STRIPE_MAX_LEAD)
@@ -209,7 +213,7 @@ def customer_meters_reconcile(
                 period=period,
                 local=local,
                 remote=remote,
-                # Stripe holds whole units; the drain carries the fraction (under one unit) to the next event.
+                # Stripe holds whole cents; the drain carries the fraction (under one) to the next event.
                 smallest_difference=Decimal(1),
                 now=now,
                 meter_id=subject.meter_id,
@@ -252,11 +256,8 @@ def invoice_compare(*, invoice: StripeInvoice) -> ReconciliationDivergence | Non
         return None
     middle = invoice.period_start + (invoice.period_end - invoice.period_start) / 2
     period = subscription.period_containing(middle)
-    overage = StripeUsageOutbox.objects.filter(customer=invoice.customer, period_start=period[0]).exclude(
-        status=OutboxStatus.TOO_OLD
-    )
-    rated = overage.aggregate(total=Sum("amount"))["total"] or Decimal(0)
-    preview = round_money(rated, invoice.currency)
+    lines = outbox_period_lines(customer=subscription.customer, period_start=period[0])
+    preview = sum((round_money(amount, invoice.currency) for amount in lines.values()), Decimal(0))
     StripeInvoice.objects.filter(pk=invoice.pk).update(local_preview_total=preview)
     invoice.local_preview_total = preview
     return divergence_check(
@@ -266,8 +267,8 @@ def invoice_compare(*, invoice: StripeInvoice) -> ReconciliationDivergence | Non
         period=period,
         local=preview,
         remote=invoice.usage_total,
-        # Stripe rounds each line and the preview rounds once: one minor unit apart is rounding.
-        smallest_difference=2 * Decimal(1).scaleb(-currency_exponent(invoice.currency)),
+        # Both round each line once: any whole minor unit apart is a divergence.
+        smallest_difference=Decimal(1).scaleb(-currency_exponent(invoice.currency)),
         now=timezone.now(),
         invoice=invoice,
     )

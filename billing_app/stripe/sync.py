@@ -2,16 +2,17 @@
 
 Mapping (decided with the team):
 - a local meter is a Stripe billing meter with ``event_name`` = the meter key, customers mapped by
-  ``stripe_customer_id``, the value under ``value``, aggregated by sum (only overage units are sent,
-  already aggregated by the local engine, whatever the meter's own aggregation);
+  ``stripe_customer_id``, the value under ``value``, aggregated by sum. Its values are the post-paid
+  overage *money* the local engine rated, in minor units (see docs/stripe.md), whatever the meter's
+  own aggregation and price model;
 - a dimension value with its own rate gets its own Stripe meter (``llm_tokens.gpt-4o``,
   ``StripeDimensionMeter``) and price, so Stripe totals and bills each value apart; values priced at the
   default rate feed the meter's own Stripe meter and the dimensional price's ``stripe_price_id``;
 - a plan is a product; a plan version's base fee is a licensed monthly/yearly price and each of its usage
-  prices a metered price on the meter. Stripe prices mirror the local price of the *billable* quantity
-  (after the allowance), because only overage units are sent: per-unit and dimensional rates become
-  ``unit_amount_decimal`` in minor units ("0.8" cents), graduated and volume tiers map one to one,
-  packages use ``transform_quantity``. Credit-priced rates are converted at the plan's credit-pack rate.
+  prices a metered price on the meter at one minor unit per unit (``AMOUNT_PRICE``). Tiers, packages,
+  dimension rates and credit conversion are applied once, locally: Stripe re-rating quantities we
+  already drew from allowance, credits and the wallet is what billed tiered prices twice. Credit prices
+  without a credit pack never produce overage and get no Stripe price.
 
 Every create passes an idempotency key made from the local row's id and creation time, so a retry after a
 timeout, or after a crash between the call and saving the id, gets Stripe's saved answer instead of a
@@ -24,7 +25,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from django.db.models import F, Q
 
 from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
 from billing_app.stripe.client import stripe_client
-from core.money import currency_exponent, to_minor_units
+from core.money import to_minor_units
 from customers.models import Customer, Subscription, SubscriptionStatus
 from plans.models import DimensionRate, Meter, PlanVersion, Price, PriceModel, PricingUnit, VersionStatus
 from plans.selectors import prices_with_rates
@@ -41,14 +41,12 @@ from plans.selectors import prices_with_rates
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Stripe's limits: event names up to 100 characters, decimal amounts with at most 12 decimal places.
+# Stripe's limit: event names up to 100 characters.
 EVENT_NAME_MAX = 100
-STRIPE_DECIMAL_PLACES = Decimal("1e-12")
-_DECIMAL_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
 
 
 class StripeSyncError(Exception):
-    """A local object cannot be expressed in Stripe (a fractional tier bound, a base fee finer than a cent)."""
+    """A local object cannot be expressed in Stripe (a base fee finer than the currency's minor unit)."""
 
     code = "stripe_sync_error"
 
@@ -61,31 +59,6 @@ def _idempotency_key(kind: str, pk: int, created: datetime, *extra: object) -> s
 
 def _options(key: str) -> Any:
     return {"idempotency_key": key}
-
-
-# --- amounts -------------------------------------------------------------------------------------------
-
-
-def minor_units_decimal(amount: Decimal, currency: str) -> str:
-    """A rate in minor units as Stripe's decimal string: 0.008 USD -> "0.8" (cents), 2 JPY -> "2".
-
-    For ``unit_amount_decimal`` and the tiers' decimal amounts, which may be finer than the minor unit.
-    Whole charges go through ``core.money.to_minor_units``.
-    """
-    scaled = amount.scaleb(currency_exponent(currency), context=_DECIMAL_CONTEXT)
-    scaled = scaled.quantize(STRIPE_DECIMAL_PLACES, context=_DECIMAL_CONTEXT)
-    text = format(scaled.normalize(context=_DECIMAL_CONTEXT), "f")
-    return "0" if scaled.is_zero() else text
-
-
-def _money_rate(amount: Decimal, price: Price) -> Decimal | None:
-    """A rate of ``price`` in the plan currency; credits convert at the credit-pack rate (None without one)."""
-    if price.pricing_unit != PricingUnit.CREDITS:
-        return amount
-    credit_rate = price.plan_version.credit_unit_amount
-    if credit_rate is None:
-        return None
-    return _DECIMAL_CONTEXT.multiply(amount, credit_rate)
 
 
 # --- meters --------------------------------------------------------------------------------------------
@@ -200,44 +173,25 @@ def _price_create(
     return client.v1.prices.create(body, _options(key)).id
 
 
-def _usage_price_params(price: Price, amount_rate: Decimal | None = None) -> dict[str, Any] | None:
-    """Stripe's fields for a non-dimensional usage price (or one rate of a dimensional one), or None when
-    the price can never produce post-paid overage (credits with no credit pack)."""
-    currency = price.plan_version.currency
-    model = PriceModel(price.model)
-    if model in (PriceModel.PER_UNIT, PriceModel.DIMENSIONAL):
-        rate = _money_rate(amount_rate if amount_rate is not None else price.unit_amount or Decimal(0), price)
-        if rate is None:
-            return None
-        return {"billing_scheme": "per_unit", "unit_amount_decimal": minor_units_decimal(rate, currency)}
-    if model == PriceModel.PACKAGE:
-        package_amount = _money_rate(price.package_amount or Decimal(0), price)
-        size = price.package_size or Decimal(0)
-        if package_amount is None:
-            return None
-        if size != size.to_integral_value() or size <= 0:
-            raise StripeSyncError(f"{price}: Stripe packages need a whole number of units, not {size}.")
-        return {
-            "billing_scheme": "per_unit",
-            "unit_amount_decimal": minor_units_decimal(package_amount, currency),
-            "transform_quantity": {"divide_by": int(size), "round": "up"},
-        }
-    tiers = []
-    for tier in price.tiers.all():
-        unit_rate = _money_rate(tier.unit_amount, price)
-        flat = _money_rate(tier.flat_amount, price)
-        if unit_rate is None or flat is None:
-            return None
-        if tier.up_to is not None and tier.up_to != tier.up_to.to_integral_value():
-            raise StripeSyncError(f"{price}: Stripe tiers end on whole units, not {tier.up_to}.")
-        tiers.append(
-            {
-                "up_to": "inf" if tier.up_to is None else int(tier.up_to),
-                "unit_amount_decimal": minor_units_decimal(unit_rate, currency),
-                "flat_amount_decimal": minor_units_decimal(flat, currency),
-            }
-        )
-    return {"billing_scheme": "tiered", "tiers_mode": str(model), "tiers": tiers}
+# A usage price in Stripe bills the money we rated, sent as meter values in minor units: one unit is one
+# minor unit (a cent), whatever the local price model. Stripe never applies tiers, packages or rates to
+# quantities we already drew from allowance, credits and the wallet (docs/stripe.md).
+AMOUNT_PRICE: dict[str, Any] = {"billing_scheme": "per_unit", "unit_amount_decimal": "1"}
+
+
+def _usage_price_params(price: Price) -> dict[str, Any] | None:
+    """Stripe's fields for a usage price (or one rate of a dimensional one), or None when the price can
+    never produce post-paid overage money (credits with no credit pack to convert them)."""
+    if price.pricing_unit == PricingUnit.CREDITS and price.plan_version.credit_unit_amount is None:
+        return None
+    return dict(AMOUNT_PRICE)
+
+
+def _base_fee_minor_units(version: PlanVersion) -> int:
+    try:
+        return to_minor_units(version.base_fee, version.currency)
+    except ValueError as error:
+        raise StripeSyncError(f"{version}: {error}") from error
 
 
 def plan_version_sync(*, plan_version: PlanVersion, client: stripe.StripeClient | None = None) -> PlanVersion:
@@ -251,7 +205,7 @@ def plan_version_sync(*, plan_version: PlanVersion, client: stripe.StripeClient 
             version,
             product_id,
             _idempotency_key("base-price", version.pk, version.created_at),
-            unit_amount=to_minor_units(version.base_fee, version.currency),
+            unit_amount=_base_fee_minor_units(version),
             recurring=_recurring(version),
             nickname=f"{version} base fee",
         )
@@ -270,7 +224,7 @@ def _usage_price_sync(
         for rate in price.dimension_rates.all():
             if rate.stripe_price_id:
                 continue
-            params = _usage_price_params(price, rate.unit_amount)
+            params = _usage_price_params(price)
             if params is None:
                 continue
             dimension_meter = dimension_meter_sync(meter=meter, value=rate.value, client=client)
@@ -287,7 +241,7 @@ def _usage_price_sync(
             DimensionRate.objects.filter(pk=rate.pk).update(stripe_price_id=price_id)
         if price.default_rate is None:
             return
-        params = _usage_price_params(price, price.default_rate)
+        params = _usage_price_params(price)
     else:
         params = _usage_price_params(price)
     if params is None or price.stripe_price_id:
@@ -320,12 +274,14 @@ def plan_version_is_synced(plan_version: PlanVersion) -> bool:
     if plan_version.base_fee > 0 and not plan_version.stripe_base_price_id:
         return False
     for price in prices_with_rates(plan_version):
+        if _usage_price_params(price) is None:
+            continue
         if price.model == PriceModel.DIMENSIONAL:
             if any(not rate.stripe_price_id for rate in price.dimension_rates.all()):
                 return False
             if price.default_rate is not None and not price.stripe_price_id:
                 return False
-        elif not price.stripe_price_id and _usage_price_params(price) is not None:
+        elif not price.stripe_price_id:
             return False
     return True
 

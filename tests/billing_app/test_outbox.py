@@ -1,4 +1,5 @@
-"""The outbox drain: only overage reaches Stripe, whole units, deterministic identifiers, outages and crashes."""
+"""The outbox drain: only overage money reaches Stripe, in whole cents, with deterministic identifiers,
+through outages and crashes."""
 
 import threading
 from datetime import timedelta
@@ -17,6 +18,7 @@ from billing_app.stripe.outbox import meter_event_timestamp, outbox_drain
 from billing_app.stripe.sync import stripe_sync_pending
 from billing_app.tasks import stripe_outbox_drain_task
 from customers.models import Subscription
+from plans.models import Meter
 from tests.billing_app.conftest import calls, ingest
 from tests.catalog_fixtures import event
 from usage.models import OutboxStatus, StripeUsageOutbox
@@ -26,8 +28,6 @@ METER_EVENTS = "/v1/billing/meter_events"
 
 
 def stripe_total(fake, customer, key="api_call"):
-    from plans.models import Meter
-
     return fake.meter_total(Meter.objects.get(key=key).stripe_meter_id, customer.stripe_customer_id, 0, 2**31)
 
 
@@ -35,21 +35,22 @@ def accepted_identifiers(fake):
     return [record.identifier for record in fake.meter_events()]
 
 
-def ledger_overage(customer):
-    return sum(row.quantity for row in StripeUsageOutbox.objects.filter(customer=customer))
+def ledger_cents(customer):
+    """The overage money we rated, in cents: what Stripe's meters must add up to."""
+    return sum(row.amount for row in StripeUsageOutbox.objects.filter(customer=customer)) * 100
 
 
 def test_only_post_paid_overage_reaches_stripe(synced_customer, stripe_on, mid_hour):
-    # 100 calls are included; $2 of credits and $1 of wallet pay for 30 more; 20 are overage.
-    credit_grant_create(customer=synced_customer, amount=Decimal("2.00"))
+    # 100 calls are included; $2 of credits and $1 of wallet pay for 30 more; 20 are overage: $2.00.
+    credit_grant_create(customer=synced_customer, amount=Decimal("2.00"), unit="usd")
     wallet_top_up(customer=synced_customer, amount=Decimal("1.00"))
     ingest(*calls("a", 150))
 
     outbox_drain()
 
-    assert stripe_total(stripe_on, synced_customer) == 20
+    assert stripe_total(stripe_on, synced_customer) == 200
     [meter_event] = stripe_on.meter_events()
-    assert meter_event.payload == {"stripe_customer_id": synced_customer.stripe_customer_id, "value": "20"}
+    assert meter_event.payload == {"stripe_customer_id": synced_customer.stripe_customer_id, "value": "200"}
     assert not StripeUsageOutbox.objects.exclude(status=OutboxStatus.SENT).exists()
 
 
@@ -64,7 +65,7 @@ def test_rows_of_one_hour_become_one_event_with_an_identifier_from_their_ids(
 
     rows = list(StripeUsageOutbox.objects.order_by("id"))
     [sent] = stripe_on.meter_events()
-    assert sent.value == 22
+    assert sent.value == 220  # cents
     assert sent.identifier == outbox.meter_event_identifier(rows)
     assert sent.identifier.startswith(f"ob-{rows[0].pk}-")
     assert {row.meter_event_identifier for row in rows} == {sent.identifier}
@@ -79,7 +80,7 @@ def test_each_hour_is_its_own_event_dated_inside_it(synced_customer, stripe_on):
         outbox_drain()
 
     events = stripe_on.meter_events()
-    assert [event.value for event in events] == [3, 4]
+    assert [event.value for event in events] == [30, 40]
     moments = (start + timedelta(hours=2), start + timedelta(hours=5, minutes=30))
     hours = [moment.replace(minute=0, second=0, microsecond=0) for moment in moments]
     assert [event.timestamp for event in events] == [int(hour.timestamp()) for hour in hours]
@@ -88,14 +89,14 @@ def test_each_hour_is_its_own_event_dated_inside_it(synced_customer, stripe_on):
 def test_fractions_are_carried_into_the_next_event_and_rounded_at_period_close(synced_customer, stripe_on):
     ingest(event("base", quantity=100))
     for i in range(5):
-        ingest(event(f"f{i}", quantity="0.4"))
+        ingest(event(f"f{i}", quantity="0.04"))
         outbox_drain()
 
-    # 2.0 units of overage in five events of 0.4: whole units go out as the running total crosses them.
+    # 2.0 cents of overage in five events of 0.4 cents: whole cents go out as the running total crosses them.
     assert [event.value for event in stripe_on.meter_events()] == [1, 1]
-    ingest(event("last", quantity="0.7"))
+    ingest(event("last", quantity="0.07"))
     outbox_drain()
-    assert stripe_total(stripe_on, synced_customer) == 2  # 2.7 so far: the 0.7 waits in the carry
+    assert stripe_total(stripe_on, synced_customer) == 2  # 2.7 cents so far: the 0.7 waits in the carry
 
     subscription = Subscription.objects.get(customer=synced_customer)
     with time_machine.travel(subscription.current_period_end + timedelta(minutes=1), tick=False):
@@ -103,7 +104,7 @@ def test_fractions_are_carried_into_the_next_event_and_rounded_at_period_close(s
         outbox_drain()
         assert usage_carries_finalize() == 0
 
-    assert ledger_overage(synced_customer) == Decimal("2.7")
+    assert ledger_cents(synced_customer) == Decimal("2.7")
     assert stripe_total(stripe_on, synced_customer) == 3  # rounded half up, once
 
 
@@ -125,7 +126,7 @@ def test_a_stripe_outage_queues_usage_and_loses_nothing(synced_customer, stripe_
     with time_machine.travel(start + timedelta(seconds=75), tick=False):
         outbox_drain()
 
-    assert stripe_total(stripe_on, synced_customer) == ledger_overage(synced_customer) == 160
+    assert stripe_total(stripe_on, synced_customer) == ledger_cents(synced_customer) == 1600
     identifiers = accepted_identifiers(stripe_on)
     assert len(identifiers) == len(set(identifiers))
     posts = stripe_on.requests(METER_EVENTS, method="POST")
@@ -154,7 +155,7 @@ def test_a_crash_after_stripe_accepted_resends_the_same_identifier(
     with time_machine.travel(timezone.now() + timedelta(minutes=3), tick=False):
         outbox_drain()
 
-    assert stripe_total(stripe_on, synced_customer) == 25
+    assert stripe_total(stripe_on, synced_customer) == 250
     [first, again] = stripe_on.requests(METER_EVENTS, method="POST")
     assert first.params["identifier"] == again.params["identifier"]
     assert (first.status, again.status) == (200, 400)  # "An event already exists with identifier ..."
@@ -171,7 +172,7 @@ def test_usage_waits_until_the_customer_is_in_stripe(stripe_on, pro_plan, make_c
     outbox_drain()
 
     customer.refresh_from_db()
-    assert stripe_total(stripe_on, customer) == 30
+    assert stripe_total(stripe_on, customer) == 300
 
 
 def test_usage_too_old_for_stripe_is_flagged_for_a_manual_invoice(stripe_on, pro_plan, make_customer):
@@ -232,16 +233,17 @@ def test_dimensional_overage_goes_to_the_meter_of_its_value(stripe_on, make_plan
     stripe_sync_pending()
     customer.refresh_from_db()
     tokens = [
-        event("t1", meter="llm_tokens", quantity=1500, properties={"model": "gpt-4o"}),
-        event("t2", meter="llm_tokens", quantity=300, properties={"model": "mini"}),
-        event("t3", meter="llm_tokens", quantity=70, properties={"model": "other"}),
+        event("t1", meter="llm_tokens", quantity=101_000, properties={"model": "gpt-4o"}),
+        event("t2", meter="llm_tokens", quantity=300_000, properties={"model": "mini"}),
+        event("t3", meter="llm_tokens", quantity=70_000, properties={"model": "other"}),
     ]
     ingest(*tokens)
 
     outbox_drain()
 
     by_name = {record.event_name: record.value for record in stripe_on.meter_events()}
-    assert by_name == {"llm_tokens.gpt-4o": 500, "llm_tokens.mini": 300, "llm_tokens": 70}
+    # Cents: 100,000 billable tokens at $0.00001, 300,000 at $0.000001, 70,000 at the default $0.000002.
+    assert by_name == {"llm_tokens.gpt-4o": 100, "llm_tokens.mini": 30, "llm_tokens": 14}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -268,7 +270,7 @@ def test_concurrent_drains_send_each_row_once(stripe_on, pro_plan, make_customer
         thread.join()
 
     assert errors == []
-    assert stripe_total(stripe_on, customer) == ledger_overage(customer) == 240
+    assert stripe_total(stripe_on, customer) == ledger_cents(customer) == 2400
     identifiers = accepted_identifiers(stripe_on)
     assert len(identifiers) == len(set(identifiers))
     assert not StripeUsageOutbox.objects.exclude(status=OutboxStatus.SENT).exists()
@@ -291,3 +293,32 @@ def test_the_drain_task_retries_transient_stripe_errors_with_backoff():
     }
     assert stripe_outbox_drain_task.retry_backoff is True
     assert not issubclass(stripe.InvalidRequestError, tuple(stripe_outbox_drain_task.autoretry_for))
+
+
+def test_one_customers_stuck_rows_do_not_hold_back_the_others(stripe_on, pro_plan, make_plan, make_customer):
+    make_plan("exports", prices=[{"meter": "export", "model": "per_unit", "unit_amount": "0.50"}])
+    stuck = make_customer("exports", "stuck")
+    acme = make_customer("pro")
+    stripe_sync_pending()
+    # The export meter lost its Stripe meter (a plan change to a version not synced yet, say): the stuck
+    # customer's rows cannot be routed, and they are the oldest in the outbox.
+    Meter.objects.filter(key="export").update(stripe_meter_id="")
+    for batch in range(4):
+        ingest(event(f"x{batch}", customer="stuck", meter="export", quantity=2))
+    ingest(*calls("a", 130))
+
+    result = outbox_drain(batch_size=2)
+
+    acme.refresh_from_db()
+    assert stripe_total(stripe_on, acme) == 300
+    assert result.waiting_for_sync == 4
+    assert StripeUsageOutbox.objects.filter(customer=stuck, status=OutboxStatus.PENDING).count() == 4
+    assert not OperatorAlert.objects.filter(kind=OperatorAlertKind.OUTBOX_STUCK).exists()
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=16), tick=False):
+        assert outbox_drain(batch_size=2).rows_stuck == 4
+        outbox_drain(batch_size=2)
+
+    [alert] = OperatorAlert.objects.filter(kind=OperatorAlertKind.OUTBOX_STUCK)
+    assert alert.customer == stuck
+    assert alert.data["rows"] == 4

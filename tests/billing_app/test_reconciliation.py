@@ -20,14 +20,14 @@ from tests.billing_app.webhook_helpers import signed_post
 
 @pytest.fixture
 def thousand_over(synced_customer, stripe_on):
-    """1,100 calls: 1,000 past the allowance, drained to Stripe."""
-    ingest(*calls("a", 1100))
+    """200 calls: 100 past the allowance at $0.10, $10.00 (1,000 cents) drained to Stripe."""
+    ingest(*calls("a", 200))
     outbox_drain()
     return synced_customer
 
 
 def inject(customer, value, identifier):
-    """Usage that reached Stripe without passing through the ledger (another system, a bug, a replay)."""
+    """Usage (in cents) that reached Stripe without passing through the ledger (another system, a bug)."""
     stripe_client().v1.billing.meter_events.create(
         {
             "event_name": "api_call",
@@ -123,7 +123,7 @@ def test_a_finalized_invoice_that_differs_from_the_local_preview_is_recorded(
 ):
     ingest(*calls("a", 160))
     outbox_drain()
-    inject(synced_customer, 2, "injected-invoice")
+    inject(synced_customer, 20, "injected-invoice")  # cents
     stripe_on.close_period(synced_customer.subscription.stripe_subscription_id, wait=False)
 
     signed_post(client, stripe_on.events("invoice.finalized")[0])

@@ -1,7 +1,6 @@
 """Catalog, customer and subscription sync, checked by what the fake Stripe received."""
 
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 import time_machine
@@ -10,8 +9,8 @@ from django.utils import timezone
 from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
 from billing_app.stripe.client import StripeNotConnected, stripe_client
 from billing_app.stripe.sync import (
+    AMOUNT_PRICE,
     customer_sync,
-    minor_units_decimal,
     plan_version_price_ids,
     stripe_sync_pending,
 )
@@ -40,14 +39,6 @@ def posted(fake, path):
     return [request.params for request in fake.requests(path, method="POST") if request.status == 200]
 
 
-def test_amounts_become_stripe_minor_unit_decimals():
-    assert minor_units_decimal(Decimal("0.008"), "usd") == "0.8"
-    assert minor_units_decimal(Decimal("0.10"), "usd") == "10"
-    assert minor_units_decimal(Decimal("0.0000006"), "usd") == "0.00006"
-    assert minor_units_decimal(Decimal("2"), "jpy") == "2"
-    assert minor_units_decimal(Decimal("0"), "usd") == "0"
-
-
 def test_catalog_sync_creates_the_meter_product_and_prices(stripe_on, pro_plan):
     stripe_sync_pending()
 
@@ -62,10 +53,11 @@ def test_catalog_sync_creates_the_meter_product_and_prices(stripe_on, pro_plan):
     [product] = posted(stripe_on, "/v1/products")
     assert product["name"] == "Pro"
     base, usage = posted(stripe_on, "/v1/prices")
-    # $20 a month, in cents, billed in advance; $0.10 a call past the allowance, metered by the meter.
+    # $20 a month, in cents, billed in advance; the calls past the allowance are rated locally and their
+    # money metered in cents, so the usage price is one cent a unit.
     assert base["unit_amount"] == "2000"
     assert base["recurring"] == {"interval": "month", "usage_type": "licensed"}
-    assert usage["unit_amount_decimal"] == "10"
+    assert (usage["billing_scheme"], usage["unit_amount_decimal"]) == ("per_unit", "1")
     meter_id = Meter.objects.get(key="api_call").stripe_meter_id
     assert usage["recurring"] == {"interval": "month", "usage_type": "metered", "meter": meter_id}
     pro_plan.refresh_from_db()
@@ -73,21 +65,14 @@ def test_catalog_sync_creates_the_meter_product_and_prices(stripe_on, pro_plan):
     assert Price.objects.get(plan_version=pro_plan).stripe_price_id
 
 
-def test_graduated_tiers_map_one_to_one(stripe_on, make_plan):
+def test_tiers_stay_local_and_stripe_bills_the_money_we_rated(stripe_on, make_plan):
     make_plan("team", prices=[GRADUATED])
 
     stripe_sync_pending()
 
     [price] = posted(stripe_on, "/v1/prices")
-    assert price["billing_scheme"] == "tiered"
-    assert price["tiers_mode"] == "graduated"
-    assert price["tiers"] == [
-        {"up_to": "1000", "unit_amount_decimal": "0", "flat_amount_decimal": "0"},
-        {"up_to": "10000", "unit_amount_decimal": "0.5", "flat_amount_decimal": "500"},
-        {"up_to": "inf", "unit_amount_decimal": "0.25", "flat_amount_decimal": "0"},
-    ]
-    stored = stripe_client().v1.prices.retrieve(Price.objects.get().stripe_price_id, {"expand": ["tiers"]})
-    assert [tier.up_to for tier in stored.tiers] == [1000, 10000, None]
+    assert "tiers" not in price and "tiers_mode" not in price
+    assert {key: price[key] for key in AMOUNT_PRICE} == AMOUNT_PRICE
 
 
 def test_dimensional_price_gets_a_meter_and_a_price_per_value(stripe_on, make_plan):
@@ -98,8 +83,7 @@ def test_dimensional_price_gets_a_meter_and_a_price_per_value(stripe_on, make_pl
     meters = posted(stripe_on, "/v1/billing/meters")
     assert sorted(meter["event_name"] for meter in meters) == ["llm_tokens.gpt-4o", "llm_tokens.gpt-4o-mini"]
     prices = {price["metadata"]["dimension_value"]: price for price in posted(stripe_on, "/v1/prices")}
-    assert prices["gpt-4o"]["unit_amount_decimal"] == "0.001"
-    assert prices["gpt-4o-mini"]["unit_amount_decimal"] == "0.00006"
+    assert prices["gpt-4o"]["unit_amount_decimal"] == prices["gpt-4o-mini"]["unit_amount_decimal"] == "1"
     by_value = {m.value: m.stripe_meter_id for m in StripeDimensionMeter.objects.all()}
     assert prices["gpt-4o"]["recurring"]["meter"] == by_value["gpt-4o"]
     assert all(rate.stripe_price_id for rate in DimensionRate.objects.all())
@@ -194,14 +178,15 @@ def test_without_a_key_stripe_is_not_connected(settings):
 
 
 def test_a_version_stripe_refuses_is_reported_and_does_not_stop_the_others(stripe_on, pro_plan, make_plan):
-    # Stripe would take a package price (transform_quantity); this fake does not model it, which makes it a
-    # handy price that Stripe refuses.
+    # A base fee finer than a cent: Stripe's licensed prices take whole minor units.
     make_plan(
-        "bulk", prices=[{"meter": "export", "model": "package", "package_size": "100", "package_amount": "5"}]
+        "bulk",
+        base_fee="9.995",
+        prices=[{"meter": "export", "model": "package", "package_size": "100", "package_amount": "5"}],
     )
 
     report = stripe_sync_pending()
 
     assert report.plan_versions == 1
-    assert len(report.errors) == 1 and "transform_quantity" in report.errors[0]
+    assert len(report.errors) == 1 and "9.995" in report.errors[0]
     assert Price.objects.get(meter__key="api_call").stripe_price_id

@@ -145,8 +145,9 @@ def stripe_total(fake: FakeStripe, customer: Customer) -> int:
     )
 
 
-def ledger_overage(customer: Customer) -> int:
-    return int(sum(row.quantity for row in StripeUsageOutbox.objects.filter(customer=customer)))
+def ledger_cents(customer: Customer) -> int:
+    """The overage money we rated, in cents: what Stripe's meter must add up to."""
+    return int(sum(row.amount for row in StripeUsageOutbox.objects.filter(customer=customer)) * 100)
 
 
 def all_sent() -> bool:
@@ -175,7 +176,7 @@ def test_a_stripe_outage_during_ingestion_loses_nothing_and_sends_nothing_twice(
     stripe_on.clear_faults()
     wait_for(all_sent, what="the outbox to drain after the outage")
 
-    assert stripe_total(stripe_on, acme) == ledger_overage(acme) == 160
+    assert stripe_total(stripe_on, acme) == ledger_cents(acme) == 1600
     assert_each_identifier_counted_once(stripe_on)
     assert all(event.status == MeterEventStatus.SENT for event in StripeMeterEvent.objects.all())
 
@@ -204,6 +205,6 @@ def test_a_worker_killed_mid_drain_loses_nothing_after_restart(worker, acme, str
         return all_sent()
 
     wait_for(drained, what="the restarted worker to finish the drain")
-    assert stripe_total(stripe_on, acme) == ledger_overage(acme) == 90
+    assert stripe_total(stripe_on, acme) == ledger_cents(acme) == 900
     assert in_flight.params["identifier"] in [record.identifier for record in stripe_on.meter_events()]
     assert_each_identifier_counted_once(stripe_on)

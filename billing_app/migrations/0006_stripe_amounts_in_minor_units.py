@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("billing_app", "0003_api_key_rate_limit")]
+    dependencies = [("billing_app", "0005_idempotency_keys")]
 
     operations = [
         migrations.RenameField(model_name="stripeusagecarry", old_name="quantity", new_name="minor_units"),

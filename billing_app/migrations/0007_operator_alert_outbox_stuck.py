@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing_app', '0004_stripe_amounts_in_minor_units'),
+        ('billing_app', '0006_stripe_amounts_in_minor_units'),
     ]
 
     operations = [

@@ -59,6 +59,7 @@ class NewUsageEvent:
     wallet_amount: Decimal
     overage_amount: Decimal
     fingerprint: str | None = None  # of the event as the client sent it (``usage.validation``)
+    wallet_money: Decimal = ZERO  # what the wallet paid, in money (``UsageEvent.wallet_money``)
     id: int | None = None
 
     def written_id(self) -> int:

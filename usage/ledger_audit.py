@@ -186,9 +186,9 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     took, per unit, and the wallet shares, in money, equal what the wallet rows took. Two writes in the same
     instant fall in one group, and the sums still have to agree.
 
-    A wallet share priced in credits is money at the credit rate of the plan the event was rated on, which
-    the event does not record: it is proved at the customer's current plan's rate, and left out when the
-    current plan has none.
+    A wallet share priced in credits is money converted on the period's running total, which the event
+    records (``wallet_money``); for events recorded before it was kept, the share is proved at the
+    customer's current plan's rate, and left out when the current plan has none.
     """
     mismatches: list[Mismatch] = []
     split = F("credits_amount") + F("wallet_amount") + F("overage_amount")
@@ -238,15 +238,20 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     events = (
         UsageEvent.objects.filter(billable=True)
         .filter(~Q(credits_amount=0) | ~Q(wallet_amount=0))
-        .values_list("customer_id", "received_at", "cost_unit", "credits_amount", "wallet_amount")
+        .values_list(
+            "customer_id", "received_at", "cost_unit", "credits_amount", "wallet_amount", "wallet_money"
+        )
     )
-    for customer_id, received_at, unit, credits, wallet in events:
+    for customer_id, received_at, unit, credits, wallet, wallet_money in events:
         if credits:
             said_credits[customer_id, received_at, unit] += credits
         if not wallet:
             continue
         if unit != CREDITS:
             said_wallet[customer_id, received_at] += wallet
+            continue
+        if wallet_money is not None:  # credits' money on the period's running total, as the engine drew it
+            said_wallet[customer_id, received_at] += wallet_money
             continue
         customer_terms = terms.of(customer_id)
         if customer_terms is None or customer_terms.credit_rate is None:

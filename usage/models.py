@@ -209,6 +209,10 @@ class UsageEvent(models.Model):
     # content is refused, not taken for a duplicate. NULL for events recorded before it was kept and for
     # reservation commits, whose key is the reservation's.
     fingerprint = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    # The money the wallet paid for this event (negative: given back), as the wallet's ledger rows took it.
+    # A credit-priced share is converted on the period's running total (``PlanTerms.money_of_running_total``),
+    # so it is recorded here rather than recomputed. None on events recorded before it was kept.
+    wallet_money = models.DecimalField(**RATE, null=True, blank=True)
 
     class Meta:
         ordering = ["-timestamp", "-id"]

@@ -72,7 +72,8 @@ class UsageRecorder:
                 meter=meter, quantity=quantity, properties=properties, timestamp=timestamp
             )
         reservation_id = hold.pk if hold is not None else None
-        self.draws.append(engine.apply(coverage, meter=meter, timestamp=timestamp))
+        draws = engine.apply(coverage, meter=meter, timestamp=timestamp)
+        self.draws.append(draws)
         action = properties.get("action")
         event = NewUsageEvent(
             customer_id=engine.customer.pk,
@@ -94,6 +95,7 @@ class UsageRecorder:
             credits_amount=coverage.credits,
             wallet_amount=coverage.wallet,
             overage_amount=coverage.overage,
+            wallet_money=-sum((draw.amount for draw in draws if draw.grant is None), ZERO),
         )
         self.events.append(event)
         return event

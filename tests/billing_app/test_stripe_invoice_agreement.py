@@ -119,14 +119,13 @@ SCENARIOS = {
         expected={("llm_1k_tokens", "gpt-4o"): "0.20", ("llm_1k_tokens", "gpt-4o-mini"): "0.50"},
     ),
     # 2 credits an action, credits at 1c (a 1,000-credit pack for $10): 600 actions are 1,200 credits;
-    # a 500-credit grant, a $1 grant (100 credits) and a $3 wallet (300 credits) pay 900; 300 are overage.
+    # a 500-credit grant and a $4 wallet (400 credits) pay 900; 300 are overage.
     "credits-with-grants-and-wallet": Scenario(
         prices=[{"meter": "ai_action", "model": "per_unit", "unit": "credits", "unit_amount": "2"}],
         credit_packs=[{"price": "10.00", "credits": "1000"}],
         batches=[[("ai_action", "250", "")], [("ai_action", "350", "")]],
         grant_credits="500",
-        grant_money="1.00",
-        wallet="3.00",
+        wallet="4.00",
         expected={("ai_action", ""): "3.00"},
     ),
 }

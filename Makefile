@@ -6,7 +6,7 @@ PORT ?= 8000
 STACK := $(BIN)/python scripts/devstack.py
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run run-stripe test smoke install install-dev lint typecheck pytest demo-check clean
+.PHONY: run run-stripe test smoke simulate install install-dev lint typecheck pytest demo-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ demo-check:
 	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py seed_demo
 	DATABASE_URL=$$POSTGRES_SERVER_URL/billing_ci DEBUG=true $(BIN)/python manage.py ledger_check
+
+# A long soak of the engine simulation, by hand: make simulate STEPS=20000 [SEED=7]. CI runs a short one.
+simulate: install-dev
+	$(STACK) exec -- env SIMULATION_STEPS=$(or $(STEPS),5000) SIMULATION_SHRINK=1 $(if $(SEED),SIMULATION_SEED=$(SEED)) \
+		$(BIN)/pytest -q -n 2 --create-db -rxX --runxfail tests/usage/test_simulation.py
 
 # A fresh clone's `make run`, used over HTTP as a newcomer would, then stopped (scripts/smoke.py).
 smoke: install-dev

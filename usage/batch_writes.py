@@ -60,6 +60,8 @@ class NewUsageEvent:
     overage_amount: Decimal
     fingerprint: str | None = None  # of the event as the client sent it (``usage.validation``)
     wallet_money: Decimal = ZERO  # what the wallet paid, in money (``UsageEvent.wallet_money``)
+    money_grant_credits: Decimal = ZERO  # of credits_amount, paid by monetary grants
+    money_grant_amount: Decimal = ZERO  # the money those grants gave
     id: int | None = None
 
     def written_id(self) -> int:

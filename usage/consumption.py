@@ -86,6 +86,8 @@ class Draw:
 
     grant: CreditGrant | None
     amount: Decimal  # in the grant's unit, or money for the wallet
+    # What a monetary grant's money paid for, in credits, when it paid for credit-priced usage.
+    credits_covered: Decimal = ZERO
 
 
 def _spend_controls(customer: Customer) -> SpendControls:
@@ -165,8 +167,19 @@ class ConsumptionEngine:
             if start == period_start
         )
 
+    def _pays_for(self, grant: CreditGrant, unit: str) -> bool:
+        """Whether ``grant`` can pay for usage priced in ``unit``: its own unit, or money for credits at
+        the plan's credit-pack rate (a monetary grant is worth what the wallet's money is worth)."""
+        return grant.unit == unit or (
+            unit == CREDITS and grant.unit == self.currency and self.terms.credit_rate is not None
+        )
+
+    def _grant_value(self, grant: CreditGrant, unit: str) -> Decimal:
+        """What ``grant``'s remaining amount pays for, in ``unit`` (money buys credits rounded down)."""
+        return grant.remaining if grant.unit == unit else self.terms.from_money(grant.remaining, unit)
+
     def grants_available(self, unit: str) -> Decimal:
-        pool = sum((grant.remaining for grant in self.grants if grant.unit == unit), ZERO)
+        pool = sum((self._grant_value(g, unit) for g in self.grants if self._pays_for(g, unit)), ZERO)
         return max(pool - self.holds.credits_by_unit.get(unit, ZERO), ZERO)
 
     def wallet_available(self) -> Decimal:
@@ -418,17 +431,23 @@ class ConsumptionEngine:
         return [self.period_usage[key] for key in self.changed_keys]
 
     def _draw_grants(self, unit: str, amount: Decimal) -> list[Draw]:
-        """Take ``amount`` of ``unit`` from the grants of that unit in draw order, each at most what it holds."""
+        """Take ``amount`` of ``unit`` from the grants in draw order, each at most what it holds. A monetary
+        grant paying for credits gives their money at the pack rate, never more than it holds."""
         draws = []
         for grant in self.grants:
             if amount <= 0:
                 break
-            if grant.unit != unit or grant.remaining <= 0:
+            if not self._pays_for(grant, unit) or grant.remaining <= 0:
                 continue
-            taken = min(grant.remaining, amount)
-            grant.remaining -= taken
+            taken = min(self._grant_value(grant, unit), amount)
             amount -= taken
-            draws.append(Draw(grant=grant, amount=-taken))
+            if grant.unit == unit:
+                grant.remaining -= taken
+                draws.append(Draw(grant=grant, amount=-taken))
+                continue
+            money = min(self.terms.to_money(taken, unit), grant.remaining)
+            grant.remaining -= money
+            draws.append(Draw(grant=grant, amount=-money, credits_covered=taken))
         return draws
 
     def _refund_grants(self, unit: str, amount: Decimal) -> list[Draw]:

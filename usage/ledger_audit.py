@@ -186,7 +186,9 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     took, per unit, and the wallet shares, in money, equal what the wallet rows took. Two writes in the same
     instant fall in one group, and the sums still have to agree.
 
-    A wallet share priced in credits is money converted on the period's running total, which the event
+    A credit-priced event's grant share may be partly paid by monetary grants at the pack rate: the event
+    records those credits and the money taken (``money_grant_credits``, ``money_grant_amount``), proved
+    against the grant rows of the currency. A wallet share priced in credits is money converted on the period's running total, which the event
     records (``wallet_money``); for events recorded before it was kept, the share is proved at the
     customer's current plan's rate, and left out when the current plan has none.
     """
@@ -239,12 +241,33 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
         UsageEvent.objects.filter(billable=True)
         .filter(~Q(credits_amount=0) | ~Q(wallet_amount=0))
         .values_list(
-            "customer_id", "received_at", "cost_unit", "credits_amount", "wallet_amount", "wallet_money"
+            "customer_id",
+            "received_at",
+            "cost_unit",
+            "credits_amount",
+            "wallet_amount",
+            "wallet_money",
+            "money_grant_credits",
+            "money_grant_amount",
+            "customer__currency",
         )
     )
-    for customer_id, received_at, unit, credits, wallet, wallet_money in events:
+    for (
+        customer_id,
+        received_at,
+        unit,
+        credits,
+        wallet,
+        wallet_money,
+        mg_credits,
+        mg_amount,
+        currency,
+    ) in events:
         if credits:
-            said_credits[customer_id, received_at, unit] += credits
+            # Credits monetary grants paid for were taken from those grants, in money.
+            said_credits[customer_id, received_at, unit] += credits - mg_credits
+            if mg_amount:
+                said_credits[customer_id, received_at, currency] += mg_amount
         if not wallet:
             continue
         if unit != CREDITS:
@@ -464,11 +487,10 @@ def balance_mismatches(now: datetime | None = None) -> list[Mismatch]:
         return mismatches
     customer_ids = {hold["customer_id"] for hold in holds}
     grants: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
-    for customer_id, unit, remaining in (
-        CreditGrant.objects.filter(customer_id__in=customer_ids)
-        .usable(now)
-        .values_list("customer_id", "unit", "remaining")
-    ):
+    # Grants past their expiry but not yet voided count: a grant's expiry waits while holds pin credits.
+    for customer_id, unit, remaining in CreditGrant.objects.filter(
+        customer_id__in=customer_ids, expired_at__isnull=True, effective_at__lte=now, remaining__gt=0
+    ).values_list("customer_id", "unit", "remaining"):
         grants[customer_id, unit] += remaining
     wallets = dict(
         CustomerBalance.objects.filter(customer_id__in=customer_ids).values_list(
@@ -479,17 +501,23 @@ def balance_mismatches(now: datetime | None = None) -> list[Mismatch]:
     held_wallet: dict[int, Decimal] = defaultdict(Decimal)
     for hold in holds:
         customer_id, unit = hold["customer_id"], hold["unit"]
-        if hold["credits"] > grants.get((customer_id, unit), ZERO):
+        customer_terms = terms.of(customer_id)
+        available = grants.get((customer_id, unit), ZERO)
+        if unit == CREDITS and customer_terms is not None and customer_terms.credit_rate is not None:
+            # Monetary grants pay for credits at the pack rate.
+            available += customer_terms.from_money(
+                grants.get((customer_id, customer_terms.currency), ZERO), unit
+            )
+        if hold["credits"] > available:
             mismatches.append(
                 Mismatch(
                     f"customer {customer_id} open holds on credit grants ({unit})",
                     hold["credits"],
-                    grants.get((customer_id, unit), ZERO),
+                    available,
                     "keep",
                     "usable grants have",
                 )
             )
-        customer_terms = terms.of(customer_id)
         to_money: Callable[[Decimal, str], Decimal] = (
             customer_terms.to_money if customer_terms else lambda amount, _: amount
         )

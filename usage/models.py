@@ -213,6 +213,9 @@ class UsageEvent(models.Model):
     # A credit-priced share is converted on the period's running total (``PlanTerms.money_of_running_total``),
     # so it is recorded here rather than recomputed. None on events recorded before it was kept.
     wallet_money = models.DecimalField(**RATE, null=True, blank=True)
+    # Of ``credits_amount`` on a credit-priced event, the credits monetary grants paid for, and their money.
+    money_grant_credits = models.DecimalField(**RATE, default=ZERO)
+    money_grant_amount = models.DecimalField(**RATE, default=ZERO)
 
     class Meta:
         ordering = ["-timestamp", "-id"]

@@ -96,6 +96,8 @@ class UsageRecorder:
             wallet_amount=coverage.wallet,
             overage_amount=coverage.overage,
             wallet_money=-sum((draw.amount for draw in draws if draw.grant is None), ZERO),
+            money_grant_credits=sum((draw.credits_covered for draw in draws), ZERO),
+            money_grant_amount=-sum((draw.amount for draw in draws if draw.credits_covered), ZERO),
         )
         self.events.append(event)
         return event

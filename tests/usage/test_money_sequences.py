@@ -161,6 +161,24 @@ def test_credits_cost_the_same_money_however_they_are_split(api, make_plan, make
     assert wallet(one_at_a_time) == Decimal("0")  # not 0.000000000001
 
 
+def test_a_monetary_grant_pays_for_credit_priced_usage_at_the_pack_rate(api, make_plan, make_customer):
+    make_plan(
+        "packs",
+        prices=[{"meter": "ai_action", "model": "per_unit", "unit": "credits", "unit_amount": "2"}],
+        credit_packs=[{"credits": "100", "price": "5.00"}],  # $0.05 a credit
+    )
+    customer = make_customer("packs", block_overage=True)
+    credit_grant_create(customer=customer, amount=Decimal("1.00"), unit="usd", kind="promotional")
+
+    result = send(api, "e1", "ai_action", "10")  # 20 credits: $1.00 of the grant
+
+    assert result["status"] == "accepted", result
+    assert CreditGrant.objects.get(customer=customer).remaining == Decimal(0)
+    event = UsageEvent.objects.get(customer=customer)
+    assert (event.credits_amount, event.overage_amount) == (Decimal(20), Decimal(0))
+    assert (event.money_grant_credits, event.money_grant_amount) == (Decimal(20), Decimal("1.00"))
+
+
 @pytest.mark.parametrize("unit", ["eur", "gold", "CREDIT"])
 def test_a_grant_in_a_unit_nothing_can_draw_is_refused(api, volume_customer, unit):
     response = api.post(

@@ -8,7 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
-from core.money import QUANTITY_PLACES
+from core.money import LEDGER_PLACES, QUANTITY_PLACES
 from customers.periods import period_bounds
 from plans.models import MONEY, BillingInterval, PlanVersion
 
@@ -115,6 +115,8 @@ class Subscription(models.Model):
     # plan's allowance is prorated for the time left and added to what was used; its tiers count from here.
     plan_started_at = models.DateTimeField(null=True, blank=True)
     usage_at_plan_start = models.JSONField(default=dict, blank=True)
+    # The base fees of the plans earlier in the current period, each for the share of the period it covered.
+    base_fee_before_plan = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -140,11 +142,19 @@ class Subscription(models.Model):
     def plan_share(self) -> Decimal:
         """The share of the current period the plan in force covers: 1, or after a mid-period change the
         time left at the change over the period's length (to the second, as Stripe prorates)."""
-        start, end = self.current_period_start, self.current_period_end
-        if self.plan_started_at is None or self.plan_started_at <= start:
+        if self.plan_started_at is None or self.plan_started_at <= self.current_period_start:
             return Decimal(1)
-        left = max((end - self.plan_started_at).total_seconds(), 0)
-        return Decimal(int(left)) / Decimal(int((end - start).total_seconds()))
+        return self.period_share_from(self.plan_started_at)
+
+    def period_share_from(self, moment: datetime) -> Decimal:
+        """The share of the current period from ``moment`` to its end, to the second."""
+        start, end = self.current_period_start, self.current_period_end
+        left = max(int((end - moment).total_seconds()), 0)
+        return Decimal(left) / Decimal(int((end - start).total_seconds()))
+
+    def period_base_fee(self, plan_base_fee: Decimal) -> Decimal:
+        """The current period's base fee: earlier plans' shares, plus the plan in force's for its share."""
+        return self.base_fee_before_plan + (plan_base_fee * self.plan_share()).quantize(LEDGER_PLACES)
 
     def used_before_plan(self, meter_id: int) -> tuple[Decimal, Decimal]:
         """(allowance units, billable units) the current period had used when the plan in force started."""

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, NotFound
-from core.money import ISO_4217_CURRENCIES
+from core.money import ISO_4217_CURRENCIES, LEDGER_PLACES
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -94,6 +94,10 @@ def subscription_start(
         and current.interval == plan_version.interval
         and current.current_period_start <= at < current.current_period_end
     ):
+        # The plan leaving is owed its base fee for the part of the period it covered, as Stripe prorates.
+        current.base_fee_before_plan = current.period_base_fee(current.plan_version.base_fee) - (
+            current.plan_version.base_fee * current.period_share_from(at)
+        ).quantize(LEDGER_PLACES)
         current.plan_version = plan_version
         current.plan_started_at = at
         current.usage_at_plan_start = {
@@ -114,6 +118,7 @@ def subscription_start(
             "current_period_end": end,
             "plan_started_at": None,
             "usage_at_plan_start": {},
+            "base_fee_before_plan": Decimal(0),
             "grandfathered": False,
             "pending_plan_version": None,
         },
@@ -136,6 +141,7 @@ def subscription_roll_period(*, subscription: Subscription, now: datetime | None
     # A new period: the plan in force covers all of it.
     subscription.plan_started_at = None
     subscription.usage_at_plan_start = {}
+    subscription.base_fee_before_plan = Decimal(0)
     start, end = period_bounds(
         anchor=subscription.billing_anchor,
         interval=BillingInterval(subscription.plan_version.interval),

@@ -258,9 +258,11 @@ def test_a_change_to_a_yearly_plan_mid_day_keeps_each_periods_usage_in_its_own_r
 def test_a_plan_change_keeps_the_period_and_prorates_the_new_allowance(
     api, pro_plan, make_plan, make_customer
 ):
-    """Pro: 100 calls included, then $0.10. Bigger: 500 included, then $0.05. The change comes halfway."""
+    """Pro: $20 a month, 100 calls included, then $0.10. Bigger: $50, 500 included, then $0.05. The change
+    comes halfway."""
     make_plan(
         "bigger",
+        base_fee="50.00",
         prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.05", "included": "500"}],
     )
     customer = make_customer("pro")
@@ -283,6 +285,7 @@ def test_a_plan_change_keeps_the_period_and_prorates_the_new_allowance(
     assert (event.included_quantity, event.cost) == (Decimal(250), Decimal("2.50"))
     [line] = usage["meters"]
     assert (Decimal(line["quantity"]), Decimal(line["included"])) == (Decimal(360), Decimal(310))
+    assert Decimal(usage["base_fee"]) == Decimal("35.00")  # half of $20, half of $50
     assert [period.start for period in usage_periods(customer=customer)] == [start]  # one period
 
 

@@ -166,7 +166,9 @@ def projection_for(
     grants: list[CreditGrant],
     wallet: Decimal,
     controls: SpendControls,
+    base_fee: Decimal,
 ) -> Projection:
+    """Where the period is heading; ``base_fee`` is the period's (prorated after a plan change)."""
     spend_now = terms.money_total((line.cost, line.cost_unit) for line in meters)
     new_cost: dict[str, Decimal] = defaultdict(Decimal)
     for line in meters:
@@ -200,7 +202,7 @@ def projection_for(
     # The invoice: overage so far, plus what of the allowed new cost prepaid money does not cover.
     new_overage = max(allowed_new - prepaid_covers, ZERO)
     overage_so_far = terms.money_total((line.overage_amount, line.cost_unit) for line in meters)
-    billed = terms.base_fee + overage_so_far + new_overage
+    billed = base_fee + overage_so_far + new_overage
 
     hard_limit_on = None
     if limited_by == "hard_limit" and spend_now < (controls.hard_limit or ZERO) and clock.days_remaining > 0:
@@ -227,7 +229,7 @@ def projection_for(
     if limited_by:
         method += " Usage your own limits will refuse is left out: it would not be billed."
     return Projection(
-        total=terms.base_fee + usage_spend,
+        total=base_fee + usage_spend,
         usage_spend=usage_spend,
         credits=credits.quantize(LEDGER_PLACES),
         billed=billed,

@@ -210,8 +210,15 @@ def usage_period_summary(
     credits_remaining = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
     monetary_remaining = sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
 
+    base_fee = subscription.period_base_fee(terms.base_fee) if subscription is not None else terms.base_fee
     projection = projection_for(
-        meters=meters, terms=terms, clock=clock, grants=grants, wallet=wallet, controls=controls
+        meters=meters,
+        terms=terms,
+        clock=clock,
+        grants=grants,
+        wallet=wallet,
+        controls=controls,
+        base_fee=base_fee,
     )
     runways = (
         runways_for(meters=meters, terms=terms, clock=clock, grants=grants, wallet=wallet)
@@ -230,7 +237,7 @@ def usage_period_summary(
         days_elapsed=clock.days_elapsed,
         days_remaining=clock.days_remaining,
         meters=tuple(meters),
-        base_fee=terms.base_fee,
+        base_fee=base_fee,
         credit_unit_amount=terms.credit_rate if terms.prices_in_credits else None,
         spend=spend_status,
         projection=projection,

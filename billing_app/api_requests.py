@@ -32,6 +32,8 @@ API_PREFIX = "/api/"
 REQUEST_ID_HEADER = "Request-Id"
 # Reads change nothing; sparing them the transaction keeps /check and the usage reads at one round trip.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Questions asked by POST that write nothing: "may this customer use this?" and "what would it cost?".
+_QUESTIONS = frozenset({"/api/v1/check", "/api/v1/estimate"})
 
 
 def request_id_of(request: HttpRequest) -> str | None:
@@ -51,7 +53,8 @@ class ApiRequestMiddleware:
             return self.get_response(request)
         request.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
         started = time.monotonic()
-        response = self.get_response(request) if request.method in _READ_METHODS else self._write(request)
+        reads = request.method in _READ_METHODS or request.path in _QUESTIONS
+        response = self.get_response(request) if reads else self._write(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
         logger.info(
             "api %s %s %s %s %.0fms",

@@ -172,8 +172,9 @@ RAW_RESERVE = (
 )
 RAW_HOLD_INSERT = (
     "INSERT INTO usage_reservation (id, customer_id, meter_id, idempotency_key, properties, quantity, unit, "
-    "held_cost, held_credits, held_wallet, held_overage, status, expires_at, created_at, commit_idempotency_key) "
-    "VALUES (%(id)s, %(customer)s, %(meter)s, %(key)s, '{}', %(hold)s, 'usd', %(hold)s, 0, %(hold)s, 0, 'held', "
+    "held_included, held_cost, held_credits, held_wallet, held_overage, status, expires_at, created_at, "
+    "commit_idempotency_key) "
+    "VALUES (%(id)s, %(customer)s, %(meter)s, %(key)s, '{}', %(hold)s, 'usd', 0, %(hold)s, 0, %(hold)s, 0, 'held', "
     "%(expires)s, %(now)s, '')"
 )
 RAW_COMMIT = (

@@ -214,8 +214,8 @@ class UsageEvent(models.Model):
     # so it is recorded here rather than recomputed. None on events recorded before it was kept.
     wallet_money = models.DecimalField(**RATE, null=True, blank=True)
     # Of ``credits_amount`` on a credit-priced event, the credits monetary grants paid for, and their money.
-    money_grant_credits = models.DecimalField(**RATE, default=ZERO)
-    money_grant_amount = models.DecimalField(**RATE, default=ZERO)
+    money_grant_credits = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
+    money_grant_amount = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
 
     class Meta:
         ordering = ["-timestamp", "-id"]
@@ -325,7 +325,7 @@ class Reservation(models.Model):
     quantity = models.DecimalField(**QUANTITY)
     unit = models.CharField(max_length=10, blank=True)
     # The allowance the hold pins, in meter units: no other usage may take it until the hold settles.
-    held_included = models.DecimalField(**QUANTITY, default=ZERO)
+    held_included = models.DecimalField(**QUANTITY, default=ZERO, db_default=ZERO)
     held_cost = models.DecimalField(**RATE, default=ZERO)
     held_credits = models.DecimalField(**RATE, default=ZERO)
     held_wallet = models.DecimalField(**RATE, default=ZERO)

@@ -291,6 +291,11 @@ def command_run(port: int) -> int:
         }
         manage = [PYTHON, str(ROOT / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput", "-v0"], check=True, env=env, cwd=ROOT)
+        if env.get("STRIPE_API_KEY"):
+            # Stripe connected (`make run-stripe`): sync the catalog and customers now rather than at beat's
+            # first five-minute tick, so the demo's Stripe side is there from the start.
+            sync = "from billing_app.tasks import stripe_sync_task; print('Stripe sync:', stripe_sync_task())"
+            subprocess.run([*manage, "shell", "-c", sync], check=False, env=env, cwd=ROOT)
         banner = "".join(
             subprocess.run(
                 [*manage, command], check=True, env=env, cwd=ROOT, capture_output=True, text=True

@@ -7,6 +7,7 @@ required (``make run`` starts an embedded PostgreSQL and Redis and sets both URL
 """
 
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -193,10 +194,19 @@ STRIPE_TIMEOUT_SECONDS = env.int("STRIPE_TIMEOUT_SECONDS", default=20)
 # How long a drain may hold a claimed meter event before another drain may send it.
 STRIPE_OUTBOX_LEASE_SECONDS = env.int("STRIPE_OUTBOX_LEASE_SECONDS", default=120)
 
-# Alerting: a customer whose last hour exceeds MULTIPLE × max(typical hour, MIN) units is frozen.
+# Alerting: a customer whose last hour exceeds MULTIPLE × max(typical hour, plan's hour, floor) units is
+# frozen (billing_app/circuit_breaker.py).
 CIRCUIT_BREAKER_MULTIPLE = env.int("CIRCUIT_BREAKER_MULTIPLE", default=10)
 CIRCUIT_BREAKER_MIN_HOURLY_QUANTITY = env.int("CIRCUIT_BREAKER_MIN_HOURLY_QUANTITY", default=100)
 CIRCUIT_BREAKER_HISTORY_DAYS = env.int("CIRCUIT_BREAKER_HISTORY_DAYS", default=14)
+# A meter's own floor, in its units an hour, where the minimum above does not fit its scale:
+# CIRCUIT_BREAKER_METER_FLOORS=llm_tokens=200000,export=20
+try:
+    CIRCUIT_BREAKER_METER_FLOORS = {
+        key: Decimal(value) for key, value in env.dict("CIRCUIT_BREAKER_METER_FLOORS", default={}).items()
+    }
+except InvalidOperation as error:
+    raise ImproperlyConfigured("CIRCUIT_BREAKER_METER_FLOORS: meter_key=units,... with numbers") from error
 # An invoice over RATIO × the previous one is flagged to operators before it finalizes.
 INVOICE_SPIKE_RATIO = env.str("INVOICE_SPIKE_RATIO", default="1.5")
 RECONCILIATION_TOLERANCE_PERCENT = env.str("RECONCILIATION_TOLERANCE_PERCENT", default="1")

@@ -44,7 +44,10 @@ def usage_carries_finalize(*, now: datetime | None = None) -> int:
             )
             if remainder >= Decimal("0.5") and last is not None:
                 timestamp = meter_event_timestamp(
-                    window_start=last.window_start, period_start=carry.period_start, now=now
+                    window_start=last.window_start,
+                    period_start=carry.period_start,
+                    period_end=carry.period_end,
+                    now=now,
                 )
                 if timestamp is not None:
                     StripeMeterEvent.objects.create(

@@ -53,6 +53,7 @@ from billing_app.models import (
 from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
+from billing_app.stripe.sync import stripe_period_bounds
 from core.money import currency_exponent
 from customers.models import Customer, Subscription
 from plans.terms import PlanTerms
@@ -103,25 +104,25 @@ class _Group:
         return sum((row.amount for row in self.rows), Decimal(0))
 
 
-def _ceil_minute(moment: datetime) -> datetime:
-    floor = moment.replace(second=0, microsecond=0)
-    return floor if floor == moment else floor + timedelta(minutes=1)
-
-
 def meter_event_timestamp(
-    *, window_start: datetime, period_start: datetime, now: datetime
+    *, window_start: datetime, period_start: datetime, period_end: datetime, now: datetime
 ) -> datetime | None:
     """When to date a group's meter event, or None if its hour is too old for Stripe.
 
-    The hour's start, moved forward only as far as needed to fall inside the billing period (Stripe bills
-    by timestamp, and summaries are asked on whole minutes) and inside Stripe's 35-day window; always
-    inside the hour, so per-hour summaries match the ledger's windows.
+    Stripe bills an event in the period its timestamp falls in, and holds our period in whole seconds
+    (``stripe_period_bounds``: the Stripe subscription is backdated to the local start). So: the hour's start,
+    kept inside that period (usage in the first seconds of a period is dated at its start, never before it),
+    and moved later only when Stripe's 35-day window opened inside the hour.
     """
-    earliest = now - STRIPE_MAX_EVENT_AGE + AGE_MARGIN
-    timestamp = max(window_start, _ceil_minute(period_start), earliest.replace(microsecond=0))
-    if timestamp >= window_start + WINDOW:
-        return None
-    return timestamp
+    first, end = stripe_period_bounds(period_start, period_end)
+    last = end - timedelta(seconds=1)
+    inside = min(max(window_start, first), last)
+    earliest = (now - STRIPE_MAX_EVENT_AGE + AGE_MARGIN).replace(microsecond=0)
+    if inside >= earliest:
+        return inside
+    if earliest < min(window_start + WINDOW, end):
+        return earliest
+    return None
 
 
 def meter_event_identifier(rows: list[StripeUsageOutbox]) -> str:
@@ -233,16 +234,19 @@ def outbox_claim(
         result.rows_claimed += len(group.rows)
         row_ids = [row.pk for row in group.rows]
         identifier = meter_event_identifier(group.rows)
+        carry = _carry_for_update(
+            group.customer, group.route, group.period_start, routes.subscription(group.customer)
+        )
         timestamp = meter_event_timestamp(
-            window_start=group.window_start, period_start=group.period_start, now=now
+            window_start=group.window_start,
+            period_start=group.period_start,
+            period_end=carry.period_end,
+            now=now,
         )
         if timestamp is None:
             too_old.append((group, identifier))
             result.rows_too_old += len(group.rows)
             continue
-        carry = _carry_for_update(
-            group.customer, group.route, group.period_start, routes.subscription(group.customer)
-        )
         amount = group.amount
         carry.minor_units += minor_units(amount, group.rows[0].currency)
         # Negative after a give-back: Stripe's sum meter takes it off what was sent before.

@@ -85,8 +85,8 @@ def stripe_meter_total(
 ) -> Decimal:
     """Stripe's aggregate of one meter for one customer over [start, end), widened to whole minutes.
 
-    The start is rounded down: Stripe's own period starts a few seconds after the local one (its subscription
-    is created a moment later), and usage it counts from there belongs to this period.
+    Summaries take whole minutes, so the start is rounded down: Stripe's period starts at the local start's
+    whole second (``stripe_period_bounds``), and the events of this period are dated from there.
     """
     params: Any = {
         "customer": stripe_customer_id,

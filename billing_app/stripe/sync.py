@@ -24,18 +24,28 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import stripe
 from django.db.models import F, Q
+from django.utils import timezone
 
 from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
 from billing_app.stripe.client import stripe_client
 from core.money import to_minor_units
 from customers.models import Customer, Subscription, SubscriptionStatus
-from plans.models import DimensionRate, Meter, PlanVersion, Price, PriceModel, PricingUnit, VersionStatus
+from plans.models import (
+    BillingInterval,
+    DimensionRate,
+    Meter,
+    PlanVersion,
+    Price,
+    PriceModel,
+    PricingUnit,
+    VersionStatus,
+)
 from plans.selectors import prices_with_rates
 
 logger = logging.getLogger(__name__)
@@ -310,6 +320,43 @@ def customer_sync(*, customer: Customer, client: stripe.StripeClient | None = No
     return created.id
 
 
+def stripe_period_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """A local billing period as Stripe holds it: in whole seconds, both ends rounded down (our anchor has
+    microseconds, Stripe's timestamps do not). Meter events are dated inside these bounds."""
+    return start.replace(microsecond=0), end.replace(microsecond=0)
+
+
+def stripe_period_params(subscription: Subscription, *, now: datetime | None = None) -> dict[str, Any]:
+    """Create parameters that give the Stripe subscription the local current period.
+
+    ``backdate_start_date`` starts it when the local period started (the sync runs a little after signup,
+    and usage from the first minute is dated from then); ``billing_cycle_anchor_config`` renews it on the
+    local anchor's day and time of day, clamped to short months as we clamp (an anchor on the 31st renews on
+    Feb 28, then Mar 31: a fixed ``billing_cycle_anchor`` of Feb 28 would drift to the 28th). The first
+    period is then exactly one interval, so ``create_prorations`` bills its base fee whole.
+    """
+    now = now or timezone.now()
+    # The period of now, which is the current one unless the local roll has not run yet: periods before it
+    # cannot be opened in Stripe any more (their usage is past the anchor, raised as too old if past 35 days).
+    start, _ = stripe_period_bounds(*subscription.period_containing(now))
+    anchor = subscription.billing_anchor.astimezone(UTC)
+    config: dict[str, int] = {
+        "day_of_month": anchor.day,
+        "hour": anchor.hour,
+        "minute": anchor.minute,
+        "second": anchor.second,
+    }
+    if subscription.interval == BillingInterval.YEAR:
+        config["month"] = anchor.month
+    params: dict[str, Any] = {
+        "billing_cycle_anchor_config": config,
+        "proration_behavior": "create_prorations",
+    }
+    if start < now.replace(microsecond=0):
+        params["backdate_start_date"] = int(start.timestamp())
+    return params
+
+
 def subscription_sync(*, subscription: Subscription, client: stripe.StripeClient | None = None) -> str:
     """Create the Stripe subscription with the version's prices, or move it to the current version.
 
@@ -333,12 +380,14 @@ def subscription_sync(*, subscription: Subscription, client: stripe.StripeClient
     if not subscription.stripe_subscription_id:
         if subscription.status == SubscriptionStatus.CANCELED or not wanted:
             return ""
+        params: Any = {
+            "customer": customer_id,
+            "items": [{"price": price_id} for price_id in wanted],
+            "metadata": metadata,
+            **stripe_period_params(subscription),
+        }
         created = client.v1.subscriptions.create(
-            {
-                "customer": customer_id,
-                "items": [{"price": price_id} for price_id in wanted],
-                "metadata": metadata,
-            },
+            params,
             _options(_idempotency_key("subscription", subscription.pk, subscription.created_at, version.pk)),
         )
         Subscription.objects.filter(pk=subscription.pk).update(stripe_subscription_id=created.id)

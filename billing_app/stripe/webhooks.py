@@ -278,7 +278,13 @@ def subscription_changed(event: dict[str, Any], prepared: dict[str, Any]) -> Non
         if event["type"].endswith(".deleted")
         else _SUBSCRIPTION_STATUS.get(obj["status"])
     )
-    if status is not None and status != subscription.status:
+    # Stripe never revives a canceled subscription: an older ``.updated`` delivered after ``.deleted``
+    # (webhooks arrive in any order) must not make it active again.
+    if (
+        status is not None
+        and status != subscription.status
+        and subscription.status != SubscriptionStatus.CANCELED
+    ):
         subscription.status = status
         subscription.save(update_fields=["status"])
     # Stripe renews on its own clock, seconds apart from ours; the local period rolls when it has ended

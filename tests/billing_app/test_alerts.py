@@ -214,6 +214,101 @@ def test_an_operator_who_unfreezes_is_not_overruled_within_the_hour(
     assert Customer.objects.get().status == CustomerStatus.ACTIVE
 
 
+# --- the breaker's normal: the plan's allowance, new customers, per-meter floors ---------------------------
+
+
+@pytest.fixture
+def hybrid_plan(make_plan):
+    """Hybrid: $999 a month, 100,000 AI actions included, then $0.008 an action."""
+    return make_plan(
+        "hybrid",
+        base_fee="999.00",
+        prices=[{"meter": "ai_action", "model": "per_unit", "included": "100000", "unit_amount": "0.008"}],
+    )
+
+
+def hybrid_hourly_allowance(subscription: Subscription) -> Decimal:
+    """100,000 actions over the hours of the subscription's current period."""
+    seconds = int((subscription.current_period_end - subscription.current_period_start).total_seconds())
+    return Decimal(100_000) / (Decimal(seconds) / 3600)
+
+
+def actions(prefix: str, count: int, quantity: int) -> list[dict]:
+    return [event(f"{prefix}-{i}", meter="ai_action", quantity=quantity) for i in range(count)]
+
+
+def test_a_new_hybrid_customer_using_5_percent_of_its_allowance_in_its_first_hour_is_not_frozen(
+    hybrid_plan, make_customer, operators
+):
+    make_customer("hybrid")
+    ingest(*actions("first-hour", 10, 500))  # 5,000 actions within minutes of signup
+
+    assert circuit_breaker_check() == []
+    assert Customer.objects.get().status == CustomerStatus.ACTIVE
+    assert not OperatorAlert.objects.exists()
+
+
+def test_a_new_customer_running_past_its_allowance_in_an_hour_is_frozen(
+    hybrid_plan, make_customer, operators, django_capture_on_commit_callbacks
+):
+    customer = make_customer("hybrid")
+    ingest(*actions("loop", 110, 1000))  # 110,000 actions: the month's allowance and more, in an hour
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert circuit_breaker_check() == [customer]
+    customer.refresh_from_db()
+    assert customer.status == CustomerStatus.FROZEN
+    alert = OperatorAlert.objects.get(kind=OperatorAlertKind.CIRCUIT_BREAKER)
+    assert Decimal(alert.data["plan_hourly"]) == hybrid_hourly_allowance(Subscription.objects.get())
+    assert Decimal(alert.data["threshold"]) == 10 * Decimal(alert.data["plan_hourly"])
+    assert alert.data["typical_hourly"] == "0"
+
+
+def test_the_plan_allowance_is_an_established_customers_normal(hybrid_plan, make_customer, operators):
+    """A quiet history (1 action an hour) does not make an hour at the plan's own pace a runaway."""
+    now = timezone.now()
+    start = now - timedelta(days=15)
+    with time_machine.travel(start, tick=False):
+        make_customer("hybrid")
+    for day in range(1, 15):
+        with time_machine.travel(start + timedelta(days=day), tick=False):
+            ingest(event(f"day-{day}", meter="ai_action", quantity=24))
+    ingest(event("warm-up", meter="ai_action", quantity=1))
+    plan_hourly = hybrid_hourly_allowance(Subscription.objects.get())  # about 139 actions an hour
+
+    ingest(*actions("busy", 1, int(9 * plan_hourly)))
+    assert runaway_usage_find() == []
+
+    ingest(*actions("runaway", 1, int(2 * plan_hourly)))
+    [runaway] = runaway_usage_find()
+    assert runaway.threshold == 10 * plan_hourly
+    assert runaway.typical_hourly == 1
+
+
+def test_a_meter_floor_is_set_per_meter(make_plan, make_customer, operators, settings):
+    make_plan(
+        "payg",
+        prices=[
+            {"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"},
+            {"meter": "llm_tokens", "model": "per_unit", "unit_amount": "0.00001"},
+        ],
+    )
+    make_customer("payg")
+    settings.CIRCUIT_BREAKER_METER_FLOORS = {"llm_tokens": Decimal(200_000)}
+    ingest(event("prompts", meter="llm_tokens", quantity=1_500_000), event("calls", quantity=1_500))
+
+    [runaway] = runaway_usage_find()
+    assert runaway.meter.key == "api_call"
+    assert runaway.floor == 100
+    assert runaway.threshold == 1000
+
+    ingest(event("more-prompts", meter="llm_tokens", quantity=600_000))
+    assert sorted((found.meter.key, found.threshold) for found in runaway_usage_find()) == [
+        ("api_call", 1000),
+        ("llm_tokens", 2_000_000),
+    ]
+
+
 # --- invoice spike ---------------------------------------------------------------------------------------
 
 

@@ -201,17 +201,29 @@ def test_usage_too_old_for_stripe_is_flagged_for_a_manual_invoice(stripe_on, pro
 def test_event_timestamps_stay_in_the_hour_the_period_and_stripes_window():
     now = timezone.now().replace(minute=30, second=0, microsecond=0)
     hour = now.replace(minute=0)
-    assert meter_event_timestamp(window_start=hour, period_start=hour - timedelta(days=3), now=now) == hour
-    late_start = hour + timedelta(minutes=12, seconds=5)
-    assert meter_event_timestamp(window_start=hour, period_start=late_start, now=now) == hour + timedelta(
-        minutes=13
+    far = now + timedelta(days=20)
+
+    def stamp(window_start, period_start, period_end=far):
+        return meter_event_timestamp(
+            window_start=window_start, period_start=period_start, period_end=period_end, now=now
+        )
+
+    assert stamp(hour, hour - timedelta(days=3)) == hour
+    # A period that began inside the hour: its first usage is dated at its first whole second, in it.
+    late_start = hour + timedelta(minutes=12, seconds=5, microseconds=250)
+    assert stamp(hour, late_start) == hour + timedelta(minutes=12, seconds=5)
+    # A period that began in the hour's last second still dates its usage in the period.
+    assert stamp(hour, hour + timedelta(minutes=59, seconds=59, microseconds=1)) == hour + timedelta(
+        minutes=59, seconds=59
+    )
+    # A period that ends a fraction of a second into the hour: Stripe's ends at the whole second before.
+    assert stamp(hour, hour - timedelta(days=3), hour + timedelta(microseconds=500)) == hour - timedelta(
+        seconds=1
     )
     edge = (now - timedelta(days=35)).replace(minute=0)
     long_ago = edge - timedelta(days=1)
-    assert (
-        meter_event_timestamp(window_start=edge - timedelta(hours=1), period_start=long_ago, now=now) is None
-    )
-    stamped = meter_event_timestamp(window_start=edge, period_start=long_ago, now=now)
+    assert stamp(edge - timedelta(hours=1), long_ago) is None
+    stamped = stamp(edge, long_ago)
     assert stamped is not None and now - timedelta(days=35) < stamped < edge + timedelta(hours=1)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.utils import timezone
 
 from billing_app.models import ReconciliationDivergence
 from billing_app.stripe.carries import usage_carries_finalize
@@ -25,7 +26,7 @@ from core.money import CREDITS, round_money
 from customers.models import Customer, Subscription
 from plans.models import PriceModel
 from plans.terms import PlanTerms
-from tests.billing_app.conftest import ingest
+from tests.billing_app.conftest import calls, ingest
 from tests.catalog_fixtures import event
 from tests.stripe_fake import FakeStripe
 from usage.models import UsageEvent
@@ -241,3 +242,31 @@ def test_reconciliation_finds_no_divergence_after_the_period(stripe_on, make_pla
 
     assert report.checked >= 2
     assert not ReconciliationDivergence.objects.exists()
+
+
+def test_usage_in_the_first_minute_is_on_stripes_invoice_though_the_sync_ran_later(
+    stripe_on, pro_plan, make_customer
+):
+    signup = timezone.now().replace(microsecond=654321) + timedelta(days=1)
+    with time_machine.travel(signup, tick=False):
+        customer = make_customer("pro")
+    with time_machine.travel(signup + timedelta(seconds=20), tick=False):
+        ingest(*calls("first-minute", 130))  # 30 past the allowance: $3.00
+    with time_machine.travel(signup + timedelta(minutes=3), tick=True):
+        assert not stripe_sync_pending().errors
+        outbox_drain()
+    subscription = Subscription.objects.get(customer=customer)
+    remote = stripe_on.get(subscription.stripe_subscription_id)
+    for item in remote["items"]["data"]:
+        assert item["current_period_start"] == int(subscription.current_period_start.timestamp())
+        assert item["current_period_end"] == int(subscription.current_period_end.timestamp())
+    [record] = stripe_on.meter_events()
+    assert record.timestamp == int(signup.timestamp())
+
+    with time_machine.travel(subscription.current_period_end + timedelta(minutes=1), tick=True):
+        usage_carries_finalize()
+        outbox_drain()
+        [invoice] = stripe_on.close_period(subscription.stripe_subscription_id)
+
+    assert local_lines(customer) == {("api_call", ""): D("3.00")}
+    assert stripe_lines(stripe_on, invoice) == {("api_call", ""): D("3.00")}

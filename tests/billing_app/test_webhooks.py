@@ -256,3 +256,19 @@ def test_stripe_delivers_its_own_signed_webhooks_end_to_end(
     received = set(StripeWebhookEvent.objects.values_list("type", flat=True))
     assert {"invoice.created", "invoice.finalized", "customer.subscription.updated"} <= received
     assert StripeInvoice.objects.get().usage_total == Decimal("2.00")
+
+
+def test_an_older_update_delivered_after_the_cancellation_does_not_revive_it(
+    client, synced_customer, stripe_on
+):
+    stripe_client().v1.subscriptions.update(
+        synced_customer.subscription.stripe_subscription_id, {"metadata": {"note": "before"}}
+    )
+    [older] = stripe_on.events("customer.subscription.updated")
+    stripe_client().v1.subscriptions.cancel(synced_customer.subscription.stripe_subscription_id)
+    [deleted] = stripe_on.events("customer.subscription.deleted")
+
+    assert signed_post(client, deleted).json()["status"] == "processed"
+    assert signed_post(client, older).json()["status"] == "processed"
+
+    assert Subscription.objects.get(customer=synced_customer).status == SubscriptionStatus.CANCELED

@@ -28,14 +28,28 @@ def close_period(state: State, subscription_id: str | None = None) -> list[dict]
             item = state.objects[item_id]
             recurring = state.objects[item["price"]]["recurring"]
             item["current_period_start"] = item["current_period_end"]
-            item["current_period_end"] = period_end(
-                anchor=subscription["billing_cycle_anchor"],
-                start=item["current_period_start"],
-                interval=recurring["interval"],
-                interval_count=recurring["interval_count"],
+            item["current_period_end"] = subscription_period_end(
+                subscription, start=item["current_period_start"], recurring=recurring
             )
         state.emit("customer.subscription.updated", state.render(subscription), {"items": before["items"]})
     return invoices
+
+
+def subscription_period_end(subscription: dict, *, start: int, recurring: dict) -> int:
+    """Where the period beginning at ``start`` ends: at the billing cycle anchor while before it (a first
+    period that was backdated or runs short), then on the anchor's day (``billing_cycle_anchor_config``'s when
+    set) every interval."""
+    anchor = subscription["billing_cycle_anchor"]
+    if start < anchor:
+        return anchor
+    config = subscription.get("billing_cycle_anchor_config") or {}
+    return period_end(
+        anchor=anchor,
+        start=start,
+        interval=recurring["interval"],
+        interval_count=recurring["interval_count"],
+        day_of_month=config.get("day_of_month"),
+    )
 
 
 def subscription_end(state: State, subscription: dict, *, at: int) -> None:

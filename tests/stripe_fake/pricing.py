@@ -65,11 +65,14 @@ def _volume(tiers: list[dict], units: Decimal) -> Decimal:
     raise ValueError("tiers must end with an up_to=inf tier")
 
 
-def period_end(*, anchor: int, start: int, interval: str, interval_count: int) -> int:
+def period_end(
+    *, anchor: int, start: int, interval: str, interval_count: int, day_of_month: int | None = None
+) -> int:
     """When the period that begins at ``start`` ends, in Unix seconds (UTC).
 
-    Monthly and yearly periods keep the anchor's day of month, clamped to short months: a subscription
-    anchored on Jan 31 renews on Feb 28 (or 29), then Mar 31.
+    Monthly and yearly periods keep the anchor's day of month (or ``billing_cycle_anchor_config``'s
+    ``day_of_month``), clamped to short months: a subscription anchored on Jan 31 renews on Feb 28 (or 29),
+    then Mar 31.
     """
     if interval == "day":
         return start + interval_count * SECONDS_PER_DAY
@@ -77,9 +80,33 @@ def period_end(*, anchor: int, start: int, interval: str, interval_count: int) -
         return start + interval_count * 7 * SECONDS_PER_DAY
     months = interval_count * (12 if interval == "year" else 1)
     begin = datetime.fromtimestamp(start, UTC)
-    anchor_day = datetime.fromtimestamp(anchor, UTC).day
+    anchor_day = day_of_month or datetime.fromtimestamp(anchor, UTC).day
     year, month_index = divmod(begin.month - 1 + months, 12)
     year += begin.year
     month = month_index + 1
     day = min(anchor_day, calendar.monthrange(year, month)[1])
     return int(begin.replace(year=year, month=month, day=day).timestamp())
+
+
+def anchor_next(*, config: dict[str, int], now: int) -> int:
+    """The next moment after ``now`` matching ``billing_cycle_anchor_config`` (day of month, clamped to short
+    months, at hour:minute:second UTC, in ``month`` when given), as Stripe sets ``billing_cycle_anchor``."""
+    moment = datetime.fromtimestamp(now, UTC)
+    for offset in range(25):
+        year, month_index = divmod(moment.month - 1 + offset, 12)
+        year, month = moment.year + year, month_index + 1
+        if config.get("month") not in (None, month):
+            continue
+        day = min(config["day_of_month"], calendar.monthrange(year, month)[1])
+        candidate = datetime(
+            year,
+            month,
+            day,
+            config.get("hour", 0),
+            config.get("minute", 0),
+            config.get("second", 0),
+            tzinfo=UTC,
+        )
+        if candidate.timestamp() > now:
+            return int(candidate.timestamp())
+    raise ValueError("no matching anchor within two years")

@@ -17,7 +17,7 @@ from .params import (
     string,
     text_update,
 )
-from .pricing import period_end
+from .pricing import anchor_next, period_end
 
 SUBSCRIPTION_FIELDS = {
     "metadata",
@@ -74,12 +74,7 @@ def _item_new(call: Call, raw: dict, prefix: str, subscription: dict, start: int
         "object": "subscription_item",
         "billing_thresholds": None,
         "created": call.state.now(),
-        "current_period_end": period_end(
-            anchor=subscription["billing_cycle_anchor"],
-            start=start,
-            interval=recurring["interval"],
-            interval_count=recurring["interval_count"],
-        ),
+        "current_period_end": billing.subscription_period_end(subscription, start=start, recurring=recurring),
         "current_period_start": start,
         "discounts": [],
         "metadata": metadata_apply({}, raw),
@@ -138,17 +133,80 @@ def _cancel_at_sync(subscription: dict, items: list[dict]) -> None:
     subscription["cancel_at"] = min(ends) if subscription["cancel_at_period_end"] and ends else None
 
 
+ANCHOR_CONFIG_FIELDS = {"day_of_month", "hour", "minute", "second", "month"}
+
+
+def _start_and_anchor(call: Call, raw_items: list) -> tuple[int, int | None, dict | None]:
+    """``backdate_start_date``, ``billing_cycle_anchor`` and ``billing_cycle_anchor_config`` as Stripe takes
+    them on create: (start date, anchor or None for "the start", anchor config or None)."""
+    params, now = call.params, call.state.now()
+    start = integer(params, "backdate_start_date", minimum=0)
+    if start is not None and start >= now:
+        raise parameter_invalid("backdate_start_date", "backdate_start_date must be in the past.")
+    start = now if start is None else start
+    anchor = integer(params, "billing_cycle_anchor", minimum=0)
+    config = mapping(params, "billing_cycle_anchor_config")
+    if anchor is not None and config is not None:
+        raise parameter_invalid(
+            "billing_cycle_anchor_config",
+            "You may only specify one of these parameters: billing_cycle_anchor, billing_cycle_anchor_config.",
+        )
+    if config is not None:
+        check_params(config, ANCHOR_CONFIG_FIELDS, "billing_cycle_anchor_config")
+        parsed = {
+            key: value
+            for key in ANCHOR_CONFIG_FIELDS
+            if (value := integer(config, key, "billing_cycle_anchor_config", minimum=0)) is not None
+        }
+        if not 1 <= parsed.get("day_of_month", 0) <= 31:
+            raise parameter_invalid(
+                "billing_cycle_anchor_config[day_of_month]", "day_of_month must be between 1 and 31."
+            )
+        anchor, config = anchor_next(config=parsed, now=now), parsed
+    if anchor is None:
+        return start, None, None
+    if anchor <= now:
+        raise parameter_invalid("billing_cycle_anchor", "billing_cycle_anchor cannot be in the past.")
+    # The anchor may shorten the first period, never lengthen it past the natural billing date.
+    for position, raw in enumerate(raw_items):
+        price = _item_price(call, raw, f"items[{position}]") if isinstance(raw, dict) else None
+        if price is None:
+            continue
+        recurring = price["recurring"]
+        natural = period_end(
+            anchor=start,
+            start=start,
+            interval=recurring["interval"],
+            interval_count=recurring["interval_count"],
+        )
+        if anchor > natural:
+            raise parameter_invalid(
+                "billing_cycle_anchor",
+                f"billing_cycle_anchor cannot be later than next natural billing date ({natural}) for plan",
+            )
+    return start, anchor, config
+
+
 def subscription_create(call: Call) -> dict:
     params, state = call.params, call.state
-    check_params(params, SUBSCRIPTION_FIELDS | {"customer", "items", "currency"})
+    check_params(
+        params,
+        SUBSCRIPTION_FIELDS
+        | {"customer", "items", "currency", "backdate_start_date", "billing_cycle_anchor"}
+        | {"billing_cycle_anchor_config"},
+    )
     customer = customer_get(call, string(params, "customer", required=True) or "", param="customer")
     now = state.now()
+    raw_items = array(params, "items", required=True) or []
+    start, anchor, anchor_config = _start_and_anchor(call, raw_items)
+    string(params, "proration_behavior", choices=("create_prorations", "none", "always_invoice"))
     subscription = {
         "id": state.new_id("sub"),
         "object": "subscription",
         "application": None,
         "automatic_tax": {"enabled": False, "liability": None},
-        "billing_cycle_anchor": now,
+        "billing_cycle_anchor": start if anchor is None else anchor,
+        "billing_cycle_anchor_config": anchor_config,
         "cancel_at": None,
         "cancel_at_period_end": False,
         "canceled_at": None,
@@ -166,13 +224,12 @@ def subscription_create(call: Call) -> dict:
         "latest_invoice": None,
         "livemode": False,
         "metadata": {},
-        "start_date": now,
+        "start_date": start,
         "status": "active",
         "trial_end": None,
         "trial_start": None,
     }
-    raw_items = array(params, "items", required=True) or []
-    items = [_item_new(call, raw, f"items[{i}]", subscription, now) for i, raw in enumerate(raw_items)]
+    items = [_item_new(call, raw, f"items[{i}]", subscription, start) for i, raw in enumerate(raw_items)]
     subscription["currency"] = _items_check(call, items)
     _subscription_fields(params, subscription)
     _cancel_at_sync(subscription, items)

@@ -447,3 +447,36 @@ def test_control_api_speaks_json_over_http(client: stripe.StripeClient, fake_str
     ]
     assert control("POST", "reset") == {"reset": True}
     assert control("GET", "requests")["data"] == []
+
+
+def test_a_backdated_subscription_renews_on_its_anchor_config_day(
+    client: stripe.StripeClient, fake_stripe: FakeStripe
+) -> None:
+    setup = metered_subscription(client, tiers=GRADUATED_TIERS, tiers_mode="graduated")
+    started = datetime(2031, 1, 31, 9, 15, 7, tzinfo=UTC)
+    with time_machine.travel(datetime(2031, 1, 31, 9, 18, tzinfo=UTC), tick=False):
+        with pytest.raises(stripe.InvalidRequestError, match="later than next natural billing date"):
+            client.v1.subscriptions.create(
+                {
+                    "customer": setup.customer.id,
+                    "items": [{"price": setup.price.id}],
+                    "billing_cycle_anchor": int(datetime(2031, 3, 5, tzinfo=UTC).timestamp()),
+                }
+            )
+        subscription = client.v1.subscriptions.create(
+            {
+                "customer": setup.customer.id,
+                "items": [{"price": setup.price.id}],
+                "backdate_start_date": int(started.timestamp()),
+                "billing_cycle_anchor_config": {"day_of_month": 31, "hour": 9, "minute": 15, "second": 7},
+                "proration_behavior": "create_prorations",
+            }
+        )
+    item = subscription["items"].data[0]
+    assert subscription.start_date == item.current_period_start == int(started.timestamp())
+    # Clamped to February's last day, then back on the 31st: the anchor's day, not February's.
+    assert item.current_period_end == int(datetime(2031, 2, 28, 9, 15, 7, tzinfo=UTC).timestamp())
+    with time_machine.travel(datetime(2031, 2, 28, 10, tzinfo=UTC), tick=False):
+        fake_stripe.close_period(subscription.id)
+    renewed = client.v1.subscriptions.retrieve(subscription.id)["items"].data[0]
+    assert renewed.current_period_end == int(datetime(2031, 3, 31, 9, 15, 7, tzinfo=UTC).timestamp())

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from core.money import CREDITS, ledger_amount
-from customers.models import Customer, SpendControls, Subscription
+from customers.models import Customer, SpendControls, Subscription, SubscriptionStatus
 from plans.models import Meter
 from plans.pricing import PriceSpec, UnknownDimensionValue, billable_cost
 from plans.terms import PlanTerms, plan_terms_cached
@@ -30,6 +30,7 @@ from usage.errors import (
     InsufficientBalance,
     NoSubscription,
     NotEntitled,
+    SubscriptionCanceled,
     UsageRefused,
 )
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation
@@ -304,6 +305,9 @@ class ConsumptionEngine:
         return self._dimension_value(spec, hold.properties) if spec else ""
 
     def _check_gates(self, *, meter: Meter, spec: PriceSpec | None, properties: dict[str, Any]) -> None:
+        if self.subscription.status == SubscriptionStatus.CANCELED:
+            # Usage after the final invoice could never be billed: it is refused, not recorded.
+            raise SubscriptionCanceled("The subscription is canceled: new usage is not accepted.")
         if self.customer.is_frozen:
             raise AccountFrozen(
                 f"Billable usage is paused for this account: {self.customer.frozen_reason or 'frozen'}."

@@ -29,6 +29,10 @@ class EntitlementLimitReached(UsageRefused):
     code = "entitlement_limit_reached"
 
 
+class SubscriptionCanceled(UsageRefused):
+    code = "subscription_canceled"
+
+
 class ReservationNotHeld(Conflict):
     code = "reservation_not_held"
 

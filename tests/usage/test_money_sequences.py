@@ -381,3 +381,16 @@ def test_an_aggregation_the_engine_cannot_bill_is_refused_by_the_catalog(aggrega
     }
     with pytest.raises(CatalogInvalid, match=f"'{aggregation}' meters are not billed yet"):
         catalog_import(data=catalog)
+
+
+def test_usage_after_a_cancellation_is_refused(api, pro_plan, make_customer):
+    customer = make_customer("pro")
+    hold = reserve(api, "r1", "api_call", "3")
+    Subscription.objects.filter(customer=customer).update(status="canceled")
+
+    result = send(api, "e1", "api_call", "1")
+    assert (result["status"], result["code"]) == ("refused", "subscription_canceled")
+    assert reserve(api, "r2", "api_call", "1").json()["error"]["code"] == "subscription_canceled"
+    # Work a hold allowed before the cancellation is still recorded: it was decided then.
+    assert commit(api, hold.json()["id"], "3").status_code == 200
+    assert UsageEvent.objects.filter(customer=customer).count() == 1

@@ -24,6 +24,7 @@ from billing_app.idempotency import (
     idempotent_write_claim,
     idempotent_write_record,
 )
+from billing_app.throttling import rate_limit_status_of
 from core.errors import BillingError
 
 logger = logging.getLogger("billing_app.api")
@@ -53,6 +54,9 @@ class ApiRequestMiddleware:
         started = time.monotonic()
         response = self.get_response(request) if request.method in _READ_METHODS else self._write(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
+        if rate_limit := rate_limit_status_of(request):
+            for header, value in rate_limit.headers().items():
+                response[header] = value
         logger.info(
             "api %s %s %s %s %.0fms",
             request.request_id,  # type: ignore[attr-defined]

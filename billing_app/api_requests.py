@@ -33,6 +33,9 @@ API_PREFIX = "/api/"
 REQUEST_ID_HEADER = "Request-Id"
 # Reads change nothing; sparing them the transaction keeps /check and the usage reads at one round trip.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The writes an Idempotency-Key applies to; any other method (TRACE, DELETE) no endpoint has is answered 405
+# and must not claim the key, or the real write sent with it next would be refused as a reuse.
+_IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def request_id_of(request: HttpRequest) -> str | None:
@@ -68,7 +71,7 @@ class ApiRequestMiddleware:
         return response
 
     def _write(self, request: HttpRequest) -> HttpResponse:
-        key = idempotency_key_of(request)
+        key = idempotency_key_of(request) if request.method in _IDEMPOTENT_METHODS else None
         if key is None:
             return self._run_write(request)
         with transaction.atomic():

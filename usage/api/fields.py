@@ -140,6 +140,10 @@ class AmountField(serializers.DecimalField):
     def validate_precision(self, value: Decimal) -> Decimal:
         if value > self.maximum:
             raise out_of_range(param=self.field_name, maximum=self.maximum)
+        # Here, before DRF quantizes the value: -2e306 cannot be quantized to a few places (InvalidOperation,
+        # a 500), and the min_value validator runs only after that.
+        if value < 0:
+            self.fail("min_value", min_value=0)
         return super().validate_precision(value)
 
 

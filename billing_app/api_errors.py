@@ -5,6 +5,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from psycopg.errors import NumericValueOutOfRange
 from rest_framework import exceptions, status
 from rest_framework.request import Request
@@ -86,6 +87,7 @@ def _rate_limited_response(*, exc: exceptions.Throttled, request: Request | None
     return response
 
 
+@csrf_exempt  # like every API view: a POST to an unknown path is a 404, not CSRF's HTML 403 page
 def api_route_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
     """Any /api/ path no endpoint answers, so a client's typo gets the error shape, not an HTML page."""
     hint = " (API paths have no trailing slash)" if request.path.endswith("/") else ""

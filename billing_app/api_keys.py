@@ -5,6 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing_app.api_schema import errors
 from billing_app.models import ApiKey
 from customers.selectors import customer_by_external_id
 from usage.api.customer_views import CustomerEndpoint
@@ -25,7 +26,7 @@ class PublishableKeysView(CustomerEndpoint):
     class PublishableKeyInput(serializers.Serializer):
         name = serializers.CharField(max_length=120, required=False)
 
-    @extend_schema(request=PublishableKeyInput, responses={201: PublishableKeyOutput})
+    @extend_schema(request=PublishableKeyInput, responses={201: PublishableKeyOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:
         data = self.PublishableKeyInput(data=request.data)
         data.is_valid(raise_exception=True)

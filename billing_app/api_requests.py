@@ -24,6 +24,7 @@ from billing_app.idempotency import (
     idempotent_write_claim,
     idempotent_write_record,
 )
+from billing_app.throttling import rate_limit_status_of
 from core.errors import BillingError
 
 logger = logging.getLogger("billing_app.api")
@@ -34,6 +35,9 @@ REQUEST_ID_HEADER = "Request-Id"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Questions asked by POST that write nothing: "may this customer use this?" and "what would it cost?".
 _QUESTIONS = frozenset({"/api/v1/check", "/api/v1/estimate"})
+# The writes an Idempotency-Key applies to; any other method (TRACE, DELETE) no endpoint has is answered 405
+# and must not claim the key, or the real write sent with it next would be refused as a reuse.
+_IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def request_id_of(request: HttpRequest) -> str | None:
@@ -56,6 +60,9 @@ class ApiRequestMiddleware:
         reads = request.method in _READ_METHODS or request.path in _QUESTIONS
         response = self.get_response(request) if reads else self._write(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
+        if rate_limit := rate_limit_status_of(request):
+            for header, value in rate_limit.headers().items():
+                response[header] = value
         logger.info(
             "api %s %s %s %s %.0fms",
             request.request_id,  # type: ignore[attr-defined]
@@ -67,7 +74,7 @@ class ApiRequestMiddleware:
         return response
 
     def _write(self, request: HttpRequest) -> HttpResponse:
-        key = idempotency_key_of(request)
+        key = idempotency_key_of(request) if request.method in _IDEMPOTENT_METHODS else None
         if key is None:
             return self._run_write(request)
         with transaction.atomic():

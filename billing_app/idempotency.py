@@ -14,8 +14,8 @@ replay it. Waiting, rather than refusing a key in use (Stripe's 409), gives each
 client that retried because its first try timed out is told the result, not a second error.
 
 Only final answers are stored: a 2xx, and a 4xx from the endpoint (a refused top-up stays refused for its
-key; a new attempt takes a new key). A 5xx, and a refusal given before the endpoint ran (401, 403, 429),
-are not, so their retry runs.
+key; a new attempt takes a new key). A 5xx, and a refusal given before the endpoint ran (401, 403, 405,
+429), are not, so their retry runs.
 """
 
 import hashlib
@@ -44,7 +44,8 @@ MAX_KEY_LENGTH = 255
 # Endpoints whose body has its own ``idempotency_key`` (reservations, credit grants, a single event).
 BODY_KEY_FIELD = "idempotency_key"
 # Refusals given before the endpoint ran: the request did nothing, so a retry must be able to run it.
-_NOT_RUN_STATUSES = frozenset({401, 403, 429})
+# 405 too: a method the endpoint does not have ran nothing, and must not take the key from the real write.
+_NOT_RUN_STATUSES = frozenset({401, 403, 405, 429})
 
 
 class IdempotencyKeyMismatch(BillingError):
@@ -82,18 +83,19 @@ def idempotent_write_claim(*, request: HttpRequest, key: str) -> IdempotentWrite
         body, canonical_body = _body_of(request.body)
     except RequestDataTooBig:
         return None
-    if isinstance(body, dict) and body.get(BODY_KEY_FIELD) not in (None, key):
-        raise IdempotencyKeyMismatch(
-            f"The body's {BODY_KEY_FIELD} differs from the {IDEMPOTENCY_HEADER} header; send one, or the "
-            "same key in both.",
-            param=BODY_KEY_FIELD,
-        )
     # Locked before authenticating: authentication may update the API key's row, and every other write
     # takes that row lock before its own; taking this lock first keeps the order the same everywhere.
     _lock(authorization=request.headers.get("Authorization", ""), key=key)
     api_key = _api_key_of(request)
     if api_key is None:
         return None
+    # After authenticating: a request without a valid key is refused 401 whatever its body says.
+    if isinstance(body, dict) and body.get(BODY_KEY_FIELD) not in (None, key):
+        raise IdempotencyKeyMismatch(
+            f"The body's {BODY_KEY_FIELD} differs from the {IDEMPOTENCY_HEADER} header; send one, or the "
+            "same key in both.",
+            param=BODY_KEY_FIELD,
+        )
     method, path = request.method or "", request.get_full_path()
     request_fingerprint = fingerprint([api_key.pk, method, path, canonical_body])
     stored = IdempotencyKey.objects.filter(api_key=api_key, key=key).first()

@@ -226,7 +226,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["billing_app.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["usage.api.parsers.DecimalJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "billing_app.api_schema.ApiAutoSchema",
     "EXCEPTION_HANDLER": "billing_app.api_errors.api_exception_handler",
     "COERCE_DECIMAL_TO_STRING": True,
     "UNAUTHENTICATED_USER": None,
@@ -237,6 +237,18 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "REDOC_DIST": "SIDECAR",
+    # Answers are typed with their choices; these name the enums that would otherwise collide by field name.
+    "ENUM_NAME_OVERRIDES": {
+        "ReservationStatusEnum": "usage.models.ReservationStatus",
+        "SubscriptionStatusEnum": "customers.models.SubscriptionStatus",
+        "CustomerStatusEnum": "customers.models.CustomerStatus",
+        "GrantKindEnum": "usage.models.GrantKind",
+        "UsageLevelEnum": "usage.selectors.meter_lines.UsageLevel",
+        "EventResultStatusEnum": ["accepted", "duplicate", "refused"],
+        "ReservationObjectEnum": ["reservation"],
+        "CustomerObjectEnum": ["customer"],
+        "CreditGrantObjectEnum": ["credit_grant"],
+    },
 }
 
 # Content-Security-Policy (django-csp) on every response. No page has an inline script or <style>: scripts

@@ -7,10 +7,15 @@ request, a third cache round trip on a path (``/api/v1/check``) that has 10 ms f
 is the fixed window's edge: a key can make up to twice its limit in the few seconds either side of a
 minute's end. For a limit that protects the service from a runaway client, not one that bills, that is
 acceptable.
+
+Every answer to a limited key says where it stands (GitHub's and Stripe's headers): ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (the Unix second the window ends). The throttle leaves
+them on the request; ``billing_app.api_requests`` puts them on the response, errors included.
 """
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -33,6 +38,31 @@ WINDOW_SECONDS = 60
 # nobody counts in it any more (unless app servers' clocks differ by more than a minute), so the extra
 # minute closes that gap.
 COUNTER_TIMEOUT_SECONDS = 2 * WINDOW_SECONDS
+
+RATE_LIMIT_HEADER = "X-RateLimit-Limit"
+RATE_LIMIT_REMAINING_HEADER = "X-RateLimit-Remaining"
+RATE_LIMIT_RESET_HEADER = "X-RateLimit-Reset"
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """Where a key stands in this minute's window, as its answer's headers tell it."""
+
+    limit: int
+    remaining: int
+    reset: int  # the Unix second the window ends and the count starts again
+
+    def headers(self) -> dict[str, str]:
+        return {
+            RATE_LIMIT_HEADER: str(self.limit),
+            RATE_LIMIT_REMAINING_HEADER: str(self.remaining),
+            RATE_LIMIT_RESET_HEADER: str(self.reset),
+        }
+
+
+def rate_limit_status_of(request: object) -> RateLimitStatus | None:
+    """What the throttle found for this (Django) request; None when it was not counted."""
+    return getattr(request, "rate_limit_status", None)
 
 
 def api_key_rate_limit(*, api_key: ApiKey) -> int | None:
@@ -89,6 +119,12 @@ class ApiKeyRateThrottle(BaseThrottle):
             # it. One line a request, no traceback: an outage would otherwise bury the log.
             logger.warning("API rate limit not applied, the cache is unreachable: %s", error)
             return True
+        # On the Django request, which the middleware that writes the headers sees.
+        request._request.rate_limit_status = RateLimitStatus(  # type: ignore[attr-defined]
+            limit=limit,
+            remaining=max(limit - count, 0),
+            reset=int((window + 1) * WINDOW_SECONDS),
+        )
         if count <= limit:
             return True
         self.seconds_until_next_window = WINDOW_SECONDS - elapsed

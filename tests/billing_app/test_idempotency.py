@@ -200,7 +200,7 @@ def test_a_crash_stores_no_key_so_the_retry_runs(api, acme, monkeypatch):
         raise RuntimeError("the response could not be built")
 
     with monkeypatch.context() as patch:
-        patch.setattr(customer_views, "decimal_string", broken)
+        patch.setattr(customer_views.WalletTopUpOutput, "to_representation", broken)
         api.raise_request_exception = False
         crashed = post(api, "/api/v1/customers/acme/wallet/top-ups", {"amount": "10.00"})
     assert crashed.status_code == 500

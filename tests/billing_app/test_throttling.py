@@ -176,3 +176,25 @@ def test_the_limit_is_set_when_a_key_is_created_in_admin_and_can_be_changed(admi
     )
     api_key.refresh_from_db()
     assert api_key.rate_limit_per_minute is None
+
+
+def test_every_answer_tells_the_key_where_it_stands(clock, client_of, acme, half_past):
+    client = client_of(rate_limit_per_minute=2)
+    window_end = str(int(half_past.timestamp()) + 30)
+
+    first = client.post(CHECK, {"customer": "acme", "meter": "api_call"}, format="json")
+    refused_input = client.post(CHECK, {"customer": "acme"}, format="json")
+    over = client.post(CHECK, {"customer": "acme", "meter": "api_call"}, format="json")
+
+    assert (first.status_code, refused_input.status_code, over.status_code) == (200, 400, 429)
+    assert [r["X-RateLimit-Remaining"] for r in (first, refused_input, over)] == ["1", "0", "0"]
+    for response in (first, refused_input, over):
+        assert response["X-RateLimit-Limit"] == "2"
+        assert response["X-RateLimit-Reset"] == window_end
+
+
+def test_an_unlimited_key_gets_no_rate_limit_headers(clock, client_of, acme, settings):
+    settings.API_RATE_LIMIT_PER_MINUTE = 0
+    response = client_of().post(CHECK, {"customer": "acme", "meter": "api_call"}, format="json")
+    assert response.status_code == 200
+    assert "X-RateLimit-Limit" not in response

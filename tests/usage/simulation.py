@@ -30,6 +30,7 @@ from customers.services import customer_create, spend_controls_update
 from customers.tasks import subscriptions_roll_periods_task
 from plans.models import Meter, PlanVersion
 from plans.terms import PlanTerms
+from usage.api.fields import amount_string
 from usage.ingest import usage_events_ingest
 from usage.ledger_audit import PROOFS
 from usage.models import CreditGrant, PeriodUsage, Reservation, ReservationStatus, UsageEvent
@@ -218,19 +219,20 @@ def _usage_api(machine: "EngineSimulation") -> list[str]:
         events = UsageEvent.objects.filter(customer=customer, period_start=period_start, billable=True)
         for line in body["meters"]:
             of_meter = events.filter(meter__key=line["key"])
-            for name, summed in (
-                ("quantity", _sum(of_meter, "quantity")),
-                ("cost", _sum(of_meter, "cost")),
-                ("credits_amount", _sum(of_meter, "credits_amount")),
-                ("wallet_amount", _sum(of_meter, "wallet_amount")),
-                ("overage_amount", _sum(of_meter, "overage_amount")),
-            ):
-                if Decimal(line[name]) != summed:
+            if Decimal(line["quantity"]) != _sum(of_meter, "quantity"):
+                problems.append(
+                    f"{customer.external_id} {line['key']} quantity: API says {line['quantity']}, "
+                    f"events sum to {_sum(of_meter, 'quantity')}"
+                )
+            # Amounts are shown with the currency's minor-unit places (credits exact): the sum, so rounded.
+            for name in ("cost", "credits_amount", "wallet_amount", "overage_amount"):
+                summed = amount_string(_sum(of_meter, name), line["cost_unit"])
+                if line[name] != summed:
                     problems.append(
                         f"{customer.external_id} {line['key']} {name}: API says {line[name]}, events sum to {summed}"
                     )
         wallet = _sum(customer.credit_ledger.filter(grant__isnull=True), "amount")
-        if Decimal(body["wallet_balance"]) != wallet:
+        if body["wallet_balance"] != amount_string(wallet, body["currency"]):
             problems.append(
                 f"{customer.external_id} wallet: API says {body['wallet_balance']}, ledger sums to {wallet}"
             )

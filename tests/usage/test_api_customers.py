@@ -29,7 +29,7 @@ def test_create_customer_subscribes_to_the_latest_published_version(acme):
     assert acme["subscription"]["plan"] == "pro"
     assert acme["subscription"]["plan_version"] == 1
     assert acme["limits"] == {"soft_limit": None, "hard_limit": None, "block_overage": False}
-    assert acme["wallet_balance"] == "0"
+    assert acme["wallet_balance"] == "0.00"  # a balance: the currency's minor-unit places
 
 
 def test_creating_the_same_customer_twice_is_a_conflict(api, acme):
@@ -118,7 +118,7 @@ def test_expiry_in_the_past_is_refused(api, acme):
 def test_wallet_top_up(api, acme):
     response = api.post("/api/v1/customers/acme/wallet/top-ups", {"amount": "100.00"}, format="json")
     assert response.status_code == 201
-    assert response.json() == {"wallet_balance": "100", "currency": "usd"}
+    assert response.json() == {"wallet_balance": "100.00", "currency": "usd"}
     assert CustomerBalance.objects.get().wallet_balance == 100
 
 
@@ -162,8 +162,8 @@ def test_usage_endpoint_answers_for_the_customer(api, acme):
     [meter] = usage.json()["meters"]
     # 150 calls with 100 included: 50 over at $0.10.
     assert (meter["key"], meter["quantity"], meter["included_used"]) == ("api_call", "150", "100")
-    assert (meter["cost"], meter["overage_amount"]) == ("5", "5")
-    assert usage.json()["spend"]["spend"] == "5"
+    assert (meter["cost"], meter["overage_amount"]) == ("5.00", "5.00")
+    assert usage.json()["spend"]["spend"] == "5.00"
 
 
 def test_openapi_schema_lists_the_contract(api):

@@ -32,6 +32,7 @@ from tests.usage.factories import (
     NotificationFactory,
     PeriodUsageFactory,
 )
+from usage.api.serializers import UsageSummaryOutput
 from usage.models import LedgerEntryKind, PeriodUsage, Reservation, ReservationStatus
 from usage.selectors import (
     PROJECTION_DECAY,
@@ -45,7 +46,6 @@ from usage.selectors import (
     usage_notifications,
     usage_period_summary,
     usage_periods,
-    usage_summary_as_dict,
     usage_top_actions,
     usage_wallet,
 )
@@ -405,15 +405,15 @@ def make_credits_customer():
     return make
 
 
-def test_the_summary_as_dict_has_decimals_as_strings(customer):
+def test_the_summary_as_the_api_serializes_it_has_decimals_as_strings(customer):
     steady_march(customer)
 
-    data = usage_summary_as_dict(usage_period_summary(customer=customer))
+    data = UsageSummaryOutput(usage_period_summary(customer=customer)).data
 
     assert json.loads(json.dumps(data)) == data  # plain JSON types only
-    assert data["projection"]["total"] == "41"
+    assert data["projection"]["total"] == "41.00"  # money: the currency's minor-unit places
     assert data["meters"][0]["quantity"] == "145"
-    assert data["meters"][0]["cost"] == "4.5"
+    assert data["meters"][0]["cost"] == "4.50"
     assert data["meters"][0]["percent_of_included"] == 145
     assert data["period"] == {
         "start": "2025-03-01T00:00:00+00:00",

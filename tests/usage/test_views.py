@@ -482,7 +482,7 @@ def test_the_page_shows_the_numbers_the_usage_api_returns(client, api, billed_cu
     assert format_money(Decimal(usage["projection"]["usage_spend"]), "usd") in page
     assert format_money(Decimal(usage["spend"]["spend"]), "usd") in page
     assert format_money(Decimal(usage["wallet_balance"]), "usd") in page
-    assert usage["base_fee"] == "20"
+    assert usage["base_fee"] == "20.00"
 
 
 def test_a_hard_limit_saved_on_the_page_stops_reservations_at_once(client, api, billed_customer):

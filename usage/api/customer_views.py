@@ -1,15 +1,18 @@
 """The customer endpoints of the API: accounts, subscriptions, credits, wallet, limits, usage."""
 
+from decimal import Decimal
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing_app.api_schema import errors
 from core.errors import InvalidInput
-from customers.models import Customer, SpendControls, Subscription
+from customers.models import Customer, SpendControls, Subscription, external_id_validator
 from customers.selectors import customer_by_external_id
 from customers.services import (
     customer_create,
@@ -17,65 +20,37 @@ from customers.services import (
     spend_controls_update,
 )
 from plans.models import MONEY
-from usage.api.fields import LedgerAmountField, MoneyField, decimal_string
-from usage.models import CreditGrant, CustomerBalance, GrantKind
-from usage.selectors import credits_remaining_by_unit, usage_period_summary, usage_summary_as_dict
+from usage.api.fields import LedgerAmountField, MoneyField
+from usage.api.serializers import (
+    CreditGrantOutput,
+    CustomerOutput,
+    LimitsOutput,
+    SubscriptionOutput,
+    UsageSummaryOutput,
+    WalletTopUpOutput,
+)
+from usage.models import CustomerBalance, GrantKind
+from usage.selectors import credits_remaining_by_unit, usage_period_summary
 from usage.services import credit_grant_create, subscription_change, wallet_top_up
 from usage.validation import MAX_NAME_LENGTH, text_problem
 
 
 def customer_output(customer: Customer) -> dict[str, Any]:
-    subscription = Subscription.objects.filter(customer=customer).select_related("plan_version__plan").first()
-    controls = SpendControls.objects.filter(customer=customer).first()
     balance = CustomerBalance.objects.filter(customer=customer).first()
-    return {
-        "object": "customer",
+    customer_state = {
         "external_id": customer.external_id,
         "name": customer.name,
         "email": customer.email,
         "currency": customer.currency,
         "status": customer.status,
-        "subscription": subscription_output(subscription) if subscription else None,
-        "limits": limits_output(controls) if controls else None,
-        "wallet_balance": decimal_string(balance.wallet_balance if balance else None) or "0",
-        "credits_remaining": {
-            unit: decimal_string(amount)
-            for unit, amount in credits_remaining_by_unit(customer=customer).items()
-        },
+        "subscription": Subscription.objects.filter(customer=customer)
+        .select_related("plan_version__plan")
+        .first(),
+        "limits": SpendControls.objects.filter(customer=customer).first(),
+        "wallet_balance": balance.wallet_balance if balance else Decimal(0),
+        "credits_remaining": credits_remaining_by_unit(customer=customer),
     }
-
-
-def subscription_output(subscription: Subscription) -> dict[str, Any]:
-    return {
-        "plan": subscription.plan_version.plan.code,
-        "plan_version": subscription.plan_version.number,
-        "status": subscription.status,
-        "current_period_start": subscription.current_period_start.isoformat(),
-        "current_period_end": subscription.current_period_end.isoformat(),
-        "grandfathered": subscription.grandfathered,
-    }
-
-
-def limits_output(controls: SpendControls) -> dict[str, Any]:
-    return {
-        "soft_limit": decimal_string(controls.soft_limit),
-        "hard_limit": decimal_string(controls.hard_limit),
-        "block_overage": controls.block_overage,
-    }
-
-
-def grant_output(grant: CreditGrant) -> dict[str, Any]:
-    return {
-        "id": grant.pk,
-        "object": "credit_grant",
-        "kind": grant.kind,
-        "unit": grant.unit,
-        "amount": decimal_string(grant.amount),
-        "remaining": decimal_string(grant.remaining),
-        "priority": grant.priority,
-        "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
-        "created_at": grant.created_at.isoformat(),
-    }
+    return CustomerOutput(customer_state).data
 
 
 class CustomerEndpoint(APIView):
@@ -98,13 +73,13 @@ class CustomerEndpoint(APIView):
 
 class CustomersView(APIView):
     class CustomerCreateInput(serializers.Serializer):
-        external_id = serializers.CharField(max_length=120)
+        external_id = serializers.CharField(max_length=120, validators=[external_id_validator])
         name = serializers.CharField(max_length=200)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
         plan = serializers.CharField(max_length=64, required=False, allow_null=True)
         currency = serializers.CharField(min_length=3, max_length=3, required=False)
 
-    @extend_schema(request=CustomerCreateInput, responses={201: dict})
+    @extend_schema(request=CustomerCreateInput, responses={201: CustomerOutput, **errors(404)})
     def post(self, request: Request) -> Response:
         data = self.CustomerCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -120,7 +95,7 @@ class CustomersView(APIView):
 
 
 class CustomerView(CustomerEndpoint):
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: CustomerOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
         return Response(customer_output(customer_by_external_id(external_id)))
 
@@ -129,7 +104,7 @@ class SubscriptionView(CustomerEndpoint):
     class SubscriptionChangeInput(serializers.Serializer):
         plan = serializers.CharField(max_length=64)
 
-    @extend_schema(request=SubscriptionChangeInput, responses={200: dict})
+    @extend_schema(request=SubscriptionChangeInput, responses={200: SubscriptionOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:
         data = self.SubscriptionChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -137,7 +112,7 @@ class SubscriptionView(CustomerEndpoint):
         subscription = subscription_change(
             customer=customer, plan_version=plan_version_for_code(data.validated_data["plan"])
         )
-        return Response(subscription_output(subscription))
+        return Response(SubscriptionOutput(subscription).data)
 
 
 class CreditsView(CustomerEndpoint):
@@ -150,7 +125,14 @@ class CreditsView(CustomerEndpoint):
         description = serializers.CharField(max_length=200, required=False, default="")
         idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
 
-    @extend_schema(request=CreditGrantInput, responses={201: dict})
+    @extend_schema(
+        request=CreditGrantInput,
+        responses={
+            201: CreditGrantOutput,
+            200: OpenApiResponse(CreditGrantOutput, description="The grant its key made before."),
+            **errors(404),
+        },
+    )
     def post(self, request: Request, external_id: str) -> Response:
         data = self.CreditGrantInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -158,7 +140,7 @@ class CreditsView(CustomerEndpoint):
             customer=customer_by_external_id(external_id), **data.validated_data
         )
         return Response(
-            grant_output(grant), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+            CreditGrantOutput(grant).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
 
@@ -167,17 +149,14 @@ class WalletTopUpView(CustomerEndpoint):
         amount = LedgerAmountField(decimal_places=MONEY["decimal_places"])
         note = serializers.CharField(max_length=200, required=False, default="")
 
-    @extend_schema(request=WalletTopUpInput, responses={201: dict})
+    @extend_schema(request=WalletTopUpInput, responses={201: WalletTopUpOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:
         data = self.WalletTopUpInput(data=request.data)
         data.is_valid(raise_exception=True)
         customer = customer_by_external_id(external_id)
         wallet_top_up(customer=customer, **data.validated_data)
         balance = CustomerBalance.objects.get(customer=customer)
-        return Response(
-            {"wallet_balance": decimal_string(balance.wallet_balance), "currency": balance.currency},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(WalletTopUpOutput(balance).data, status=status.HTTP_201_CREATED)
 
 
 class LimitsView(CustomerEndpoint):
@@ -186,19 +165,28 @@ class LimitsView(CustomerEndpoint):
         hard_limit = MoneyField(required=False, allow_null=True, default=None)
         block_overage = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(request=LimitsInput, responses={200: dict})
+    @extend_schema(request=LimitsInput, responses={200: LimitsOutput, **errors(404)})
     def put(self, request: Request, external_id: str) -> Response:
         data = self.LimitsInput(data=request.data)
         data.is_valid(raise_exception=True)
         controls = spend_controls_update(customer=customer_by_external_id(external_id), **data.validated_data)
-        return Response(limits_output(controls))
+        return Response(LimitsOutput(controls).data)
 
 
 class CustomerUsageView(CustomerEndpoint):
     """The same numbers as the customer's /settings/usage page, from the same selectors."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "period",
+                OpenApiTypes.DATE,
+                description="The start date of an earlier period; the current one when left out.",
+            )
+        ],
+        responses={200: UsageSummaryOutput, **errors(404)},
+    )
     def get(self, request: Request, external_id: str) -> Response:
         customer = customer_by_external_id(external_id)
         summary = usage_period_summary(customer=customer, period_start=request.query_params.get("period"))
-        return Response(usage_summary_as_dict(summary))
+        return Response(UsageSummaryOutput(summary).data)

@@ -4,15 +4,19 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import get_attribute
 
 from core.errors import OutOfRange
+from core.money import CREDITS, round_money
 from plans.models import MONEY, RATE
 from usage.models import PropertiesEncoder
 from usage.validation import (
     MAX_PROPERTIES_BYTES,
+    MAX_QUANTITY,
+    QUANTITY_PLACES,
     OutOfRangeValue,
     decimal_column_max,
     parse_quantity,
@@ -25,7 +29,18 @@ def out_of_range(*, param: str | None, maximum: Decimal) -> OutOfRange:
     return OutOfRange(f"{param or 'The value'} must be at most {maximum:f}.", param=param, max=f"{maximum:f}")
 
 
-@extend_schema_field(OpenApiTypes.DECIMAL)
+def decimal_input_schema(*, maximum: Decimal, places: int) -> dict[str, Any]:
+    """The schema of a decimal the API accepts: a JSON number or a plain decimal string, from 0 to
+    ``maximum``, with at most ``places`` decimal places. Past ``maximum`` the answer is ``out_of_range``."""
+    return {
+        "oneOf": [
+            {"type": "number", "minimum": 0, "maximum": int(maximum)},
+            {"type": "string", "pattern": rf"^[0-9]{{1,{maximum.adjusted() + 1}}}(\.[0-9]{{1,{places}}})?$"},
+        ],
+        "description": f"A decimal from 0 to {maximum:f}, as a number or a string, at most {places} places.",
+    }
+
+
 class QuantityField(serializers.Field):
     """A non-negative decimal given as a JSON number or a string; returned as a string."""
 
@@ -52,7 +67,62 @@ def decimal_string(value: Decimal | None) -> str | None:
     return f"{normalized:f}"
 
 
-@extend_schema_field(OpenApiTypes.DECIMAL)
+def amount_string(amount: Decimal, unit: str) -> str:
+    """An amount charged or held as a balance, in ``unit``: money with exactly its currency's minor-unit
+    places ("35.00", JPY "350", KWD "1.250"), rounded half up; credits, which have no minor unit, as
+    ``decimal_string``. What is stored keeps its 12 places; only the answer is rounded."""
+    if unit == CREDITS:
+        return decimal_string(amount) or "0"
+    return f"{round_money(amount, unit):f}"
+
+
+# Output fields. Their schema is a string: decimals never go out as JSON numbers (floats).
+_DECIMAL_OUT = {"type": "string", "format": "decimal", "pattern": r"^-?\d+(\.\d+)?$"}
+
+
+@extend_schema_field({**_DECIMAL_OUT, "example": "0.005"})
+class DecimalString(serializers.Field):
+    """A decimal at full precision, as ``decimal_string``: quantities, unit rates, per-event amounts."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Decimal) -> str | None:
+        return decimal_string(value)
+
+
+@extend_schema_field({**_DECIMAL_OUT, "example": "35.00"})
+class AmountString(serializers.Field):
+    """An amount charged or shown as a balance, as ``amount_string``, in the unit ``unit_source`` names
+    on the same object (``"currency"``, ``"cost_unit"``, ...)."""
+
+    def __init__(self, *, unit_source: str = "currency", **kwargs: Any) -> None:
+        kwargs.setdefault("read_only", True)
+        self.unit_source = unit_source
+        super().__init__(**kwargs)
+
+    def get_attribute(self, instance: Any) -> tuple[Decimal | None, str]:
+        unit = get_attribute(instance, self.unit_source.split("."))
+        return super().get_attribute(instance), unit
+
+    def to_representation(self, value: tuple[Decimal | None, str]) -> str | None:
+        amount, unit = value
+        return None if amount is None else amount_string(amount, unit)
+
+
+@extend_schema_field({"type": "string", "format": "date-time"})
+class Timestamp(serializers.Field):
+    """An aware datetime in ISO 8601 as Python writes it (``+00:00``, not ``Z``), as the API always has."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        return str(value.isoformat())
+
+
 class AmountField(serializers.DecimalField):
     """A non-negative decimal of at most ``decimal_places`` places, bounded by the column it lands in.
 
@@ -70,6 +140,10 @@ class AmountField(serializers.DecimalField):
     def validate_precision(self, value: Decimal) -> Decimal:
         if value > self.maximum:
             raise out_of_range(param=self.field_name, maximum=self.maximum)
+        # Here, before DRF quantizes the value: -2e306 cannot be quantized to a few places (InvalidOperation,
+        # a 500), and the min_value validator runs only after that.
+        if value < 0:
+            self.fail("min_value", min_value=0)
         return super().validate_precision(value)
 
 
@@ -85,6 +159,22 @@ class LedgerAmountField(AmountField):
 
     def __init__(self, *, decimal_places: int, **kwargs: Any) -> None:
         super().__init__(column=RATE, decimal_places=decimal_places, **kwargs)
+
+
+class QuantityFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = QuantityField
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return decimal_input_schema(maximum=MAX_QUANTITY, places=QUANTITY_PLACES)
+
+
+class AmountFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = AmountField
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        field: AmountField = self.target
+        return decimal_input_schema(maximum=field.maximum, places=field.decimal_places or 0)
 
 
 class PropertiesField(serializers.DictField):

@@ -7,72 +7,65 @@ Views parse, call one service and shape the answer; errors become ``{"error": {.
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage.api.fields import PropertiesField, QuantityField, decimal_string
+from billing_app.api_schema import errors
+from usage.api.fields import PropertiesField, QuantityField
+from usage.api.serializers import (
+    CheckOutput,
+    EstimateOutput,
+    EventsOutput,
+    ReservationCommitOutput,
+    ReservationOutput,
+)
 from usage.consumption import usage_decide
 from usage.ingest import usage_events_ingest
-from usage.models import Reservation, UsageEvent
+from usage.models import Reservation
 from usage.services import reservation_commit, reservation_create, reservation_release
 from usage.sql_reads import customer_for_decision, meter_by_key
-from usage.validation import events_from_payload
-
-
-def event_output(event: UsageEvent) -> dict[str, Any]:
-    return {
-        "id": event.pk,
-        "idempotency_key": event.idempotency_key,
-        "customer": event.customer.external_id,
-        "meter": event.meter.key,
-        "quantity": decimal_string(event.quantity),
-        "timestamp": event.timestamp.isoformat(),
-        "billable": event.billable,
-        "cost": decimal_string(event.cost),
-        "cost_unit": event.cost_unit,
-        "covered_by": {
-            "included": decimal_string(event.included_quantity),
-            "credits": decimal_string(event.credits_amount),
-            "wallet": decimal_string(event.wallet_amount),
-            "overage": decimal_string(event.overage_amount),
-        },
-    }
+from usage.validation import MAX_KEY_LENGTH, MAX_NAME_LENGTH, events_from_payload
 
 
 def reservation_output(reservation: Reservation) -> dict[str, Any]:
-    return {
-        "id": str(reservation.pk),
-        "object": "reservation",
-        "status": reservation.status,
-        "customer": reservation.customer.external_id,
-        "meter": reservation.meter.key,
-        "quantity": decimal_string(reservation.quantity),
-        "unit": reservation.unit,
-        "held": {
-            "cost": decimal_string(reservation.held_cost),
-            "credits": decimal_string(reservation.held_credits),
-            "wallet": decimal_string(reservation.held_wallet),
-            "overage": decimal_string(reservation.held_overage),
-        },
-        "idempotency_key": reservation.idempotency_key,
-        "expires_at": reservation.expires_at.isoformat(),
-        "created_at": reservation.created_at.isoformat(),
-        "committed_quantity": decimal_string(reservation.committed_quantity),
-        "settled_at": reservation.settled_at.isoformat() if reservation.settled_at else None,
-    }
+    return ReservationOutput(reservation).data
+
+
+class EventInput(serializers.Serializer):
+    """One event, as documented; ``usage.validation`` parses it, naming each problem by event."""
+
+    idempotency_key = serializers.CharField(max_length=MAX_KEY_LENGTH, help_text="Unique per customer.")
+    customer = serializers.CharField(max_length=MAX_NAME_LENGTH)
+    meter = serializers.CharField(max_length=MAX_NAME_LENGTH)
+    quantity = QuantityField(required=False, help_text="Default 1.")
+    timestamp = serializers.DateTimeField(required=False, help_text="Default now; at most 35 days back.")
+    user = serializers.CharField(max_length=MAX_NAME_LENGTH, required=False)
+    properties = PropertiesField()
+
+
+class EventBatchInput(serializers.Serializer):
+    events = serializers.ListField(child=EventInput(), min_length=1, max_length=settings.USAGE_MAX_BATCH)
+
+
+EVENTS_REQUEST = PolymorphicProxySerializer(
+    component_name="EventsInput",
+    serializers=[EventInput, EventBatchInput],
+    resource_type_field_name=None,
+)
 
 
 class EventsView(APIView):
     """Record one usage event or a batch of up to 1,000. A replayed key changes nothing."""
 
-    @extend_schema(request=dict, responses={200: dict})
+    @extend_schema(request=EVENTS_REQUEST, responses={200: EventsOutput, **errors(409)})
     def post(self, request: Request) -> Response:
         result = usage_events_ingest(raw_events=events_from_payload(request.data))
-        return Response({"results": [r.as_dict() for r in result.results]})
+        return Response(EventsOutput(result).data)
 
 
 class UsageQuestionInput(serializers.Serializer):
@@ -99,44 +92,36 @@ def _decide(request: Request) -> tuple[Any, dict[str, Any]]:
 class CheckView(APIView):
     """May this customer do this now? Ask before costly work; nothing is held."""
 
-    @extend_schema(request=UsageQuestionInput, responses={200: dict})
+    @extend_schema(request=UsageQuestionInput, responses={200: CheckOutput, **errors(404)})
     def post(self, request: Request) -> Response:
         decision, _ = _decide(request)
-        return Response(
-            {
-                "allowed": decision.allowed,
-                "code": decision.code,
-                "message": decision.message,
-                "remaining": decimal_string(decision.remaining),
-            }
-        )
+        return Response(CheckOutput(decision).data)
 
 
 class EstimateView(APIView):
     """What would this cost, and what would pay for it? A preview; nothing is held."""
 
-    @extend_schema(request=UsageQuestionInput, responses={200: dict})
+    @extend_schema(request=UsageQuestionInput, responses={200: EstimateOutput, **errors(404)})
     def post(self, request: Request) -> Response:
         decision, _ = _decide(request)
         coverage = decision.coverage
-        zero = "0"
-        return Response(
-            {
-                "allowed": decision.allowed,
-                "code": decision.code,
-                "message": decision.message,
-                "amount": decimal_string(coverage.money_cost) if coverage else None,
-                "currency": decision.currency,
-                "cost": decimal_string(coverage.cost) if coverage else None,
-                "cost_unit": coverage.unit if coverage else None,
-                "covered_by": {
-                    "included": decimal_string(coverage.included_quantity) if coverage else zero,
-                    "credits": decimal_string(coverage.credits) if coverage else zero,
-                    "wallet": decimal_string(coverage.wallet) if coverage else zero,
-                    "overage": decimal_string(coverage.overage) if coverage else zero,
-                },
-            }
-        )
+        zero = Decimal(0)
+        estimate = {
+            "allowed": decision.allowed,
+            "code": decision.code,
+            "message": decision.message,
+            "amount": coverage.money_cost if coverage else None,
+            "currency": decision.currency,
+            "cost": coverage.cost if coverage else None,
+            "cost_unit": coverage.unit if coverage else None,
+            "covered_by": {
+                "included": coverage.included_quantity if coverage else zero,
+                "credits": coverage.credits if coverage else zero,
+                "wallet": coverage.wallet if coverage else zero,
+                "overage": coverage.overage if coverage else zero,
+            },
+        }
+        return Response(EstimateOutput(estimate).data)
 
 
 class ReservationsView(APIView):
@@ -147,7 +132,14 @@ class ReservationsView(APIView):
         user = serializers.CharField(max_length=120, required=False)
         ttl_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False)
 
-    @extend_schema(request=ReservationInput, responses={201: dict, 402: dict})
+    @extend_schema(
+        request=ReservationInput,
+        responses={
+            201: ReservationOutput,
+            200: OpenApiResponse(ReservationOutput, description="The reservation its key made before."),
+            **errors(402, 404),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = self.ReservationInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -172,22 +164,19 @@ class ReservationCommitView(APIView):
     class ReservationCommitInput(serializers.Serializer):
         quantity = QuantityField()
 
-    @extend_schema(request=ReservationCommitInput, responses={200: dict})
+    @extend_schema(request=ReservationCommitInput, responses={200: ReservationCommitOutput, **errors(404)})
     def post(self, request: Request, reservation_id: str) -> Response:
         data = self.ReservationCommitInput(data=request.data)
         data.is_valid(raise_exception=True)
         reservation, event = reservation_commit(
             reservation_id=reservation_id, quantity=data.validated_data["quantity"]
         )
-        body = reservation_output(reservation)
-        body["event"] = event_output(event)
-        body["released"] = decimal_string(reservation.quantity - event.quantity)
-        return Response(body)
+        return Response(ReservationCommitOutput(reservation, context={"event": event}).data)
 
 
 class ReservationReleaseView(APIView):
     """Cancel a hold; everything it held is available again."""
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: ReservationOutput, **errors(404)})
     def post(self, request: Request, reservation_id: str) -> Response:
         return Response(reservation_output(reservation_release(reservation_id=reservation_id)))

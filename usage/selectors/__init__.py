@@ -1,7 +1,7 @@
 """Reads behind /settings/usage and ``GET /api/v1/customers/{id}/usage``.
 
 Every number the page shows comes from here, and the API serializes the same ``UsageSummary``
-(``usage_summary_as_dict``), so the page and the API cannot disagree.
+(``usage.api.serializers.UsageSummaryOutput``), so the page and the API cannot disagree.
 
 Only ``PeriodUsage``, ``DailyUsageRollup``, the credit tables, reservations in flight and
 notifications are read, never ``UsageEvent``: the cost of a read grows with days, members and
@@ -28,7 +28,7 @@ from usage.selectors.periods import (
 )
 from usage.selectors.projection import PROJECTION_DECAY
 from usage.selectors.series import DailySeries, usage_daily_series
-from usage.selectors.summary import UsageLevel, UsageSummary, usage_period_summary, usage_summary_as_dict
+from usage.selectors.summary import UsageLevel, UsageSummary, usage_period_summary
 from usage.selectors.wallet import credits_remaining_by_unit, usage_wallet
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "usage_period_resolve",
     "usage_period_summary",
     "usage_periods",
-    "usage_summary_as_dict",
     "usage_top_actions",
     "usage_wallet",
 ]

@@ -1,12 +1,9 @@
-"""The period summary: usage per meter, spend against limits, projection, balances; and its JSON form."""
+"""The period summary: usage per meter, spend against limits, projection, balances."""
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from enum import Enum
-from typing import Any
 
 from django.utils import timezone
 
@@ -69,7 +66,8 @@ class SpendStatus:
 
 @dataclass(frozen=True)
 class UsageSummary:
-    """Everything the page's numbers show for one period; the usage API returns it as is."""
+    """Everything the page's numbers show for one period; the usage API serializes it as is
+    (``usage.api.serializers.UsageSummaryOutput``)."""
 
     customer_id: str  # the customer's external id
     customer_name: str
@@ -248,36 +246,6 @@ def usage_period_summary(
         account_frozen=customer.is_frozen,
         frozen_reason=customer.frozen_reason,
     )
-
-
-def usage_summary_as_dict(summary: UsageSummary) -> dict[str, Any]:
-    """The summary as JSON-ready data: decimals as strings (never floats), dates in ISO 8601."""
-    data = _plain(dataclasses.asdict(summary))
-    data["period"]["key"] = summary.period.key
-    for line, meter in zip(data["meters"], summary.meters, strict=True):
-        line["percent_of_included"] = meter.percent_of_included
-    return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, Decimal):
-        return _decimal_text(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    return value
-
-
-def _decimal_text(value: Decimal) -> str:
-    """Plain digits, no exponent, no trailing zeros: Decimal("12.340000000000") -> "12.34"."""
-    if value == 0:
-        return "0"
-    return f"{value.normalize():f}"
 
 
 def _meter_line(

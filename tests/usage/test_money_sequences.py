@@ -358,9 +358,11 @@ def test_a_count_meter_bills_events_not_quantities(api, make_plan, make_customer
     customer = make_customer("counted")
     for index, quantity in enumerate(["5", "9", "3", "7"]):
         assert send(api, f"e{index}", "request", quantity)["status"] == "accepted"
+    assert send(api, "e0", "request", "5")["status"] == "duplicate"  # a replay counts nothing
+    assert send(api, "hit", "request", "2", cached=True)["status"] == "accepted"  # a cache hit neither
 
     row = PeriodUsage.objects.get(customer=customer)
-    assert (row.quantity, row.cost) == (Decimal(4), Decimal(4))
+    assert (row.quantity, row.non_billable_quantity, row.cost) == (Decimal(4), Decimal(1), Decimal(4))
     usage = api.get("/api/v1/customers/acme/usage").json()
     assert [(m["key"], Decimal(m["quantity"])) for m in usage["meters"]] == [("request", Decimal(4))]
 

@@ -78,7 +78,9 @@ def plan_allowance(*, customer_id: int, meter_id: int) -> PlanAllowance:
         return PlanAllowance(hourly=ZERO, within=False)
     start, end = subscription.current_period_start, subscription.current_period_end
     hours = Decimal(int((end - start).total_seconds())) / 3600
-    allowance = subscription.period_allowance(meter_id=meter_id, plan_included=price.included_quantity)
+    allowance = subscription.period_allowance(
+        meter_id=meter_id, plan_included=price.included_quantity, period_start=start
+    )
     used = (
         PeriodUsage.objects.filter(customer_id=customer_id, meter_id=meter_id, period_start=start)
         .values_list("quantity", flat=True)

@@ -161,9 +161,12 @@ class Subscription(models.Model):
         used = self.usage_at_plan_start.get(str(meter_id)) or {}
         return Decimal(used.get("included", 0)), Decimal(used.get("billable", 0))
 
-    def period_allowance(self, *, meter_id: int, plan_included: Decimal) -> Decimal:
-        """The current period's allowance of a meter, in units: what was used of earlier plans' allowance
-        this period, plus the plan in force's allowance prorated for the part of the period it covers."""
+    def period_allowance(self, *, meter_id: int, plan_included: Decimal, period_start: datetime) -> Decimal:
+        """A meter's allowance in the period starting ``period_start``, in units. In the current period: what
+        was used of earlier plans' allowance, plus the plan in force's prorated for the part it covers.
+        Other periods had the plan's whole allowance."""
+        if period_start != self.current_period_start:
+            return plan_included
         included_before, _ = self.used_before_plan(meter_id)
         share = plan_included * self.plan_share()
         return included_before + share.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP)

@@ -19,9 +19,15 @@ def member_for_user(user) -> Member | None:
     return Member.objects.select_related("customer").filter(user=user).first()
 
 
-def customer_plan_terms(customer: Customer) -> PlanTerms:
-    """The terms of the customer's plan version as stored now; nothing is priced without a subscription."""
+def customer_subscription_terms(customer: Customer) -> tuple[Subscription | None, PlanTerms]:
+    """The customer's subscription and its plan version's terms as stored now, in one read of the
+    subscription; nothing is priced without a subscription."""
     subscription = Subscription.objects.filter(customer=customer).select_related("plan_version__plan").first()
     if subscription is None:
-        return PlanTerms.without_plan(customer.currency)
-    return PlanTerms.of_version(subscription.plan_version)
+        return None, PlanTerms.without_plan(customer.currency)
+    return subscription, PlanTerms.of_version(subscription.plan_version)
+
+
+def customer_plan_terms(customer: Customer) -> PlanTerms:
+    """The terms of the customer's plan version as stored now; nothing is priced without a subscription."""
+    return customer_subscription_terms(customer)[1]

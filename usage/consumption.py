@@ -228,7 +228,9 @@ class ConsumptionEngine:
         # The allowance is counted in units taken, not in positions: what recorded usage and open holds
         # took is gone, whatever order the holds settle in. After a plan change in this period the tiers of
         # the plan in force count from the change; earlier usage kept the prices it was rated at.
-        allowance = self._period_allowance(spec, meter_id=meter.pk, current=current)
+        allowance = self.subscription.period_allowance(
+            meter_id=meter.pk, plan_included=spec.included, period_start=period[0]
+        )
         allowance_left = max(allowance - row.included_quantity - held_included, ZERO)
         included = min(quantity, allowance_left)
         _, billable_before_plan = self.subscription.used_before_plan(meter.pk) if current else (ZERO, ZERO)
@@ -261,12 +263,6 @@ class ConsumptionEngine:
         self._check_hard_limit(coverage, period_start=period[0])
         self._cover(coverage, period_row=row)
         return coverage
-
-    def _period_allowance(self, spec: PriceSpec, *, meter_id: int, current: bool) -> Decimal:
-        """The meter's allowance in the period: prorated after a plan change in the current period."""
-        if not current:
-            return spec.included
-        return self.subscription.period_allowance(meter_id=meter_id, plan_included=spec.included)
 
     def hold_settled(self, hold: Reservation, *, quantity: Decimal) -> Coverage:
         """What committing ``quantity`` of ``hold`` costs, and what pays: the hold's own quote, in proportion.

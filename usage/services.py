@@ -186,13 +186,15 @@ def reservation_commit(
         now=now,
         rows=locked.rows,
     )
-    # The credits the hold pinned stay its own even if their grant expired since: it draws from the
-    # grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone).
-    engine.grants = list(
-        CreditGrant.objects.in_force(reservation.created_at)
-        .filter(customer=customer, remaining__gt=0)
-        .in_draw_order()
-    )
+    if reservation.held_credits > 0:
+        # The credits the hold pinned stay its own even if their grant expired since: it draws from the
+        # grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone).
+        # A hold that pinned no credits draws none, and spares the read.
+        engine.grants = list(
+            CreditGrant.objects.in_force(reservation.created_at)
+            .filter(customer=customer, remaining__gt=0)
+            .in_draw_order()
+        )
     writes = BatchWrites()
     recorder = UsageRecorder(engine=engine, writes=writes)
     new_event = recorder.record(

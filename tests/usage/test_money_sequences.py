@@ -25,6 +25,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.selectors.periods import usage_periods
+from usage.selectors.series import usage_daily_series
 from usage.services import credit_grant_create, credit_grants_expire, wallet_top_up
 
 pytestmark = pytest.mark.django_db
@@ -286,6 +287,9 @@ def test_a_plan_change_keeps_the_period_and_prorates_the_new_allowance(
     [line] = usage["meters"]
     assert (Decimal(line["quantity"]), Decimal(line["included"])) == (Decimal(360), Decimal(310))
     assert Decimal(usage["base_fee"]) == Decimal("35.00")  # half of $20, half of $50
+    with time_machine.travel(start + (end - start) / 2, tick=False):  # the chart draws the same allowance
+        [chart] = usage_daily_series(customer=customer).meters
+    assert chart.included == Decimal(310)
     assert [period.start for period in usage_periods(customer=customer)] == [start]  # one period
 
 

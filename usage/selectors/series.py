@@ -9,7 +9,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from customers.models import Customer
-from customers.selectors import customer_plan_terms
+from customers.selectors import customer_subscription_terms
 from plans.models import Meter
 from usage.models import DailyUsageRollup
 from usage.selectors.formatting import format_quantity, unit_label
@@ -104,7 +104,7 @@ def usage_daily_series(
     first_day = max(period.start.date(), last_day - timedelta(days=CHART_MAX_DAYS - 1))
     first_day = min(first_day, last_day)
 
-    terms = customer_plan_terms(customer)
+    subscription, terms = customer_subscription_terms(customer)
     daily = daily_by_meter(customer=customer, period=period)
     used_meters = Meter.objects.filter(pk__in=list(daily))
     days = [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
@@ -133,7 +133,13 @@ def usage_daily_series(
                 name=meter.name,
                 unit=meter.unit,
                 cost_unit=terms.cost_unit(meter.pk),
-                included=terms.included(meter.pk),
+                included=(
+                    subscription.period_allowance(
+                        meter_id=meter.pk, plan_included=terms.included(meter.pk), period_start=period.start
+                    )
+                    if subscription is not None
+                    else terms.included(meter.pk)
+                ),
                 points=tuple(points),
             )
         )

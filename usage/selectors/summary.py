@@ -8,8 +8,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from core.money import CREDITS, format_money
-from customers.models import Customer, SpendControls, Subscription
-from customers.selectors import customer_plan_terms
+from customers.models import Customer, SpendControls
+from customers.selectors import customer_subscription_terms
 from plans.models import Meter
 from plans.terms import PlanTerms
 from usage.consumption import Holds
@@ -154,7 +154,7 @@ def usage_period_summary(
     """
     now = now or timezone.now()
     period = usage_period_resolve(customer=customer, period_start=period_start)
-    terms = customer_plan_terms(customer)
+    subscription, terms = customer_subscription_terms(customer)
     version = terms.version
 
     usage_rows = {
@@ -169,14 +169,15 @@ def usage_period_summary(
     )
     clock = PeriodClock(period=period, now=now)
 
-    subscription = Subscription.objects.filter(customer=customer).first() if period.is_current else None
     meters: list[MeterLine] = []
     for meter in terms.meters_with(extra=[row.meter for row in usage_rows.values()]):
         row = usage_rows.get(meter.pk)
         spec = terms.specs.get(meter.pk)
         included = spec.included if spec else ZERO
         if subscription is not None:  # after a plan change this period: the prorated allowance
-            included = subscription.period_allowance(meter_id=meter.pk, plan_included=included)
+            included = subscription.period_allowance(
+                meter_id=meter.pk, plan_included=included, period_start=period.start
+            )
         meters.append(
             _meter_line(
                 meter=meter,
@@ -208,7 +209,11 @@ def usage_period_summary(
     credits_remaining = sum((g.remaining for g in grants if g.unit == CREDITS), ZERO)
     monetary_remaining = sum((g.remaining for g in grants if g.unit != CREDITS), ZERO)
 
-    base_fee = subscription.period_base_fee(terms.base_fee) if subscription is not None else terms.base_fee
+    base_fee = (
+        subscription.period_base_fee(terms.base_fee)
+        if subscription is not None and period.is_current
+        else terms.base_fee
+    )
     projection = projection_for(
         meters=meters,
         terms=terms,

@@ -405,6 +405,14 @@ class ConsumptionEngine:
         if not coverage.billable:
             row.non_billable_quantity += coverage.quantity
             return []
+        if coverage.credits >= 0:
+            draws = self._draw_grants(coverage.unit, coverage.credits)
+        else:
+            draws, unreturned = self._refund_grants(coverage.unit, -coverage.credits)
+            # Credits of a grant voided since cannot go back to it: that part goes to the wallet, and the
+            # event's split says so, so that the split and the ledger rows agree.
+            coverage.credits += unreturned
+            coverage.wallet -= unreturned
         wallet_before = row.wallet_amount
         row.quantity += coverage.quantity
         row.included_quantity += coverage.included_quantity
@@ -412,10 +420,6 @@ class ConsumptionEngine:
         row.credits_amount += coverage.credits
         row.wallet_amount += coverage.wallet
         row.overage_amount += coverage.overage
-        if coverage.credits >= 0:
-            draws = self._draw_grants(coverage.unit, coverage.credits)
-        else:
-            draws = self._refund_grants(coverage.unit, -coverage.credits)
         if coverage.wallet:
             money = self.terms.money_of_running_total(
                 before=wallet_before, add=coverage.wallet, unit=coverage.unit
@@ -450,9 +454,9 @@ class ConsumptionEngine:
             draws.append(Draw(grant=grant, amount=-money, credits_covered=taken))
         return draws
 
-    def _refund_grants(self, unit: str, amount: Decimal) -> list[Draw]:
+    def _refund_grants(self, unit: str, amount: Decimal) -> tuple[list[Draw], Decimal]:
         """Give ``amount`` of ``unit`` back to the grants of that unit still in force, the last drawn first,
-        each up to what was taken from it; what no grant can take back goes to the wallet."""
+        each up to what was taken from it. Returns the draws and what no grant could take back."""
         loaded = {grant.pk: grant for grant in self.grants} | self.used_up_grants
         refundable = (
             CreditGrant.objects.in_force(self.now)
@@ -464,21 +468,13 @@ class ConsumptionEngine:
         for stored in refundable:
             if amount <= 0:
                 break
-            grant = (
-                self.used_up_grants.setdefault(stored.pk, stored)
-                if stored.pk not in loaded
-                else loaded[stored.pk]
-            )
+            grant = loaded.get(stored.pk) or self.used_up_grants.setdefault(stored.pk, stored)
             given = min(grant.amount - grant.remaining, amount)
             if given > 0:
                 grant.remaining += given
                 amount -= given
                 draws.append(Draw(grant=grant, amount=given))
-        if amount > 0:
-            money = self.terms.to_money(amount, unit)
-            self.balance.wallet_balance += money
-            draws.append(Draw(grant=None, amount=money))
-        return draws
+        return draws, amount
 
 
 # --- asking before the work --------------------------------------------------------------------

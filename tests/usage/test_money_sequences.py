@@ -400,3 +400,25 @@ def test_usage_after_a_cancellation_is_refused(api, pro_plan, make_customer):
     # Work a hold allowed before the cancellation is still recorded: it was decided then.
     assert commit(api, hold.json()["id"], "3").status_code == 200
     assert UsageEvent.objects.filter(customer=customer).count() == 1
+
+
+def test_a_give_back_owed_to_a_voided_grant_goes_to_the_wallet_and_the_split_says_so(api, volume_customer):
+    now = timezone.now()
+    credit_grant_create(
+        customer=volume_customer, amount=Decimal("7"), unit="usd", expires_at=now + timedelta(hours=1)
+    )
+    wallet_top_up(customer=volume_customer, amount=Decimal("2.00"))
+    for index in range(10):  # $10.00: $7.00 from the grant, $2.00 from the wallet, $1.00 overage
+        assert send(api, f"e{index}", "render", "1")["status"] == "accepted"
+
+    with time_machine.travel(now + timedelta(hours=2)):
+        assert credit_grants_expire() == 1  # voided: it can take nothing back
+        assert send(api, "e10", "render", "1")["status"] == "accepted"  # $4.50 back
+
+    event = UsageEvent.objects.get(idempotency_key="e10")
+    assert (event.overage_amount, event.wallet_amount, event.credits_amount) == (
+        Decimal(-1),
+        Decimal("-3.50"),
+        Decimal(0),
+    )
+    assert wallet(volume_customer) == Decimal("3.50")  # the ledger fixture proves the rows agree

@@ -171,7 +171,24 @@ class StripeSubscriptionSync(models.Model):
 
     subscription = models.OneToOneField(Subscription, on_delete=models.CASCADE, related_name="stripe_sync")
     plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="+")
+    pending_plan_version = models.ForeignKey(
+        PlanVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The migration at renewal whose prices Stripe already carries for its next period.",
+    )
     status = models.CharField(max_length=10)
+    complete = models.BooleanField(
+        default=True,
+        help_text="False while something waits for Stripe's next period (items of a meter the plan left).",
+    )
+    # Stripe bills a base fee in advance, for the whole period, when the period starts; a plan change later in
+    # the period is settled with an invoice item of the difference (docs/stripe.md). This is the period's base
+    # fee Stripe has been told so far, exact, so the items add up to our figure rounded once.
+    base_fee_period_start = models.DateTimeField(null=True, blank=True)
+    base_fee_invoiced = models.DecimalField(**RATE, default=Decimal(0))
     synced_at = models.DateTimeField(auto_now=True)
 
 

@@ -210,6 +210,8 @@ except InvalidOperation as error:
 # An invoice over RATIO × the previous one is flagged to operators before it finalizes.
 INVOICE_SPIKE_RATIO = env.str("INVOICE_SPIKE_RATIO", default="1.5")
 RECONCILIATION_TOLERANCE_PERCENT = env.str("RECONCILIATION_TOLERANCE_PERCENT", default="1")
+# Reconciliation checks the customers with usage sent to Stripe, or a Stripe invoice, in this many hours.
+RECONCILIATION_ACTIVITY_HOURS = env.int("RECONCILIATION_ACTIVITY_HOURS", default=48)
 
 # Requests a minute an API key may make, unless the key has its own limit (admin, API keys). 0 or empty: no
 # limit. 6,000 (100 a second) is far above what a backend that batches its events needs.

@@ -12,18 +12,22 @@ from django.utils import timezone
 
 from billing_app.models import StripeMeterEvent, StripeUsageCarry
 from billing_app.stripe.outbox import meter_event_timestamp
+from customers.models import Customer
 from usage.models import OutboxStatus, StripeUsageOutbox
 
 
-def usage_carries_finalize(*, now: datetime | None = None) -> int:
+def usage_carries_finalize(*, now: datetime | None = None, customer: Customer | None = None) -> int:
     """Round the last fraction of each ended period half up, once, so Stripe bills the rounded total.
 
     A carry is finalized when its period has ended and none of the customer's usage for that period is
-    still waiting in the outbox or unsent. Returns the number of carries finalized.
+    still waiting in the outbox or unsent. With ``customer``, every open carry of that customer is due
+    whatever its period's end: its subscription was canceled, and the final invoice is made now. Returns the
+    number of carries finalized.
     """
     now = now or timezone.now()
     finalized = 0
-    due = StripeUsageCarry.objects.filter(period_end__lte=now, finalized_at__isnull=True)
+    due = StripeUsageCarry.objects.filter(finalized_at__isnull=True)
+    due = due.filter(customer=customer) if customer is not None else due.filter(period_end__lte=now)
     for carry_id in list(due.values_list("pk", flat=True)):
         with transaction.atomic():
             carry = (

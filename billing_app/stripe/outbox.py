@@ -53,7 +53,7 @@ from billing_app.models import (
 from billing_app.operator_alerts import operator_alert_raise
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
-from billing_app.stripe.sync import stripe_period_bounds
+from billing_app.stripe.periods import stripe_period_bounds
 from core.money import currency_exponent
 from customers.models import Customer, Subscription
 from plans.terms import PlanTerms

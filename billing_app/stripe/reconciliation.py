@@ -25,7 +25,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
 
 from billing_app.models import (
@@ -227,12 +227,22 @@ def customer_meters_reconcile(
 def reconciliation_run(
     *, client: stripe.StripeClient | None = None, now: datetime | None = None
 ) -> ReconciliationReport:
-    """The hourly job: every customer known to Stripe, every Stripe meter of theirs."""
+    """The hourly job: every Stripe meter of each customer with activity in the window.
+
+    Its cost follows activity, not the number of subscriptions: a customer counts when usage was sent to
+    Stripe for them, or Stripe invoiced them, in the last ``RECONCILIATION_ACTIVITY_HOURS``. An idle
+    customer's totals cannot move on our side, and were checked by the runs after their last activity.
+    """
     client = client or stripe_client()
     now = now or timezone.now()
     report = ReconciliationReport()
+    since = now - timedelta(hours=settings.RECONCILIATION_ACTIVITY_HOURS)
+    active = Exists(
+        StripeMeterEvent.objects.filter(customer=OuterRef("customer"), created_at__gte=since)
+    ) | Exists(StripeInvoice.objects.filter(customer=OuterRef("customer"), recorded_at__gte=since))
     subscriptions = (
         Subscription.objects.exclude(customer__stripe_customer_id="")
+        .filter(active)
         .select_related("customer", "plan_version")
         .order_by("pk")
     )

@@ -137,29 +137,46 @@ def test_a_retry_after_a_lost_answer_reuses_the_stripe_customer(stripe_on, pro_p
     ]
 
 
-def test_plan_migration_at_renewal_swaps_the_stripe_items(stripe_on, make_plan, make_customer):
-    v1 = make_plan("pro", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}])
+def test_a_scheduled_migration_is_put_in_stripe_at_once_keeping_each_meters_item(
+    stripe_on, make_plan, make_customer
+):
+    """Stripe renews on its own clock: a migration at renewal is in Stripe before then, not at the next sync
+    after it. A meter both versions price keeps its item (one minor unit a unit on both), so its usage of the
+    period so far stays on Stripe's invoice; only the base fee, charged in advance, moves to the new price."""
+    v1 = make_plan(
+        "pro", base_fee="10.00", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}]
+    )
     customer = make_customer("pro")
     stripe_sync_pending()
-    v2 = make_plan("pro", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.08"}])
+    v2 = make_plan(
+        "pro", base_fee="12.00", prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.08"}]
+    )
     Subscription.objects.filter(customer=customer).update(pending_plan_version=v2)
     subscription = Subscription.objects.select_related("plan_version").get(customer=customer)
 
-    with time_machine.travel(subscription.current_period_end + timedelta(minutes=5), tick=False):
-        assert subscription_roll_period(subscription=subscription, now=timezone.now())
-        report = stripe_sync_pending()
+    report = stripe_sync_pending()
+    v1.refresh_from_db()
     v2.refresh_from_db()
 
     assert report.subscriptions == 1
     remote = stripe_client().v1.subscriptions.retrieve(subscription.stripe_subscription_id)
-    assert [item.price.id for item in remote["items"].data] == plan_version_price_ids(v2)
+    assert sorted(item.price.id for item in remote["items"].data) == sorted(
+        [v2.stripe_base_price_id, Price.objects.get(plan_version=v1).stripe_price_id]
+    )
     [update] = posted(stripe_on, f"/v1/subscriptions/{subscription.stripe_subscription_id}")
     assert update["proration_behavior"] == "none"
-    assert {"id": remote_item_id(v1, update), "deleted": "true"} in update["items"]
+    assert StripeSubscriptionSync.objects.get().pending_plan_version == v2
 
+    with time_machine.travel(subscription.current_period_end + timedelta(minutes=5), tick=False):
+        stripe_on.close_period(subscription.stripe_subscription_id)
+        subscription.refresh_from_db()
+        assert subscription_roll_period(subscription=subscription, now=timezone.now())
+        stripe_sync_pending()
 
-def remote_item_id(version, update):
-    return next(item["id"] for item in update["items"] if "id" in item)
+    # No item changes after the renewal: they were right before it (only the metadata names the new version).
+    [_, after_renewal] = posted(stripe_on, f"/v1/subscriptions/{subscription.stripe_subscription_id}")
+    assert "items" not in after_renewal
+    assert after_renewal["metadata"]["plan_version"] == str(v2.pk)
 
 
 def test_a_locally_canceled_subscription_is_canceled_in_stripe(synced_customer, stripe_on):

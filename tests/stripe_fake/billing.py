@@ -73,7 +73,8 @@ def invoice_create(
             continue
         start = item["current_period_start"]
         end = item["current_period_end"] if until is None else until
-        quantity = max(state.meter_total(price["recurring"]["meter"], customer["id"], start, end), 0)
+        counted_from = max(start, item.get("usage_from", start))
+        quantity = max(state.meter_total(price["recurring"]["meter"], customer["id"], counted_from, end), 0)
         amount = price_amount(price, quantity)
         product = state.objects[price["product"]]
         lines.append(
@@ -112,6 +113,7 @@ def invoice_create(
                 "taxes": [],
             }
         )
+    lines += _pending_item_lines(state, subscription, invoice_id)
     total = sum(line["amount"] for line in lines)
     period_start = min((item["current_period_start"] for item in items), default=now)
     period_stop = (
@@ -185,3 +187,50 @@ def invoice_create(
     state.emit("invoice.finalized", state.render(invoice))
     subscription["latest_invoice"] = invoice_id
     return invoice
+
+
+def _pending_item_lines(state: State, subscription: dict, invoice_id: str) -> list[dict]:
+    """The customer's pending invoice items for this subscription (or for no subscription), now invoiced."""
+
+    def pending(item: dict) -> bool:
+        return (
+            item["invoice"] is None
+            and item["customer"] == subscription["customer"]
+            and item["subscription"] in (None, subscription["id"])
+        )
+
+    lines = []
+    for item in state.all("invoiceitem", pending)[::-1]:
+        item["invoice"] = invoice_id
+        lines.append(
+            {
+                "id": state.new_id("il"),
+                "object": "line_item",
+                "amount": item["amount"],
+                "currency": item["currency"],
+                "description": item["description"],
+                "discount_amounts": [],
+                "discountable": True,
+                "discounts": [],
+                "invoice": invoice_id,
+                "livemode": False,
+                "metadata": dict(item["metadata"]),
+                "parent": {
+                    "type": "invoice_item_details",
+                    "invoice_item_details": {
+                        "invoice_item": item["id"],
+                        "proration": False,
+                        "proration_details": {"credited_items": None},
+                        "subscription": item["subscription"],
+                    },
+                    "subscription_item_details": None,
+                },
+                "period": dict(item["period"]),
+                "pretax_credit_amounts": [],
+                "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": None},
+                "quantity": 1,
+                "subtotal": item["amount"],
+                "taxes": [],
+            }
+        )
+    return lines

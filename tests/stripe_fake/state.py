@@ -178,6 +178,7 @@ class State:
             }
         elif kind == "subscription_item":
             out["price"] = self.render(self.objects[obj["price"]], below(expand, "price"))
+            out.pop("usage_from", None)  # the fake's own bookkeeping, not a Stripe field
         elif kind == "price" and "tiers" not in expand:
             # Stripe includes a price's tiers only when asked with expand=["tiers"].
             out.pop("tiers", None)

@@ -63,7 +63,12 @@ def _item_quantity(raw: dict, prefix: str, price: dict, current: int | None = No
     return quantity if quantity is not None else (current or 1)
 
 
-def _item_new(call: Call, raw: dict, prefix: str, subscription: dict, start: int) -> dict:
+def _item_new(
+    call: Call, raw: dict, prefix: str, subscription: dict, start: int, *, usage_from: int | None = None
+) -> dict:
+    """A new subscription item. ``usage_from`` is when its meter starts counting for it: an item added to a
+    running subscription bills only usage from then, even though its period is the subscription's (Stripe:
+    "on future invoices, we reflect only usage that occurs after the update")."""
     if not isinstance(raw, dict):
         raise parameter_invalid(prefix, f"Invalid object: {prefix} must be a hash")
     check_params(raw, {"price", "quantity", "metadata"}, prefix)
@@ -82,6 +87,7 @@ def _item_new(call: Call, raw: dict, prefix: str, subscription: dict, start: int
         "quantity": _item_quantity(raw, prefix, price),
         "subscription": subscription["id"],
         "tax_rates": [],
+        "usage_from": start if usage_from is None else usage_from,
     }
 
 
@@ -257,17 +263,22 @@ def subscription_update(call: Call) -> dict:
         item_id = string(raw, "id", prefix)
         if item_id is None:
             start = min(item["current_period_start"] for item in working.values()) if working else state.now()
-            item = _item_new(call, raw, prefix, subscription, start)
+            item = _item_new(call, raw, prefix, subscription, start, usage_from=state.now())
             working[item["id"]] = item
             continue
         if item_id not in working:
             raise resource_missing("subscription item", item_id, param=f"{prefix}[id]")
         check_params(raw, {"id", "price", "quantity", "metadata", "deleted", "clear_usage"}, prefix)
         if boolean(raw, "deleted", prefix):
+            # Its meter's usage of the period is no longer billed by this subscription (a deleted item's usage
+            # never reaches an invoice).
             del working[item_id]
             continue
         item = working[item_id]
         price = _item_price(call, raw, prefix) if present(raw, "price") else state.objects[item["price"]]
+        if price["id"] != item["price"] and price["recurring"]["usage_type"] == "metered":
+            # A metered item moved to another price bills only the usage from the switch, at the new price.
+            item["usage_from"] = state.now()
         item["price"] = price["id"]
         item["quantity"] = _item_quantity(raw, prefix, price, item["quantity"])
         item["metadata"] = metadata_apply(item["metadata"], raw)
@@ -334,6 +345,68 @@ def subscription_items_list(call: Call) -> dict:
     subscription = call.state.get("subscription", subscription_id, param="subscription")
     items = [call.state.objects[item_id] for item_id in subscription["items"]]
     return call.render_list(items, "/v1/subscription_items")
+
+
+# Invoice items ------------------------------------------------------------------------------------------------
+
+
+def invoiceitem_create(call: Call) -> dict:
+    """A one-off amount for the customer's next invoice (of ``subscription`` when given). Negative amounts
+    are credits, as in Stripe."""
+    params, state = call.params, call.state
+    check_params(
+        params, {"customer", "amount", "currency", "description", "subscription", "period", "metadata"}
+    )
+    customer = customer_get(call, string(params, "customer", required=True) or "", param="customer")
+    amount = integer(params, "amount", required=True)
+    currency = string(params, "currency", required=True)
+    subscription_id = string(params, "subscription")
+    if subscription_id is not None:
+        subscription = state.get("subscription", subscription_id, param="subscription")
+        if subscription["customer"] != customer["id"]:
+            raise parameter_invalid("subscription", "The subscription does not belong to this customer.")
+        if subscription["currency"] != currency:
+            raise parameter_invalid("currency", "The currency must match the subscription's currency.")
+    period = mapping(params, "period") or {}
+    check_params(period, {"start", "end"}, "period")
+    now = state.now()
+    item = state.insert(
+        {
+            "id": state.new_id("ii"),
+            "object": "invoiceitem",
+            "amount": amount,
+            "currency": currency,
+            "customer": customer["id"],
+            "date": now,
+            "description": string(params, "description"),
+            "invoice": None,
+            "livemode": False,
+            "metadata": metadata_apply({}, params),
+            "period": {
+                "start": integer(period, "start", "period") or now,
+                "end": integer(period, "end", "period") or now,
+            },
+            "proration": False,
+            "quantity": 1,
+            "subscription": subscription_id,
+        }
+    )
+    return call.render(item)
+
+
+def invoiceitems_list(call: Call) -> dict:
+    check_params(call.params, {"customer", "pending", "invoice", "limit", "starting_after", "ending_before"})
+    customer, invoice = string(call.params, "customer"), string(call.params, "invoice")
+    pending = boolean(call.params, "pending")
+
+    def keep(item: dict) -> bool:
+        return (
+            customer in (None, item["customer"])
+            and invoice in (None, item["invoice"])
+            and (pending is None or pending == (item["invoice"] is None))
+        )
+
+    return call.render_list(call.state.all("invoiceitem", keep), "/v1/invoiceitems")
 
 
 # Invoices -----------------------------------------------------------------------------------------------------

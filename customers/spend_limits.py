@@ -10,6 +10,14 @@ from datetime import datetime
 from decimal import Decimal
 
 from customers.models import Customer, Notification, NotificationKind, SpendControls
+from plans.terms import PlanTerms
+
+
+def overage_blocked(*, terms: PlanTerms, controls: SpendControls) -> bool:
+    """Whether usage past the included allowance, credits and wallet is refused rather than billed: the plan
+    blocks overage (a prepaid plan never spends more than was bought), or the customer chose to. The
+    customer's switch can tighten a plan that allows overage, never loosen one that blocks it."""
+    return terms.overage_blocked or controls.block_overage
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,7 @@ class PlanVersionAdmin(_ReadOnlyNotice, admin.ModelAdmin):
         "currency",
         "interval",
         "base_fee",
+        "overage_policy",
         "changelog_note",
         "published_at",
         "content_hash",

@@ -91,12 +91,24 @@ class VersionStatus(models.TextChoices):
     RETIRED = "retired", "Retired"
 
 
+class OveragePolicy(models.TextChoices):
+    ALLOWED = "allowed", "Allowed: usage past what is included and prepaid is billed as overage"
+    BLOCKED = "blocked", "Blocked: usage stops when included usage, credits and wallet run out"
+
+
 class PlanVersion(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
     currency = models.CharField(max_length=3, default="usd")
     interval = models.CharField(max_length=5, choices=BillingInterval.choices, default=BillingInterval.MONTH)
     base_fee = models.DecimalField(**MONEY, default=Decimal(0))
+    overage_policy = models.CharField(
+        max_length=8,
+        choices=OveragePolicy.choices,
+        default=OveragePolicy.ALLOWED,
+        help_text="Blocked: a prepaid plan never spends more than was bought, whatever the customer's own "
+        "controls (their block-overage switch can only tighten an allowed plan).",
+    )
     status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
     published_at = models.DateTimeField(null=True, blank=True)
     changelog_note = models.TextField(blank=True, help_text="What changed, shown on the public changelog.")

@@ -92,6 +92,7 @@ def plan_version_create(
     entitlements: Iterable[Mapping[str, Any]],
     credit_packs: Iterable[Mapping[str, Any]],
     changelog_note: str = "",
+    overage: str = "allowed",
 ) -> PlanVersion:
     """A draft version of `plan` with its prices, entitlements and credit packs.
 
@@ -103,6 +104,7 @@ def plan_version_create(
             "currency": currency,
             "interval": interval,
             "base_fee": base_fee,
+            "overage": overage,
             "prices": [dict(price) for price in prices],
             "entitlements": [dict(entry) for entry in entitlements],
             "credit_packs": [dict(pack) for pack in credit_packs],
@@ -234,6 +236,7 @@ def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: 
         currency=content.currency,
         interval=content.interval,
         base_fee=content.base_fee,
+        overage_policy=content.overage,
         changelog_note=changelog_note,
     )
     for spec in content.prices:
@@ -295,6 +298,12 @@ def _version_changes(previous: VersionContent | None, current: VersionContent) -
     if previous.base_fee != current.base_fee:
         before, after = (format_money(v.base_fee, current.currency) for v in (previous, current))
         lines.append(f"Base fee: {before} → {after} per {current.interval}.")
+    if previous.overage != current.overage:
+        lines.append(
+            "Usage now stops when included usage, credits and wallet run out (no overage)."
+            if current.overage == "blocked"
+            else "Usage past included usage, credits and wallet is now billed as overage."
+        )
     lines += _keyed_changes(
         "price for",
         {spec.meter: _price_text(spec) for spec in previous.prices},

@@ -12,7 +12,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 
 from core.money import CREDITS, LEDGER_PLACES, ledger_amount
-from plans.models import Entitlement, Meter, PlanVersion, Price, PriceModel, PricingUnit
+from plans.models import Entitlement, Meter, OveragePolicy, PlanVersion, Price, PriceModel, PricingUnit
 from plans.pricing import PriceSpec
 from plans.selectors import price_spec, prices_with_rates
 
@@ -30,6 +30,7 @@ class PlanTerms:
     specs: dict[int, PriceSpec] = field(default_factory=dict)
     entitlements: dict[str, Entitlement] = field(default_factory=dict)  # by feature (a meter key for a cap)
     credit_rate: Decimal | None = None  # money per credit, from the cheapest credit pack; None: no packs
+    overage_blocked: bool = False  # the plan never bills overage (OveragePolicy.BLOCKED)
 
     @classmethod
     def of_version(cls, version: PlanVersion) -> "PlanTerms":
@@ -43,6 +44,7 @@ class PlanTerms:
             specs={meter_id: price_spec(price) for meter_id, price in prices.items()},
             entitlements={e.feature: e for e in Entitlement.objects.filter(plan_version=version)},
             credit_rate=version.credit_unit_amount,
+            overage_blocked=version.overage_policy == OveragePolicy.BLOCKED,
         )
 
     @classmethod

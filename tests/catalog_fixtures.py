@@ -25,6 +25,7 @@ def make_plan(db) -> Callable[..., PlanVersion]:
         credit_packs: list[dict[str, Any]] = (),  # type: ignore[assignment]
         currency: str = "usd",
         interval: str = "month",
+        overage: str = "allowed",
     ) -> PlanVersion:
         for price in prices:
             meter_upsert(
@@ -47,6 +48,7 @@ def make_plan(db) -> Callable[..., PlanVersion]:
             prices=list(prices),
             entitlements=list(entitlements),
             credit_packs=list(credit_packs),
+            overage=overage,
         )
         return plan_version_publish(plan_version=version)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.money import CREDITS, ledger_amount
 from customers.models import Customer, SpendControls, Subscription, SubscriptionStatus
+from customers.spend_limits import overage_blocked
 from plans.models import Meter
 from plans.pricing import PriceSpec, UnknownDimensionValue, billable_cost
 from plans.terms import PlanTerms, plan_terms_cached
@@ -351,14 +352,19 @@ class ConsumptionEngine:
         if remaining <= 0:
             return
         overage_possible = unit != CREDITS or self.terms.credit_rate is not None
-        if overage_possible and not self.controls.block_overage:
+        blocked = self.overage_blocked
+        if overage_possible and not blocked:
             coverage.overage = remaining
             return
         raise InsufficientBalance(
             f"Not enough credits or wallet balance: {remaining.normalize():f} {unit} more is needed"
-            + (", and overage is blocked." if self.controls.block_overage else "."),
+            + (", and overage is blocked." if blocked else "."),
             needed=f"{remaining.normalize():f}",
         )
+
+    @property
+    def overage_blocked(self) -> bool:
+        return overage_blocked(terms=self.terms, controls=self.controls)
 
     def _wallet_covers(self, unit: str, amount: Decimal, *, period_row: PeriodUsage) -> Decimal:
         """How much of ``amount`` (in ``unit``) the wallet's available money pays for.

@@ -46,6 +46,7 @@ class VersionContent:
     prices: tuple[PriceSpec, ...]
     entitlements: tuple[EntitlementEntry, ...] = ()
     credit_packs: tuple[CreditPackEntry, ...] = ()
+    overage: str = "allowed"  # an OveragePolicy value
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def version_content(plan_version: PlanVersion) -> VersionContent:
         currency=plan_version.currency.lower(),
         interval=plan_version.interval,
         base_fee=plan_version.base_fee,
+        overage=plan_version.overage_policy,
         prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
         entitlements=tuple(
             EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)

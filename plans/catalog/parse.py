@@ -16,7 +16,16 @@ from plans.catalog.content import (
     PlanEntry,
     VersionContent,
 )
-from plans.models import MONEY, QUANTITY, RATE, Aggregation, BillingInterval, PricingUnit, aggregation_refusal
+from plans.models import (
+    MONEY,
+    QUANTITY,
+    RATE,
+    Aggregation,
+    BillingInterval,
+    OveragePolicy,
+    PricingUnit,
+    aggregation_refusal,
+)
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
@@ -32,6 +41,7 @@ _PLAN_KEYS = frozenset(
         "currency",
         "interval",
         "base_fee",
+        "overage",
         "prices",
         "entitlements",
         "credit_packs",
@@ -172,6 +182,7 @@ def _version_parse(reader: "_Reader", item: dict[str, Any], where: str) -> Versi
         currency=currency,
         interval=reader.choice(item, "interval", where, BillingInterval.values),
         base_fee=reader.decimal(item, "base_fee", where, MONEY) or ZERO,
+        overage=reader.choice(item, "overage", where, OveragePolicy.values, default=OveragePolicy.ALLOWED),
         prices=tuple(sorted(prices, key=lambda p: p.meter)),
         entitlements=tuple(sorted(entitlements, key=lambda e: e.feature)),
         credit_packs=tuple(sorted(packs, key=lambda p: (p.price, p.credits))),

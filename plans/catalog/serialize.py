@@ -41,10 +41,14 @@ def catalog_data(catalog: Catalog) -> dict[str, Any]:
 def version_content_data(content: VersionContent) -> dict[str, Any]:
     """A version's pricing content in the file's plan shape (without the plan's own keys)."""
     currency = content.currency
+    # "overage" appears only when it is not the default, so a version stored before the policy existed keeps
+    # its content hash (and catalog_import does not see every plan as changed).
+    overage = {"overage": content.overage} if content.overage != "allowed" else {}
     return {
         "currency": currency,
         "interval": content.interval,
         "base_fee": _decimal_text(content.base_fee, _money_places(currency)),
+        **overage,
         "prices": [_price_data(spec) for spec in content.prices],
         "entitlements": [_entitlement_data(entry) for entry in content.entitlements],
         "credit_packs": [

@@ -159,7 +159,14 @@ def test_a_negative_dimension_rate_is_refused(admin_client):
 def test_a_price_inline_on_the_version_is_checked_too(admin_client):
     meter = MeterFactory()
     plan = PlanVersionFactory(draft=True).plan
-    data = {"plan": plan.pk, "currency": "usd", "interval": "month", "base_fee": "0", "changelog_note": ""}
+    data = {
+        "plan": plan.pk,
+        "currency": "usd",
+        "interval": "month",
+        "base_fee": "0",
+        "overage_policy": "allowed",
+        "changelog_note": "",
+    }
     data |= inline(
         "prices",
         [{"meter": meter.pk, "model": "per_unit", "pricing_unit": "currency", "included_quantity": "0"}],
@@ -231,7 +238,13 @@ def test_a_draft_in_use_is_read_only_and_says_by_how_many(admin_client):
 
 def test_a_draft_is_editable(admin_client):
     version = PlanVersionFactory(draft=True, base_fee=Decimal(5))
-    data = {"currency": "usd", "interval": "month", "base_fee": "7.50", "changelog_note": "Cheaper."}
+    data = {
+        "currency": "usd",
+        "interval": "month",
+        "base_fee": "7.50",
+        "overage_policy": "allowed",
+        "changelog_note": "Cheaper.",
+    }
     data |= no_inlines("prices", "credit_packs", "entitlements")
 
     response = admin_client.post(url("planversion_change", version.pk), data)
@@ -314,6 +327,7 @@ def test_an_admin_can_build_the_demo_pro_plan_by_hand(admin_client):
         "currency": "usd",
         "interval": "month",
         "base_fee": "20.00",
+        "overage_policy": "allowed",
         "changelog_note": "",
     }
     prices = [

@@ -295,6 +295,10 @@ def test_equal_content_hashes_alike_whatever_the_order_and_notation():
             "'interval' is 'week'; use one of: month, year.",
         ),
         (
+            lambda d: plan_in(d, "free").update(overage="sometimes"),
+            "'overage' is 'sometimes'; use one of: allowed, blocked.",
+        ),
+        (
             lambda d: plan_in(d, "free").update(base_fee="1.23456"),
             "'base_fee' 1.23456 has more than 4 decimal places.",
         ),
@@ -353,3 +357,22 @@ def test_pricing_unit_is_another_spelling_of_unit():
     price = plan_in(data, "credits")["prices"][0]
     price["pricing_unit"] = price.pop("unit")
     assert catalog_parse(data) == catalog_parse(demo_data())
+
+
+def test_the_overage_policy_is_imported_exported_and_makes_a_new_version(db, tmp_path):
+    data = demo_data()
+    run("catalog_import", write(tmp_path, data))
+    credits = PlanVersion.objects.get(plan__code="credits")
+    assert credits.overage_policy == "blocked"
+    assert PlanVersion.objects.get(plan__code="pro").overage_policy == "allowed"
+    # "allowed" is the default and is not written, so versions stored before the policy keep their hash.
+    exported = {plan["code"]: plan for plan in catalog_data(catalog_parse(data))["plans"]}
+    assert exported["credits"]["overage"] == "blocked"
+    assert "overage" not in exported["pro"]
+
+    plan_in(data, "pro")["overage"] = "blocked"
+    run("catalog_import", write(tmp_path, data))
+
+    latest = plan_latest_published_version(Plan.objects.get(code="pro"))
+    assert (latest.number, latest.overage_policy) == (2, "blocked")
+    assert "no overage" in latest.changelog_entry.summary

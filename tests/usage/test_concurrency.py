@@ -114,3 +114,37 @@ def test_concurrent_batches_over_the_same_customers_in_any_order_all_land(pro_pl
     assert all(r.status == "accepted" for result in results for r in result.results)
     assert [row.quantity for row in PeriodUsage.objects.order_by("customer_id")] == [120, 120, 120]
     assert not ledger_mismatches()
+
+
+def test_a_prepaid_plan_that_blocks_overage_holds_exactly_its_credits_under_fifty_reservations(
+    make_plan, make_customer
+):
+    """With a credit pack, credits past the balance could be billed as overage; the plan's policy says no,
+    whatever the customer's own switch (left off here)."""
+    make_plan(
+        "prepaid",
+        overage="blocked",
+        prices=[{"meter": "ai_action", "model": "per_unit", "unit": "credits", "unit_amount": "1"}],
+        credit_packs=[{"price": "250.00", "credits": "50000"}],
+    )
+    customer = make_customer("prepaid")
+    credit_grant_create(customer=customer, amount=Decimal(10))
+    meter = Meter.objects.get(key="ai_action")
+
+    def reserve(index):
+        try:
+            reservation = reservation_create(
+                customer=Customer.objects.get(pk=customer.pk),
+                meter=meter,
+                quantity=Decimal(1),
+                idempotency_key=f"r{index}",
+            )[0]
+            return "overage" if reservation.held_overage else "held"
+        except InsufficientBalance:
+            return "refused"
+
+    outcomes = run_concurrently(50, reserve)
+
+    assert outcomes.count("held") == 10
+    assert outcomes.count("refused") == 40
+    assert not Reservation.objects.filter(held_overage__gt=0).exists()

@@ -239,6 +239,22 @@ def test_block_overage_stops_at_included_and_credits(pro_plan, make_customer):
     assert not StripeUsageOutbox.objects.exists()
 
 
+def test_a_plan_that_blocks_overage_refuses_past_prepaid_whatever_the_customers_switch(
+    make_plan, make_customer
+):
+    make_plan(
+        "prepaid",
+        overage="blocked",
+        prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10", "included": "100"}],
+    )
+    customer = make_customer("prepaid", block_overage=False)
+    wallet_top_up(customer=customer, amount=Decimal("0.50"))
+    result = ingest(event("within", quantity=105), event("beyond", quantity=1))
+    assert statuses(result) == ["accepted", "refused"]
+    assert result.results[1].code == "insufficient_balance"
+    assert not StripeUsageOutbox.objects.exists()
+
+
 def test_hard_limit_refuses_usage_that_would_cross_it(pro_plan, make_customer):
     make_customer("pro", hard_limit=Decimal("5.00"))
     result = ingest(event("to-limit", quantity=150), event("over", quantity=1), event("free", quantity=0))

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from core.money import CREDITS
 from customers.models import SpendControls
+from customers.spend_limits import overage_blocked
 from plans.models import Meter
 from plans.pricing import PriceModel, PriceSpec, marginal_cost, split_included
 from plans.terms import PlanTerms
@@ -188,7 +189,7 @@ def projection_for(
     # The customer's own limits refuse usage rather than bill it: past the hard limit, and past
     # what credits and the wallet cover when overage is blocked. What is refused is never billed.
     allowed_new, limited_by = new_money, ""
-    if controls.block_overage and prepaid_covers < allowed_new:
+    if overage_blocked(terms=terms, controls=controls) and prepaid_covers < allowed_new:
         allowed_new, limited_by = prepaid_covers, "block_overage"
     if controls.hard_limit is not None and spend_now + allowed_new > controls.hard_limit:
         allowed_new, limited_by = max(controls.hard_limit - spend_now, ZERO), "hard_limit"

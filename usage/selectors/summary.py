@@ -10,6 +10,7 @@ from django.utils import timezone
 from core.money import CREDITS, format_money
 from customers.models import Customer, SpendControls
 from customers.selectors import customer_subscription_terms
+from customers.spend_limits import overage_blocked
 from plans.models import Meter
 from plans.terms import PlanTerms
 from usage.consumption import Holds
@@ -40,7 +41,9 @@ class SpendStatus:
     held: Decimal  # money held by reservations in flight; the hard limit counts it too
     soft_limit: Decimal | None
     hard_limit: Decimal | None
-    block_overage: bool
+    block_overage: bool  # in force: the plan's policy or the customer's own switch
+    # The plan's policy alone (a prepaid plan): the customer's own switch changes nothing.
+    plan_blocks_overage: bool
     level: UsageLevel
 
     @property
@@ -200,7 +203,8 @@ def usage_period_summary(
         held=held,
         soft_limit=controls.soft_limit,
         hard_limit=controls.hard_limit,
-        block_overage=controls.block_overage,
+        block_overage=overage_blocked(terms=terms, controls=controls),
+        plan_blocks_overage=terms.overage_blocked,
         level=_spend_level(spend + held, soft=controls.soft_limit, hard=controls.hard_limit),
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from core.errors import InvalidInput
 from customers.models import MemberRole
-from plans.models import BillingInterval, PriceModel, PricingUnit
+from plans.models import BillingInterval, Entitlement, PriceModel, PricingUnit
 from tests.customers.factories import MemberFactory, SpendControlsFactory, SubscriptionFactory
 from tests.plans.factories import (
     CreditPackFactory,
@@ -186,18 +186,58 @@ def test_cache_hits_are_recorded_but_not_projected_as_billable(customer):
     assert line.projected_quantity == 105 + Decimal("7.5") * Decimal("16.5")
 
 
-def test_before_the_first_whole_day_usage_so_far_is_spread_over_the_time_elapsed(version):
-    anchor = NOW - timedelta(hours=6)
-    customer = SubscriptionFactory(plan_version=version, billing_anchor=anchor).customer
-    row = PeriodUsageFactory(customer=customer, meter=MeterFactory(key="ai_action"), quantity=Decimal(20))
-    DailyUsageRollupFactory(customer=customer, meter=row.meter, day=NOW.date(), quantity=Decimal(20))
+def _new_customer(version, *, age: timedelta, used: int):
+    customer = SubscriptionFactory(plan_version=version, billing_anchor=NOW - age).customer
+    row = PeriodUsageFactory(customer=customer, meter=MeterFactory(key="ai_action"), quantity=Decimal(used))
+    DailyUsageRollupFactory(customer=customer, meter=row.meter, day=NOW.date(), quantity=Decimal(used))
+    return customer
+
+
+def test_in_the_first_minutes_there_is_no_projection_only_usage_so_far(version):
+    # 150 calls in 25 seconds once read "on track for 18,150".
+    customer = _new_customer(version, age=timedelta(seconds=25), used=150)
 
     summary = usage_period_summary(customer=customer)
 
-    # 20 in a quarter of a day is 80 a day, for the 30.75 days to April 15, 06:00.
+    assert not summary.projection.available
+    assert summary.meters[0].projected_quantity == 150
+    assert summary.projection.usage_spend == summary.spend.spend
+    assert "No projection yet" in summary.projection.method
+
+
+def test_a_projection_starts_once_the_period_is_a_day_old(version):
+    customer = _new_customer(version, age=timedelta(hours=23, minutes=59), used=20)
+    assert not usage_period_summary(customer=customer).projection.available
+
+    customer = _new_customer(version, age=timedelta(days=1, hours=6), used=20)
+    summary = usage_period_summary(customer=customer)
+
+    # 20 over 1.25 days is 16 a day, for the 29.75 days to April 15, 06:00 minus a day.
+    assert summary.projection.available
     assert summary.projection.daily_rate_window_days == 0
-    assert summary.meters[0].projected_quantity == 20 + 80 * Decimal("30.75")
-    assert "no whole day of usage yet" in summary.projection.method
+    assert summary.meters[0].projected_quantity == 20 + 16 * summary.days_remaining
+
+
+def test_on_the_last_day_the_projection_adds_what_is_left_of_it(customer):
+    record(customer, "ai_action", {day: 10 for day in range(1, 31)})
+
+    with time_machine.travel(datetime(2025, 3, 31, 18, tzinfo=UTC), tick=False):
+        summary = usage_period_summary(customer=customer)
+
+    # Ten a day, for the quarter of a day left.
+    assert summary.days_remaining == Decimal("0.25")
+    assert summary.projection.available
+    assert summary.meters[0].projected_quantity == summary.meters[0].quantity + Decimal("2.5")
+
+
+def test_a_projection_never_passes_a_cap(customer, version):
+    Entitlement.objects.create(plan_version=version, feature="ai_action", enabled=True, limit=Decimal(150))
+    steady_march(customer)  # 145 so far, 10 a day: 310 at this rate
+
+    line = usage_period_summary(customer=customer).meters[0]
+
+    assert line.quantity == 145
+    assert line.projected_quantity == 150
 
 
 def test_a_dimensional_price_projects_at_the_average_rate_billed_so_far(customer, version):

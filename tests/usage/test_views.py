@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -518,7 +519,9 @@ def test_credit_pricing_shows_credits_not_money(client, make_plan, make_customer
     admin = MemberFactory(customer=customer, role=MemberRole.ADMIN, user=UserFactory(username="ivan"))
     client.force_login(admin.user)
 
-    page = client.get(PAGE).content.decode()
+    # A day later: projections and run-out dates start once the period is a day old.
+    with time_machine.travel(timezone.now() + timedelta(days=1, hours=1), tick=False):
+        page = client.get(PAGE).content.decode()
 
     assert "60 credits" in page  # 30 runs × 2 credits
     assert 'data-testid="runway-credits"' in page

@@ -27,9 +27,9 @@ SECONDS_PER_DAY = Decimal(86400)
 # habits shows within days while one odd day does not swing the forecast.
 PROJECTION_WINDOW_DAYS = 7
 PROJECTION_DECAY = Decimal("0.7")
-# Before the first whole day, usage so far is spread over at least this much of a day, so an hour
-# of usage is not extrapolated as if it were the whole day's.
-PROJECTION_MIN_ELAPSED_DAYS = Decimal("0.25")
+# No projection until the period is this old: twenty-five seconds of usage extrapolated to a month told
+# a new customer "on track for $1,835". Before then the page shows usage so far.
+PROJECTION_MIN_ELAPSED = ONE_DAY
 # How far ahead a prepaid balance's run-out date is looked for.
 RUNWAY_HORIZON_DAYS = 730
 
@@ -67,6 +67,7 @@ class Projection:
     hard_limit_reached_on: date | None  # when billable usage would stop at this rate
     daily_rate_window_days: int  # how many whole days the rate was measured over (0: usage so far)
     method: str  # the explanation the page shows in a tooltip
+    available: bool = True  # False in the period's first day: the totals are usage so far
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ class PeriodClock:
     def days_elapsed(self) -> Decimal:
         moment = min(max(self.now, self.period.start), self.period.end)
         return _days(moment - self.period.start)
+
+    @property
+    def projects(self) -> bool:
+        """Whether a projection is made: the period has ended (its numbers are final) or is a day old."""
+        # On the clock itself: days_elapsed is rounded, and 23:59 would read as a whole day.
+        elapsed = min(max(self.now, self.period.start), self.period.end) - self.period.start
+        return self.days_remaining <= 0 or elapsed >= PROJECTION_MIN_ELAPSED
 
     @property
     def days_remaining(self) -> Decimal:
@@ -119,8 +127,7 @@ def daily_rate(
     """
     days = clock.rate_days()
     if not days:
-        elapsed = max(clock.days_elapsed, PROJECTION_MIN_ELAPSED_DAYS)
-        return billable / elapsed
+        return billable / max(clock.days_elapsed, _days(PROJECTION_MIN_ELAPSED))
     weighted = sum((daily.get(d, NO_USAGE).quantity * w for d, w in days), ZERO)
     rate = weighted / sum((w for _, w in days), ZERO)
     recorded = billable + non_billable
@@ -214,6 +221,11 @@ def projection_for(
     window = len(clock.rate_days())
     if clock.days_remaining <= 0:
         method = "The period has ended: these are its final numbers."
+    elif not clock.projects:
+        method = (
+            "No projection yet: it starts once the period is a day old, so a few hours of usage are not "
+            "taken for a month's. These are your usage charges so far."
+        )
     elif window:
         method = (
             f"Usage so far plus the recent daily rate × the {clock.days_remaining.normalize():f} days left. "
@@ -238,6 +250,7 @@ def projection_for(
         hard_limit_reached_on=hard_limit_on,
         daily_rate_window_days=window,
         method=method,
+        available=clock.projects,
     )
 
 

@@ -272,11 +272,15 @@ def _meter_line(
     unit = terms.cost_unit(meter.pk)
 
     projected_add = ZERO
-    if clock.days_remaining > 0:
+    cap = terms.cap(meter.key)
+    if clock.days_remaining > 0 and clock.projects:
         rate = daily_rate(
             daily, clock, billable=quantity, non_billable=row.non_billable_quantity if row else ZERO
         )
         projected_add = (rate * clock.days_remaining).quantize(QUANTITY_PLACES)
+        if cap is not None:
+            # Usage past a cap is refused, never used: the projection stops where the cap does.
+            projected_add = min(projected_add, max(cap - quantity, ZERO))
     projected_cost = cost + added_cost(
         spec=spec, before=quantity, add=projected_add, cost=cost, daily=daily, meter=meter
     ).quantize(LEDGER_PLACES)
@@ -298,7 +302,7 @@ def _meter_line(
         non_billable_quantity=row.non_billable_quantity if row else ZERO,
         included=included,
         included_used=min(quantity, included) if included > 0 else ZERO,
-        cap=terms.cap(meter.key),
+        cap=cap,
         cost_unit=unit,
         cost=cost,
         credits_amount=row.credits_amount if row else ZERO,

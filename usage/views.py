@@ -47,6 +47,7 @@ from usage.selectors import (
     usage_top_actions,
     usage_wallet,
 )
+from usage.selectors.plan_comparison import plan_comparison, upgrade_prompt
 
 TEMPLATE = "usage/settings_usage.html"
 
@@ -119,6 +120,20 @@ def _summary(request: HtmxHttpRequest, member: Member, period: BillingPeriod) ->
     return {"summary": summary}
 
 
+def _plans(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    # What to buy next is about the period still running.
+    if not period.is_current:
+        return {"plan_comparison": None, "upgrade_prompt": None}
+    summary = getattr(request, "current_usage_summary", None) or usage_period_summary(
+        customer=member.customer
+    )
+    comparison = plan_comparison(customer=member.customer, summary=summary)
+    return {
+        "plan_comparison": comparison,
+        "upgrade_prompt": upgrade_prompt(summary=summary, comparison=comparison),
+    }
+
+
 def _chart(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
     series = usage_daily_series(customer=member.customer, period_start=period)
     return {"series": series, "chart_data": chart_payload(series)}
@@ -155,6 +170,7 @@ def _notifications(request: HtmxHttpRequest, member: Member, period: BillingPeri
 
 PARTIALS: dict[str, Callable[[HtmxHttpRequest, Member, BillingPeriod], dict[str, Any]]] = {
     "summary": _summary,
+    "plans": _plans,
     "chart": _chart,
     "top_actions": _top_actions,
     "members": _members,

@@ -86,6 +86,7 @@ def test_a_publishable_key_cannot_read_or_ask_about_another_customer(browser):
         ("put", "/api/v1/customers/acme/limits", {"hard_limit": "1"}),
         ("post", "/api/v1/customers/acme/subscription", {"plan": "pro"}),
         ("post", "/api/v1/customers/acme/publishable-keys", {}),
+        ("get", "/api/v1/customers/acme/plan-comparison", None),
     ],
 )
 def test_a_publishable_key_cannot_write_list_or_read_anything_else(browser, method, path, body):

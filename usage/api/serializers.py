@@ -216,6 +216,10 @@ class UsageProjectionOutput(serializers.Serializer):
     hard_limit_reached_on = serializers.DateField(source="projection.hard_limit_reached_on", allow_null=True)
     daily_rate_window_days = serializers.IntegerField(source="projection.daily_rate_window_days")
     method = serializers.CharField(source="projection.method")
+    available = serializers.BooleanField(
+        source="projection.available",
+        help_text="False until the period is a day old: the projected figures are then usage so far.",
+    )
 
 
 class UsageRunwayOutput(serializers.Serializer):

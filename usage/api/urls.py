@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage.api import customer_views, views
+from usage.api import customer_views, plan_views, views
 
 urlpatterns = [
     path("customers", customer_views.CustomersView.as_view(), name="api-customers"),
@@ -13,6 +13,11 @@ urlpatterns = [
         "customers/<str:external_id>/usage",
         customer_views.CustomerUsageView.as_view(),
         name="api-customer-usage",
+    ),
+    path(
+        "customers/<str:external_id>/plan-comparison",
+        plan_views.PlanComparisonView.as_view(),
+        name="api-customer-plan-comparison",
     ),
     path("events", views.EventsView.as_view(), name="api-events"),
     path("check", views.CheckView.as_view(), name="api-check"),

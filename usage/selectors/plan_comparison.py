@@ -1,0 +1,264 @@
+"""Your bill on each plan: this period's usage rated under every published plan in the customer's currency.
+
+Each plan's bill comes from ``plans.pricing.rate_period``, the engine that rates a period's lines, fed with
+the period's billable quantities per meter (cache hits are never billed) and, for the projection, the
+quantities the page projects. A plan that would have refused part of the usage (a cap below it, a price
+with no rate for a model used) is listed as not covering it and is never the cheapest. Credit-priced lines
+count at the plan's credit-pack rate; a plan pricing in credits with no pack to buy them is left out: what
+it costs depends on credits bought, not on usage.
+
+Dimensional prices need the billable units per dimension value. Rollups keep each value's units per day,
+not their order within the period, so the allowance is taken from each value in proportion to its share
+of the period's units. It is exact when one value is used, or when the allowance is used up or untouched.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+
+from django.db.models import Sum
+
+from core.money import format_money, round_money
+from customers.models import Customer, Subscription
+from plans.models import PlanVersion, VersionStatus
+from plans.pricing import (
+    MeterUsage,
+    PriceModel,
+    PriceSpec,
+    UnknownDimensionValue,
+    VersionSpec,
+    billable_quantity,
+    rate_period,
+)
+from plans.selectors import version_spec
+from usage.models import DailyUsageRollup
+from usage.selectors.meter_lines import QUOTA_WARN_PERCENT, MeterLine
+from usage.selectors.periods import BillingPeriod
+from usage.selectors.summary import UsageSummary
+from usage.selectors.units import QUANTITY_PLACES, ZERO
+
+
+@dataclass(frozen=True)
+class PlanBill:
+    code: str
+    name: str
+    version: PlanVersion
+    base_fee: Decimal
+    total: Decimal  # this period's usage on this plan: base fee + usage charges, in the currency
+    projected_total: Decimal  # the same for the usage projected to the period's end
+    difference: Decimal  # projected_total minus the current plan's projected total
+    covers: bool  # False when the plan would have refused part of the period's usage
+    current: bool
+    currency: str
+
+    @property
+    def base_fee_display(self) -> str:
+        return format_money(self.base_fee, self.currency)
+
+    @property
+    def total_display(self) -> str:
+        return format_money(self.total, self.currency)
+
+    @property
+    def projected_total_display(self) -> str:
+        return format_money(self.projected_total, self.currency)
+
+    @property
+    def difference_display(self) -> str:
+        sign = "+" if self.difference > 0 else ""
+        return sign + format_money(self.difference, self.currency)
+
+
+@dataclass(frozen=True)
+class PlanComparison:
+    period: BillingPeriod
+    currency: str
+    current_total: Decimal  # the bill so far on the plan in force (from the summary: what is charged)
+    current_projected_total: Decimal
+    plans: tuple[PlanBill, ...]  # cheapest projected bill first
+
+    @property
+    def cheapest(self) -> PlanBill | None:
+        """The plan that would have cost least for this period's projected usage, among those covering it."""
+        return next((bill for bill in self.plans if bill.covers), None)
+
+
+def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanComparison:
+    """Rate ``summary``'s period under each public plan's latest published version in the customer's currency
+    and interval (and under the version the customer is on)."""
+    period = summary.period
+    mix = _dimension_mix(customer, period)
+    used = {line.key: line.quantity for line in summary.meters}
+    projected = {line.key: max(line.projected_quantity, line.quantity) for line in summary.meters}
+    # A meter stopped at its cap used what the cap allowed, not what the customer wanted: a plan covers it
+    # only with a higher cap, or none.
+    at_cap = {
+        line.key: line.cap for line in summary.meters if line.cap is not None and line.quantity >= line.cap
+    }
+    current_version_id = (
+        Subscription.objects.filter(customer=customer).values_list("plan_version_id", flat=True).first()
+    )
+    bills = []
+    for version in _candidate_versions(summary.currency, current_version_id):
+        spec = version_spec(version)
+        credit_rate = version.credit_unit_amount
+        total = _bill(spec, used, mix, credit_rate)
+        projected_total = _bill(spec, projected, mix, credit_rate)
+        if total is None or projected_total is None:
+            continue
+        bills.append(
+            PlanBill(
+                code=version.plan.code,
+                name=version.plan.name,
+                version=version,
+                base_fee=version.base_fee,
+                total=total,
+                projected_total=projected_total,
+                difference=projected_total - summary.projection.total,
+                covers=_covers(version, projected, at_cap),
+                current=version.pk == current_version_id,
+                currency=summary.currency,
+            )
+        )
+    bills.sort(key=lambda bill: (not bill.covers, bill.projected_total, bill.base_fee, bill.code))
+    return PlanComparison(
+        period=period,
+        currency=summary.currency,
+        current_total=summary.base_fee + summary.spend.spend,
+        current_projected_total=summary.projection.total,
+        plans=tuple(bills),
+    )
+
+
+def _candidate_versions(currency: str, current_version_id: int | None) -> list[PlanVersion]:
+    latest: dict[int, PlanVersion] = {}
+    published = (
+        PlanVersion.objects.filter(
+            status=VersionStatus.PUBLISHED, plan__is_public=True, currency__iexact=currency
+        )
+        .select_related("plan")
+        .prefetch_related("credit_packs", "entitlements")
+        .order_by("plan_id", "-number")
+    )
+    for version in published:
+        latest.setdefault(version.plan_id, version)
+    versions = list(latest.values())
+    if current_version_id is not None and all(v.pk != current_version_id for v in versions):
+        current = (
+            PlanVersion.objects.select_related("plan")
+            .prefetch_related("credit_packs", "entitlements")
+            .filter(pk=current_version_id)
+            .first()
+        )
+        if current is not None:
+            versions.append(current)
+    return versions
+
+
+def _dimension_mix(customer: Customer, period: BillingPeriod) -> dict[str, dict[str, Decimal]]:
+    """Units per dimension value of each meter in the period, from the daily rollups."""
+    mix: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    rows = (
+        DailyUsageRollup.objects.filter(customer=customer, period_start=period.start)
+        .exclude(dimension_value="")
+        .values("meter__key", "dimension_value")
+        .annotate(units=Sum("quantity"))
+    )
+    for row in rows:
+        mix[row["meter__key"]][row["dimension_value"]] = row["units"]
+    return mix
+
+
+def _bill(
+    spec_of_version: VersionSpec,
+    quantities: dict[str, Decimal],
+    mix: dict[str, dict[str, Decimal]],
+    credit_rate: Decimal | None,
+) -> Decimal | None:
+    """Base fee plus usage charges in the currency, or None when the version cannot price this usage."""
+    usage = {}
+    for price in spec_of_version.prices:
+        quantity = quantities.get(price.meter, ZERO)
+        by_value: dict[str, Decimal] = {}
+        if price.model == PriceModel.DIMENSIONAL:
+            found = _billable_by_value(price, quantity, mix.get(price.meter, {}))
+            if found is None:
+                return None
+            by_value = found
+        usage[price.meter] = MeterUsage(quantity=quantity, billable_by_dimension=by_value)
+    try:
+        rated = rate_period(spec_of_version, usage=usage)
+    except UnknownDimensionValue:
+        return None
+    if rated.credits_total and credit_rate is None:
+        return None
+    if not rated.credits_total or credit_rate is None:
+        return rated.subtotal
+    # Credit lines are exact; their money is rounded once, as a line is.
+    return rated.subtotal + round_money(rated.credits_total * credit_rate, rated.currency)
+
+
+def _billable_by_value(
+    price: PriceSpec, quantity: Decimal, mix: dict[str, Decimal]
+) -> dict[str, Decimal] | None:
+    """The billable units of a dimensional price per value, the allowance taken in proportion to use."""
+    billable = billable_quantity(included=price.included, total=quantity)
+    units = sum(mix.values(), ZERO)
+    if billable <= 0:
+        return {}
+    if units <= 0:
+        return None  # billable units of unknown values: nothing to rate them by
+    shares = {
+        value: (billable * part / units).quantize(QUANTITY_PLACES, rounding=ROUND_DOWN)
+        for value, part in sorted(mix.items())
+        if part > 0
+    }
+    largest = max(shares, key=lambda value: (mix[value], value))
+    shares[largest] += billable - sum(shares.values(), ZERO)
+    return shares
+
+
+def _covers(version: PlanVersion, quantities: dict[str, Decimal], at_cap: dict[str, Decimal]) -> bool:
+    """Whether the version's caps would have let all of this usage through, and more where a cap stopped it."""
+    for entitlement in version.entitlements.all():
+        limit, feature = entitlement.limit, entitlement.feature
+        if limit is None:
+            continue
+        if quantities.get(feature, ZERO) > limit or (feature in at_cap and limit <= at_cap[feature]):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class UpgradePrompt:
+    """A capped meter at 80% of its cap or more, and the cheapest plan that would allow more of it."""
+
+    line: MeterLine
+    plan: PlanBill | None  # None when no published plan would
+    currency: str
+
+    @property
+    def reached(self) -> bool:
+        return self.line.cap is not None and self.line.quantity >= self.line.cap
+
+    @property
+    def plan_total_display(self) -> str:
+        return format_money(self.plan.projected_total, self.currency) if self.plan else ""
+
+
+def upgrade_prompt(*, summary: UsageSummary, comparison: PlanComparison) -> UpgradePrompt | None:
+    """The prompt for the capped meter nearest its cap, when one is at 80% or more of it this period."""
+    if not summary.period.is_current:
+        return None
+    near = [
+        line
+        for line in summary.meters
+        if line.cap is not None and line.cap > 0 and line.quantity * 100 >= line.cap * QUOTA_WARN_PERCENT
+    ]
+    if not near:
+        return None
+    line = max(near, key=lambda line: line.quantity / (line.cap or 1))
+    cheapest = comparison.cheapest
+    return UpgradePrompt(
+        line=line, plan=cheapest if cheapest and not cheapest.current else None, currency=summary.currency
+    )

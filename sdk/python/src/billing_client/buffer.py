@@ -67,7 +67,13 @@ class RefusedEvent:
 
 
 def buffered_result(event: dict[str, Any]) -> EventResult:
-    return {"idempotency_key": event["idempotency_key"], "status": "buffered", "id": None}
+    return {
+        "idempotency_key": event["idempotency_key"],
+        "status": "buffered",
+        "id": None,
+        "code": None,
+        "message": None,
+    }
 
 
 class EventBuffer:

@@ -36,16 +36,13 @@ class EventParams(_EventParamsRequired, total=False):
 # --- events and reservations ----------------------------------------------------------------------
 
 
-class _EventResultRequired(TypedDict):
+class EventResult(TypedDict):
+    """``EventResultOutput``. ``buffered`` is this client's own status: kept on disk, delivered later."""
+
     idempotency_key: str
     status: EventStatus
     id: int | None
-
-
-class EventResult(_EventResultRequired, total=False):
-    """``EventResultOutput``. ``buffered`` is this client's own status: kept on disk, delivered later."""
-
-    code: str | None
+    code: str | None  # why it was refused; null otherwise
     message: str | None
 
 
@@ -252,6 +249,7 @@ class UsageProjection(TypedDict):
     hard_limit_reached_on: str | None
     daily_rate_window_days: int
     method: str
+    available: bool
 
 
 class UsageRunway(TypedDict):

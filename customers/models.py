@@ -213,6 +213,8 @@ class NotificationKind(models.TextChoices):
     ACCOUNT_FROZEN = "account_frozen", "Account frozen"
     CREDITS_LOW = "credits_low", "Credits running low"
     ENTITLEMENT_LIMIT_REACHED = "entitlement_limit_reached", "Plan limit reached"
+    PLAN_CHANGED = "plan_changed", "Plan changed"
+    PLAN_CHANGE_SCHEDULED = "plan_change_scheduled", "Plan change scheduled"
 
 
 class Notification(models.Model):

@@ -5,6 +5,7 @@ decides and writes; no network call happens inside.
 """
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ from django.utils import timezone
 from core.errors import InvalidInput, NotFound, OutOfRange
 from core.money import CREDITS
 from core.sql_rows import rows_insert, rows_update
-from customers.models import Customer, Subscription
+from customers.models import Customer, Notification, NotificationKind, Subscription
 from customers.services import members_get_or_create, subscription_start
 from plans.models import RATE, CreditPack, Meter, PlanVersion, PricingUnit
 from usage.batch_writes import BatchWrites
@@ -67,6 +68,70 @@ def subscription_change(
         ):
             usage_so_far[row.meter_id] = (row.included_quantity, row.quantity - row.included_quantity)
     return subscription_start(customer=customer, plan_version=plan_version, at=at, usage_so_far=usage_so_far)
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    subscription: Subscription
+    starts: str  # "now", "renewal", or "unchanged"
+
+
+@transaction.atomic
+def subscription_plan_choose(*, customer: Customer, plan_version: PlanVersion, by: str = "") -> PlanChoice:
+    """A customer's own change of plan, from the plan page.
+
+    A plan that costs as much per period or more starts now, its allowance and base fee prorated for the
+    time left (``subscription_change``). One that costs less starts at the renewal
+    (``pending_plan_version``, which the period roll applies and the Stripe sync puts in Stripe at once):
+    a base fee already charged for this period is not handed back part-way through it. Choosing the plan in
+    force cancels a change scheduled for the renewal. Each change is told as a notification.
+    """
+    # The customer's lock first, as every writer takes it (subscription_change takes it again: re-entrant).
+    customer_balance_for_update(customer)
+    subscription = Subscription.objects.select_for_update().filter(customer=customer).first()
+    if subscription is None:
+        raise NoSubscription("The customer has no subscription to change.")
+    current = subscription.plan_version
+    who = f" by {by}" if by else ""
+    if plan_version.pk == current.pk:
+        if subscription.pending_plan_version_id is None:
+            return PlanChoice(subscription, "unchanged")
+        subscription.pending_plan_version = None
+        subscription.save(update_fields=["pending_plan_version"])
+        _plan_notification(
+            subscription, NotificationKind.PLAN_CHANGE_SCHEDULED, f"The change at renewal was cancelled{who}."
+        )
+        return PlanChoice(subscription, "unchanged")
+    name = plan_version.plan.name
+    if plan_change_starts(current=current, chosen=plan_version) == "now":
+        subscription = subscription_change(customer=customer, plan_version=plan_version)
+        _plan_notification(subscription, NotificationKind.PLAN_CHANGED, f"Your plan is now {name}{who}.")
+        return PlanChoice(subscription, "now")
+    subscription.pending_plan_version = plan_version
+    subscription.save(update_fields=["pending_plan_version"])
+    _plan_notification(
+        subscription,
+        NotificationKind.PLAN_CHANGE_SCHEDULED,
+        f"Your plan changes to {name} on {subscription.current_period_end:%b %-d, %Y}{who}.",
+    )
+    return PlanChoice(subscription, "renewal")
+
+
+def plan_change_starts(*, current: PlanVersion, chosen: PlanVersion) -> str:
+    """When a customer's own change from ``current`` to ``chosen`` takes effect: "now" for a plan costing as
+    much per period or more (or billed over another interval), "renewal" for a cheaper one."""
+    if chosen.base_fee >= current.base_fee or chosen.interval != current.interval:
+        return "now"
+    return "renewal"
+
+
+def _plan_notification(subscription: Subscription, kind: NotificationKind, message: str) -> None:
+    Notification.objects.create(
+        customer_id=subscription.customer_id,
+        kind=kind,
+        period_start=subscription.current_period_start,
+        message=message,
+    )
 
 
 # --- reservations ----------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 from django.urls import path
 
-from usage import views
+from usage import plan_views, views
 
 urlpatterns = [
     path("settings/usage", views.settings_usage, name="settings-usage"),
     path("settings/usage/partials/<slug:name>", views.settings_usage_partial, name="settings-usage-partial"),
     path("settings/usage/limits", views.limits_update, name="settings-usage-limits"),
+    path("settings/plan", plan_views.settings_plan, name="settings-plan"),
+    path("settings/plan/choose", plan_views.settings_plan_choose, name="settings-plan-choose"),
     path(
         "settings/usage/notifications/<int:notification_id>/read",
         views.notification_read,

@@ -133,3 +133,27 @@ def test_the_page_shows_the_prompt_to_everyone_and_the_comparison_to_admins(clie
     page = client.get(PAGE).content.decode()
     assert 'data-testid="upgrade-prompt"' in page
     assert 'data-testid="plan-comparison"' not in page
+
+
+def test_a_plan_that_does_not_price_a_meter_used_does_not_cover_it(plans, make_plan, make_customer):
+    make_plan("exports-only", prices=[{"meter": "export", "model": "per_unit", "unit_amount": "0.01"}])
+    customer = make_customer("pro")
+    use(10)
+
+    comparison = plan_comparison(customer=customer, summary=usage_period_summary(customer=customer))
+
+    bills = {bill.code: bill for bill in comparison.plans}
+    assert bills["exports-only"].total == D("0.00")
+    assert not bills["exports-only"].covers
+    assert comparison.cheapest.code != "exports-only"
+
+
+def test_the_plan_in_force_shows_the_figures_it_charges(plans, make_customer):
+    customer = make_customer("pro")
+    use(10)
+    summary = usage_period_summary(customer=customer)
+
+    [current] = [bill for bill in plan_comparison(customer=customer, summary=summary).plans if bill.current]
+
+    assert current.total == summary.base_fee + summary.spend.spend
+    assert current.projected_total == summary.projection.total

@@ -3,7 +3,7 @@
 Each plan's bill comes from ``plans.pricing.rate_period``, the engine that rates a period's lines, fed with
 the period's billable quantities per meter (cache hits are never billed) and, for the projection, the
 quantities the page projects. A plan that would have refused part of the usage (a cap below it, a price
-with no rate for a model used) is listed as not covering it and is never the cheapest. Credit-priced lines
+with no rate for a model used, a meter used that it does not price) is listed as not covering it and is never the cheapest. Credit-priced lines
 count at the plan's credit-pack rate; a plan pricing in credits with no pack to buy them is left out: what
 it costs depends on credits bought, not on usage.
 
@@ -99,13 +99,21 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
         Subscription.objects.filter(customer=customer).values_list("plan_version_id", flat=True).first()
     )
     bills = []
+    current_total = summary.base_fee + summary.spend.spend
     for version in _candidate_versions(summary.currency, current_version_id):
         spec = version_spec(version)
         credit_rate = version.credit_unit_amount
-        total = _bill(spec, used, mix, credit_rate)
-        projected_total = _bill(spec, projected, mix, credit_rate)
+        total: Decimal | None
+        projected_total: Decimal | None
+        if version.pk == current_version_id:
+            # The plan in force shows what it charges (the page's own figures), not a re-rating of it.
+            total, projected_total = current_total, summary.projection.total
+        else:
+            total = _bill(spec, used, mix, credit_rate)
+            projected_total = _bill(spec, projected, mix, credit_rate)
         if total is None or projected_total is None:
             continue
+        priced = {price.meter for price in spec.prices}
         bills.append(
             PlanBill(
                 code=version.plan.code,
@@ -115,7 +123,8 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
                 total=total,
                 projected_total=projected_total,
                 difference=projected_total - summary.projection.total,
-                covers=_covers(version, projected, at_cap),
+                covers=_covers(version, projected, at_cap)
+                and all(key in priced for key, quantity in used.items() if quantity > 0),
                 current=version.pk == current_version_id,
                 currency=summary.currency,
             )
@@ -124,7 +133,7 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
     return PlanComparison(
         period=period,
         currency=summary.currency,
-        current_total=summary.base_fee + summary.spend.spend,
+        current_total=current_total,
         current_projected_total=summary.projection.total,
         plans=tuple(bills),
     )

@@ -18,6 +18,7 @@ from plans.models import (
     CreditPack,
     Entitlement,
     Meter,
+    OveragePolicy,
     PlanVersion,
     Price,
     PriceModel,
@@ -36,6 +37,8 @@ class PriceRow:
     included: str  # "" when nothing is included
     model: str
     rates: tuple[str, ...]  # one line per tier or dimension value
+    heading: str = ""  # above the rates: "By model" for a dimensional price
+    cap: str = ""  # "stops at 20 a month" when the plan caps the meter
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class PlanCard:
     credit_packs: tuple[str, ...]
     features: tuple[str, ...]
     caps: tuple[str, ...]
+    # A prepaid plan (no base fee, overage blocked, credit packs) is headed by its first pack, not "$0.00".
+    prepaid: bool = False
+    headline: str = ""
+    headline_unit: str = ""
 
 
 @require_GET
@@ -95,19 +102,27 @@ def changelog(request: HttpRequest) -> HttpResponse:
 
 def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> PlanCard:
     currency = version.currency
-    prices = tuple(_price_row(price, currency) for price in prices_with_rates(version))
-    packs = tuple(
-        f"{format_money(pack.amount, currency)} for {_count(pack.credits)} credits"
-        for pack in CreditPack.objects.filter(plan_version=version)
-    )
+    interval = _interval(version)
     entitlements = list(Entitlement.objects.filter(plan_version=version))
+    limits = {e.feature: e.limit for e in entitlements if e.limit is not None}
+    prices = tuple(
+        _price_row(price, currency, cap=limits.get(price.meter.key), interval=interval)
+        for price in prices_with_rates(version)
+    )
+    pack_rows = list(CreditPack.objects.filter(plan_version=version).order_by("amount"))
+    packs = tuple(
+        f"{format_money(pack.amount, currency)} for {_count(pack.credits)} credits" for pack in pack_rows
+    )
+    prepaid = bool(pack_rows) and version.base_fee == 0 and version.overage_policy == OveragePolicy.BLOCKED
     features = tuple(e.feature.replace("_", " ") for e in entitlements if e.enabled and e.limit is None)
     # A cap's feature is a meter key: name it as the meter is named ("AI actions: up to 20 actions").
     meters = {m.key: m for m in Meter.objects.filter(key__in=[e.feature for e in entitlements])}
+    priced = {price.meter.key for price in prices_with_rates(version)}
+    # Caps of priced meters are said on the meter's own line; others (a feature's quota) are listed.
     caps = tuple(
-        _cap_text(e.feature, e.limit, meters.get(e.feature), _interval(version))
+        _cap_text(e.feature, e.limit, meters.get(e.feature), interval)
         for e in entitlements
-        if e.limit is not None
+        if e.limit is not None and e.feature not in priced
     )
     return PlanCard(
         code=code,
@@ -115,11 +130,16 @@ def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> 
         description=description,
         version=version.number,
         base_fee=format_money(version.base_fee, currency),
-        interval=_interval(version),
+        interval=interval,
         prices=prices,
         credit_packs=packs,
         features=features,
         caps=caps,
+        prepaid=prepaid,
+        headline=format_money(pack_rows[0].amount, currency)
+        if prepaid
+        else format_money(version.base_fee, currency),
+        headline_unit=f"for {_count(pack_rows[0].credits)} credits" if prepaid else f"/ {interval}",
     )
 
 
@@ -133,7 +153,9 @@ def _interval(version: PlanVersion) -> str:
     return "year" if version.interval == BillingInterval.YEAR else "month"
 
 
-def _price_row(price: Price, currency: str) -> PriceRow:
+def _price_row(
+    price: Price, currency: str, *, cap: Decimal | None = None, interval: str = "month"
+) -> PriceRow:
     unit = price.meter.unit
     in_credits = price.pricing_unit == PricingUnit.CREDITS
     tiers = list(price.tiers.all())
@@ -152,12 +174,26 @@ def _price_row(price: Price, currency: str) -> PriceRow:
         return f"{_amount(amount * scale, currency=currency, in_credits=False)} per {per}"
 
     rates: list[str]
+    heading = ""
+    included = price.included_quantity
     match price.model:
         case PriceModel.PER_UNIT:
             rates = [rate(price.unit_amount)]
         case PriceModel.GRADUATED | PriceModel.VOLUME:
             rates = []
             lower = Decimal(0)
+            first = tiers[0] if tiers else None
+            if (
+                price.model == PriceModel.GRADUATED
+                and first is not None
+                and first.up_to is not None
+                and not first.unit_amount
+                and not first.flat_amount
+            ):
+                # A free first tier is an allowance: say it under "Included".
+                included += first.up_to
+                lower = first.up_to
+                tiers = tiers[1:]
             for tier in tiers:
                 if tier.up_to is None:
                     span = f"above {_count(lower)}"
@@ -178,18 +214,23 @@ def _price_row(price: Price, currency: str) -> PriceRow:
                 f"per {_count(price.package_size or Decimal(1))} {_plural(unit)} (each started package)"
             ]
         case PriceModel.DIMENSIONAL:
-            rates = [f"By {price.dimension}:"]
-            rates += [f"{dr.value}: {rate(dr.unit_amount)}" for dr in dimension_rates]
+            heading = f"By {price.dimension}"
+            rates = [f"{dr.value}: {rate(dr.unit_amount)}" for dr in dimension_rates]
             if price.default_rate is not None:
                 rates.append(f"any other: {rate(price.default_rate)}")
         case _:
             rates = []
+    cap_text = f"stops at {_count(cap)} a {interval}" if cap is not None else ""
+    if cap is not None and included >= cap:
+        rates = []  # nothing past the allowance can be used: no rate to show
     return PriceRow(
         meter=price.meter.name,
         unit=_plural(unit),
-        included=f"{_count(price.included_quantity)} {_plural(unit)}" if price.included_quantity else "",
+        included=f"{_count(included)} {_plural(unit)}" if included else "",
         model=price.get_model_display(),
         rates=tuple(rates),
+        heading=heading,
+        cap=cap_text,
     )
 
 

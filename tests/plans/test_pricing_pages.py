@@ -37,7 +37,9 @@ def test_pricing_shows_every_published_plan_on_one_page(client, demo_catalog):
         assert f'id="plan-{plan["code"]}"' in page
     assert "$999.00" in page and "/ month" in page
     free = page.split('id="plan-free"')[1].split("</article>")[0]
-    assert "AI actions: up to 20 actions per month" in free
+    # A cap is said plainly on the meter's line, not as a rate of "free".
+    assert "20 actions, then stops at 20 a month" in free
+    assert "free" not in free.split("Included")[1]
 
 
 def test_pricing_shows_included_quantities_and_posted_rates(client, demo_catalog):
@@ -46,7 +48,7 @@ def test_pricing_shows_included_quantities_and_posted_rates(client, demo_catalog
     hybrid = page.split('id="plan-hybrid"')[1].split("</article>")[0]
     assert "100,000 actions" in hybrid
     assert "$8.00 per 1K actions" in hybrid  # $0.008 an action, posted per thousand
-    assert "By model:" in hybrid
+    assert "By model" in hybrid
     assert "claude-sonnet: $15.00 per 1M tokens" in hybrid
     assert "gpt-4o: $10.00 per 1M tokens" in hybrid  # the same scale for every rate of a price
     assert "5,000,000 tokens" in hybrid
@@ -56,11 +58,17 @@ def test_pricing_shows_tiers_and_credit_packs(client, demo_catalog):
     page = client.get("/pricing").content.decode()
 
     pro = page.split('id="plan-pro"')[1].split("</article>")[0]
-    assert "first 1,000: free" in pro
+    # The free first tier is what Pro includes: said under "Included", as its description says.
+    assert '<span class="muted">Included</span> 1,000 actions' in pro
+    assert "first 1,000: free" not in pro
     assert "1,001–20,000: $20.00 per 1K actions" in pro
     assert "above 20,000: $12.00 per 1K actions" in pro
     credits = page.split('id="plan-credits"')[1].split("</article>")[0]
     assert "$250.00 for 50,000 credits" in credits
+    # A prepaid plan is headed by its pack, not "$0.00 / month", and says usage stops.
+    assert '$250.00<span class="unit"> for 50,000 credits' in credits
+    assert "$0.00" not in credits
+    assert "Usage stops when your credits run out" in credits
     assert "2 credits per action" in credits
 
 

@@ -107,6 +107,18 @@ class AutoTopUpState:
     def charged_this_month_display(self) -> str:
         return format_money(self.charged_this_month, self.currency)
 
+    @property
+    def threshold_display(self) -> str:
+        return format_money(self.settings.threshold, self.currency) if self.settings else ""
+
+    @property
+    def amount_display(self) -> str:
+        return format_money(self.settings.amount, self.currency) if self.settings else ""
+
+    @property
+    def monthly_cap_display(self) -> str:
+        return format_money(self.settings.monthly_cap, self.currency) if self.settings else ""
+
 
 def _month_start(moment: datetime) -> datetime:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -10,10 +10,11 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.http import HttpResponse
 
 from billing_app.auto_top_up import AutoTopUpState, auto_top_up_state
 from billing_app.invoices import customer_invoices, upcoming_invoice_preview
-from billing_app.stripe.checkout import credit_packs_for_sale, top_up_bounds
+from billing_app.stripe.checkout import checkout_page_origin, credit_packs_for_sale, top_up_bounds
 from billing_app.stripe.client import stripe_connected
 from core.money import format_money
 from customers.models import Member
@@ -48,12 +49,13 @@ class AutoTopUpForm(forms.Form):
         row = state.settings
         bounds = top_up_bounds(customer=state.customer)
         amount = row.amount if row else max(bounds.minimum, Decimal(25))
+        cents = Decimal("0.01")
         return cls(
             initial={
                 "enabled": state.enabled,
-                "threshold": row.threshold if row else Decimal(10),
-                "amount": amount,
-                "monthly_cap": row.monthly_cap if row else amount * 4,
+                "threshold": (row.threshold if row else Decimal(10)).quantize(cents),
+                "amount": amount.quantize(cents),
+                "monthly_cap": (row.monthly_cap if row else amount * 4).quantize(cents),
             }
         )
 
@@ -89,3 +91,9 @@ def invoices_context(member: Member) -> dict[str, Any]:
         "invoices": customer_invoices(customer=customer, limit=INVOICES_ON_PAGE).invoices,
         "upcoming_invoice": upcoming,
     }
+
+
+def checkout_redirect_allow(response: HttpResponse) -> HttpResponse:
+    """Let the page's forms redirect to Stripe's payment page (CSP ``form-action`` covers redirects)."""
+    response._csp_update = {"form-action": [checkout_page_origin()]}  # type: ignore[attr-defined]
+    return response

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
-from core.money import CREDITS
+from core.money import CREDITS, format_money
 from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Subscription
 from customers.services import members_get_or_create, subscription_start
@@ -349,7 +349,7 @@ def credit_pack_purchase(
         amount=credits,
         kind=GrantKind.PURCHASED,
         unit=CREDITS,
-        description=f"Credit pack: {credits.normalize():f} credits for {amount} {customer.currency.upper()}",
+        description=f"Credit pack: {credits.normalize():f} credits for {format_money(amount, customer.currency)}",
         idempotency_key=idempotency_key,
         reference=reference,
     )

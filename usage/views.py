@@ -31,7 +31,7 @@ from customers.models import Customer, Member
 from customers.selectors import member_for_user
 from customers.services import notification_mark_read, spend_controls_update
 from usage.forms import SpendLimitsForm
-from usage.payment_regions import invoices_context, payments_context
+from usage.payment_regions import checkout_redirect_allow, invoices_context, payments_context
 from usage.selectors import (
     BillingPeriod,
     DailySeries,
@@ -97,7 +97,7 @@ def settings_usage(request: HtmxHttpRequest, member: Member) -> HttpResponse:
     context = base_context(member, period)
     for build in PARTIALS.values():
         context.update(build(request, member, period))
-    return render(request, TEMPLATE, context)
+    return checkout_redirect_allow(render(request, TEMPLATE, context))
 
 
 @require_GET
@@ -191,7 +191,7 @@ def page_render(
     context = base_context(member, period)
     for build in PARTIALS.values():
         context.update(build(request, member, period))
-    return render(request, TEMPLATE, {**context, **extra}, status=status)
+    return checkout_redirect_allow(render(request, TEMPLATE, {**context, **extra}, status=status))
 
 
 # --- Writes -----------------------------------------------------------------------------------------

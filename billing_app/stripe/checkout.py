@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 from django.conf import settings
@@ -26,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing_app.models import CheckoutKind, CheckoutSession, CheckoutStatus, SavedPaymentMethod
-from billing_app.stripe.client import StripeNotConnected, stripe_client
+from billing_app.stripe.client import DEFAULT_API_BASE, StripeNotConnected, stripe_client
 from billing_app.stripe.sync import customer_sync
 from core.errors import BillingError, InvalidInput, NotFound, OutOfRange
 from core.money import format_money, round_money, to_minor_units
@@ -88,6 +89,20 @@ def top_up_amount_check(*, customer: Customer, amount: Decimal, param: str = "am
             f"{param} must be at most {bounds.maximum_display}.", param=param, max=f"{bounds.maximum:f}"
         )
     return round_money(amount, customer.currency)
+
+
+STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
+
+
+def checkout_page_origin() -> str:
+    """Where Stripe's payment pages are: the page whose forms redirect there must allow it in its CSP
+    ``form-action`` (browsers check a form's redirects too). With ``STRIPE_API_BASE`` elsewhere (the fake),
+    its pages are served from there."""
+    base = (settings.STRIPE_API_BASE or DEFAULT_API_BASE).rstrip("/")
+    if base == DEFAULT_API_BASE:
+        return STRIPE_CHECKOUT_ORIGIN
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def credit_packs_for_sale(*, customer: Customer) -> list[CreditPack]:

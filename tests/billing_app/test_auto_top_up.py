@@ -2,12 +2,14 @@
 requests cross together, never past the monthly cap, and off after three declines in a row."""
 
 import threading
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.core import mail
 from django.db import connection
+from django.utils import timezone
 
 from billing_app.auto_top_up import auto_top_up_update
 from billing_app.customer_emails import customer_emails_send
@@ -17,6 +19,7 @@ from billing_app.tasks import auto_top_up_task
 from customers.models import Customer, Notification, NotificationKind
 from customers.services import spend_controls_update
 from tests.billing_app.conftest import calls, ingest
+from tests.billing_app.test_worker import broker, worker  # noqa: F401 - fixtures of the worker test below
 from tests.stripe_fake import FakeStripe
 from usage.ledger_audit import ledger_mismatches
 from usage.models import CreditLedgerEntry, CustomerBalance
@@ -232,3 +235,53 @@ def test_fifty_concurrent_crossings_charge_once(prepaid, stripe_on):
     assert charge.status == AutoTopUpChargeStatus.SUCCEEDED
     assert wallet(prepaid) == Decimal("10.50") - Decimal("5.00") + Decimal(25)
     assert ledger_mismatches() == []
+
+
+@pytest.mark.worker
+@pytest.mark.usefixtures("broker", "worker")
+def test_on_a_real_worker_concurrent_crossings_charge_once_and_three_declines_turn_it_off(prepaid, stripe_on):
+    """The tasks go through Redis to a separate worker process, as in production."""
+    from tests.billing_app.test_worker import wait_for
+
+    wallet_top_up(customer=prepaid, amount=Decimal("5.50"))
+    enable(prepaid)
+    start = threading.Barrier(20)
+
+    def request(n: int) -> None:
+        try:
+            start.wait()
+            ingest(*calls(f"w{n}", 1))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    wait_for(
+        lambda: AutoTopUpCharge.objects.filter(status=AutoTopUpChargeStatus.SUCCEEDED).exists(),
+        what="the worker to charge the card",
+    )
+    assert len(charge_posts(stripe_on)) == 1
+    assert wallet(prepaid) == Decimal("10.50") - Decimal("2.00") + Decimal(25)
+
+    # The card now declines; the worker's retry wait is the suite's default (60 minutes), so each decline is
+    # followed by a crossing the test makes look due by moving the last failure back an hour.
+    card = SavedPaymentMethod.objects.get(customer=prepaid)
+    stripe_on.payment_method_decline(card.stripe_payment_method_id)
+    for attempt in range(1, 4):
+        AutoTopUpCharge.objects.filter(status=AutoTopUpChargeStatus.FAILED).update(
+            settled_at=timezone.now() - timedelta(hours=2)
+        )
+        ingest(*calls(f"drain{attempt}", 250 if attempt == 1 else 1))
+        wait_for(
+            lambda n=attempt: (
+                AutoTopUpCharge.objects.filter(status=AutoTopUpChargeStatus.FAILED).count() == n
+            ),
+            what=f"decline {attempt}",
+        )
+    wait_for(lambda: not AutoTopUp.objects.get(customer=prepaid).enabled, what="auto top-up to turn off")
+    assert Notification.objects.filter(kind=NotificationKind.AUTO_TOP_UP_DISABLED).count() == 1
+    assert len(charge_posts(stripe_on)) == 4

@@ -62,6 +62,7 @@ _ERRORS = {
     413: "`request_too_large`: the body is over 10 MB.",
     415: "`unsupported_media_type`: the body must be `application/json`.",
     429: "`rate_limited`: over the key's requests per minute; `Retry-After` says when to try again.",
+    503: "`payments_unavailable`: Stripe is not connected or did not answer; nothing was charged.",
 }
 _ALWAYS = (400, 401, 403, 429)
 _WRITES = (409, 413, 415)

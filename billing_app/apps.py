@@ -5,3 +5,10 @@ class BillingAppConfig(AppConfig):
     name = "billing_app"
     verbose_name = "Billing operations"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from billing_app.auto_top_up import auto_top_up_on_wallet_drawn
+        from usage.signals import wallet_drawn
+
+        # A wallet left below its automatic top-up threshold queues the top-up (usage knows nothing of Stripe).
+        wallet_drawn.connect(auto_top_up_on_wallet_drawn, dispatch_uid="auto-top-up")

@@ -1,4 +1,5 @@
-"""Emails to customers: a spend limit crossed, a hard limit reached, an account frozen.
+"""Emails to customers: a spend limit crossed, a hard limit reached, an account frozen, an automatic top-up
+that failed or turned itself off.
 
 Ingest records a soft-limit crossing or a hard-limit stop as a ``Notification`` as it happens
 (``usage.recording``, through ``customers.spend_limits``); ``customer_emails_send`` first records the
@@ -25,6 +26,8 @@ EMAILED_KINDS = (
     NotificationKind.SOFT_LIMIT_CROSSED,
     NotificationKind.HARD_LIMIT_REACHED,
     NotificationKind.ACCOUNT_FROZEN,
+    NotificationKind.AUTO_TOP_UP_FAILED,
+    NotificationKind.AUTO_TOP_UP_DISABLED,
 )
 
 

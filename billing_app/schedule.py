@@ -63,4 +63,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 5 * MINUTE,
         "options": {"expires": 5 * MINUTE},
     },
+    "auto-top-up-resume": {
+        "task": "billing_app.tasks.auto_top_up_resume_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
+    "checkout-sessions-sweep": {
+        "task": "billing_app.tasks.checkout_sessions_sweep_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
 }

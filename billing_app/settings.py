@@ -214,6 +214,16 @@ RECONCILIATION_TOLERANCE_PERCENT = env.str("RECONCILIATION_TOLERANCE_PERCENT", d
 # Reconciliation checks the customers with usage sent to Stripe, or a Stripe invoice, in this many hours.
 RECONCILIATION_ACTIVITY_HOURS = env.int("RECONCILIATION_ACTIVITY_HOURS", default=48)
 
+# Money in (docs/stripe.md): a top-up through Checkout (or an automatic one) adds between these amounts, in the
+# customer's currency; a Checkout Session stays payable this many minutes (Stripe allows 30 to 1,440).
+WALLET_TOP_UP_MIN = env.str("WALLET_TOP_UP_MIN", default="5")
+WALLET_TOP_UP_MAX = env.str("WALLET_TOP_UP_MAX", default="10000")
+CHECKOUT_SESSION_MINUTES = env.int("CHECKOUT_SESSION_MINUTES", default=60)
+# After a declined automatic top-up, the next attempt waits this long (three declines in a row turn it off).
+AUTO_TOP_UP_RETRY_MINUTES = env.int("AUTO_TOP_UP_RETRY_MINUTES", default=60)
+# Opening /settings/usage queues a reconciliation of the customer at most once per this many minutes.
+USAGE_PAGE_RECONCILE_MINUTES = env.int("USAGE_PAGE_RECONCILE_MINUTES", default=10)
+
 # Requests a minute an API key may make, unless the key has its own limit (admin, API keys). 0 or empty: no
 # limit. 6,000 (100 a second) is far above what a backend that batches its events needs.
 API_RATE_LIMIT_PER_MINUTE = int(env.str("API_RATE_LIMIT_PER_MINUTE", default="6000") or 0)

@@ -12,14 +12,22 @@ from typing import Any
 
 import stripe
 from celery import shared_task
+from django.utils import timezone
 
+from billing_app.auto_top_up import (
+    auto_top_up_charge_claim,
+    auto_top_up_charge_run,
+    auto_top_up_pending_resume,
+)
 from billing_app.circuit_breaker import circuit_breaker_check
 from billing_app.customer_emails import customer_emails_send
 from billing_app.idempotency import idempotency_keys_prune
+from billing_app.models import AutoTopUpCharge
 from billing_app.stripe.carries import usage_carries_finalize
-from billing_app.stripe.client import stripe_connected
+from billing_app.stripe.checkout import checkout_sessions_sweep
+from billing_app.stripe.client import stripe_client, stripe_connected
 from billing_app.stripe.outbox import outbox_drain
-from billing_app.stripe.reconciliation import reconciliation_run
+from billing_app.stripe.reconciliation import customer_meters_reconcile, reconciliation_run
 from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_sync_pending, subscription_sync
 from customers.models import Customer, Subscription
 from plans.models import PlanVersion
@@ -98,3 +106,53 @@ def circuit_breaker_task() -> list[int]:
 def idempotency_keys_prune_task() -> int:
     """Forget idempotency keys past their retention (``IDEMPOTENCY_KEY_RETENTION_DAYS``)."""
     return idempotency_keys_prune()
+
+
+@shared_task
+def auto_top_up_task(customer_id: int) -> int | None:
+    """A wallet fell below its threshold: claim the charge (at most one pending per customer), then charge it.
+    Returns the charge's id, or None when nothing was due."""
+    if not stripe_connected():
+        return None
+    charge = auto_top_up_charge_claim(customer_id=customer_id)
+    if charge is None:
+        return None
+    auto_top_up_charge_task.delay(charge.pk)
+    return charge.pk
+
+
+@shared_task(**STRIPE_RETRY)
+def auto_top_up_charge_task(charge_id: int) -> str:
+    """Charge the saved card for one pending charge; a retry sends the same idempotency key."""
+    charge = AutoTopUpCharge.objects.select_related("customer", "payment_method").get(pk=charge_id)
+    return auto_top_up_charge_run(charge=charge, client=stripe_client()).status
+
+
+@shared_task(**STRIPE_RETRY)
+def auto_top_up_resume_task() -> int:
+    if not stripe_connected():
+        return 0
+    return auto_top_up_pending_resume(client=stripe_client())
+
+
+@shared_task(**STRIPE_RETRY)
+def checkout_sessions_sweep_task() -> int:
+    """Settle Checkout Sessions whose webhook never came (paid: credit; expired: mark)."""
+    if not stripe_connected():
+        return 0
+    return checkout_sessions_sweep()
+
+
+@shared_task(**STRIPE_RETRY)
+def customer_reconcile_task(customer_id: int) -> dict[str, Any]:
+    """Reconcile one customer's Stripe meters (queued when the customer opens /settings/usage)."""
+    subscription = (
+        Subscription.objects.filter(customer_id=customer_id)
+        .exclude(customer__stripe_customer_id="")
+        .select_related("customer", "plan_version")
+        .first()
+    )
+    if not stripe_connected() or subscription is None:
+        return {"checked": 0, "diverged": []}
+    report = customer_meters_reconcile(subscription=subscription, client=stripe_client(), now=timezone.now())
+    return {"checked": report.checked, "diverged": [divergence.pk for divergence in report.diverged]}

@@ -4,7 +4,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from billing_app import login_protection
+from billing_app import login_protection, payment_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
 
@@ -23,6 +23,24 @@ urlpatterns = [
         "api/v1/customers/<str:external_id>/publishable-keys",
         PublishableKeysView.as_view(),
         name="api-publishable-keys",
+    ),
+    path(
+        "api/v1/customers/<str:external_id>/checkout-sessions",
+        payment_api.CheckoutSessionsView.as_view(),
+        name="api-checkout-sessions",
+    ),
+    path(
+        "api/v1/customers/<str:external_id>/auto-top-up",
+        payment_api.AutoTopUpView.as_view(),
+        name="api-auto-top-up",
+    ),
+    path(
+        "api/v1/customers/<str:external_id>/invoices", payment_api.InvoicesView.as_view(), name="api-invoices"
+    ),
+    path(
+        "api/v1/customers/<str:external_id>/upcoming-invoice",
+        payment_api.UpcomingInvoiceView.as_view(),
+        name="api-upcoming-invoice",
     ),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

@@ -117,6 +117,9 @@ class Subscription(models.Model):
     usage_at_plan_start = models.JSONField(default=dict, blank=True)
     # The base fees of the plans earlier in the current period, each for the share of the period it covered.
     base_fee_before_plan = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
+    # The base fee billed in advance when the current period started (Stripe charges it then): with
+    # ``period_base_fee`` it gives the adjustment a plan change adds to the period's invoice.
+    base_fee_charged = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -155,6 +158,11 @@ class Subscription(models.Model):
     def period_base_fee(self, plan_base_fee: Decimal) -> Decimal:
         """The current period's base fee: earlier plans' shares, plus the plan in force's for its share."""
         return self.base_fee_before_plan + (plan_base_fee * self.plan_share()).quantize(LEDGER_PLACES)
+
+    def base_fee_adjustment(self) -> Decimal:
+        """What plan changes in the current period add to its base fee (negative: give back), to bill at its
+        end: the period's base fee as owed now, less the fee charged in advance when it started."""
+        return self.period_base_fee(self.plan_version.base_fee) - self.base_fee_charged
 
     def used_before_plan(self, meter_id: int) -> tuple[Decimal, Decimal]:
         """(allowance units, billable units) the current period had used when the plan in force started."""
@@ -215,6 +223,8 @@ class NotificationKind(models.TextChoices):
     ENTITLEMENT_LIMIT_REACHED = "entitlement_limit_reached", "Plan limit reached"
     PLAN_CHANGED = "plan_changed", "Plan changed"
     PLAN_CHANGE_SCHEDULED = "plan_change_scheduled", "Plan change scheduled"
+    AUTO_TOP_UP_FAILED = "auto_top_up_failed", "Automatic top-up failed"
+    AUTO_TOP_UP_DISABLED = "auto_top_up_disabled", "Automatic top-up turned off"
 
 
 class Notification(models.Model):

@@ -119,6 +119,7 @@ def subscription_start(
             "plan_started_at": None,
             "usage_at_plan_start": {},
             "base_fee_before_plan": Decimal(0),
+            "base_fee_charged": plan_version.base_fee,
             "grandfathered": False,
             "pending_plan_version": None,
         },
@@ -142,6 +143,7 @@ def subscription_roll_period(*, subscription: Subscription, now: datetime | None
     subscription.plan_started_at = None
     subscription.usage_at_plan_start = {}
     subscription.base_fee_before_plan = Decimal(0)
+    subscription.base_fee_charged = subscription.plan_version.base_fee
     start, end = period_bounds(
         anchor=subscription.billing_anchor,
         interval=BillingInterval(subscription.plan_version.interval),

@@ -29,6 +29,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.overage import ZERO, overage_quantity_sql
+from usage.signals import wallet_drawn_on_commit
 
 
 @dataclass(slots=True)
@@ -100,6 +101,7 @@ class BatchWrites:
         rows_insert([entry for entry, _ in self.ledger_entries])
         rows_update(self.grants, ["remaining"])
         rows_update(self.balances, ["wallet_balance", "updated_at"])
+        wallet_drawn_on_commit(self.balances)
         period_totals_save(self.period_rows)
         rollups_add(self.events)
         for row, event in self.outbox:

@@ -163,12 +163,19 @@ class CreditLedgerEntry(models.Model):
         "Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
     )
     note = models.CharField(max_length=200, blank=True)
+    # The payment this row is the money of, e.g. ``checkout:cs_…`` or ``payment_intent:pi_…``: unique per
+    # customer, so a payment told to us twice (a webhook and a look-up, two deliveries) credits once. NULL for
+    # rows no payment made.
+    reference = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "credit ledger entries"
         indexes = [models.Index(fields=["customer", "-created_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "reference"], name="credit_ledger_reference_unique"),
+        ]
 
 
 class UsageEvent(models.Model):

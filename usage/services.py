@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import InvalidInput, NotFound, OutOfRange
-from core.money import CREDITS
+from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
+from core.money import CREDITS, format_money
 from core.sql_rows import rows_insert, rows_update
 from customers.models import Customer, Notification, NotificationKind, Subscription
 from customers.services import members_get_or_create, subscription_start
@@ -324,14 +324,23 @@ def credit_grant_create(
     priority: int = 50,
     description: str = "",
     idempotency_key: str | None = None,
+    reference: str | None = None,
     now: datetime | None = None,
 ) -> tuple[CreditGrant, bool]:
     """Grant credits. ``unit`` defaults to credits when the plan sells credit packs, else money.
 
-    Returns (grant, created); a repeated idempotency key returns the first grant.
+    Returns (grant, created); a repeated idempotency key returns the first grant. ``reference`` names the
+    payment the grant was bought with on its ledger row (``CreditLedgerEntry.reference``); a payment already
+    credited returns its grant.
     """
     now = now or timezone.now()
     customer_balance_for_update(customer)
+    if reference:
+        paid = CreditLedgerEntry.objects.filter(customer=customer, reference=reference).first()
+        if paid is not None and paid.grant is not None:
+            return paid.grant, False
+        if paid is not None:
+            raise Conflict(f"The payment {reference} already credited the wallet.")
     if idempotency_key:
         existing = CreditGrant.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
         if existing is not None:
@@ -370,6 +379,7 @@ def credit_grant_create(
         amount=amount,
         unit=grant.unit,
         note=description,
+        reference=reference or None,
     )
     return grant, True
 
@@ -386,25 +396,50 @@ def _default_grant_unit(customer: Customer) -> str:
 
 
 def credit_pack_purchase(
-    *, customer: Customer, pack: CreditPack, idempotency_key: str | None = None
+    *,
+    customer: Customer,
+    pack: CreditPack,
+    idempotency_key: str | None = None,
+    reference: str | None = None,
+    credits: Decimal | None = None,
+    amount: Decimal | None = None,
 ) -> CreditGrant:
+    """Grant a credit pack's credits. ``credits`` and ``amount`` override the pack's when the purchase was
+    priced earlier (a Checkout Session keeps what it sold, even if the pack changed since); ``reference``
+    names the payment (see ``credit_grant_create``)."""
+    credits = pack.credits if credits is None else credits
+    amount = pack.amount if amount is None else amount
     grant, _ = credit_grant_create(
         customer=customer,
-        amount=pack.credits,
+        amount=credits,
         kind=GrantKind.PURCHASED,
         unit=CREDITS,
-        description=f"Credit pack: {pack.credits.normalize():f} credits for {pack.amount} {customer.currency.upper()}",
+        description=f"Credit pack: {credits.normalize():f} credits for {format_money(amount, customer.currency)}",
         idempotency_key=idempotency_key,
+        reference=reference,
     )
     return grant
 
 
 @transaction.atomic
-def wallet_top_up(*, customer: Customer, amount: Decimal, note: str = "") -> CreditLedgerEntry:
-    """Add prepaid money to the wallet, in the customer's currency."""
+def wallet_top_up(
+    *, customer: Customer, amount: Decimal, note: str = "", reference: str | None = None
+) -> CreditLedgerEntry:
+    """Add prepaid money to the wallet, in the customer's currency.
+
+    ``reference`` names the payment the money came from (``checkout:cs_…``, ``payment_intent:pi_…``). It is
+    looked for under the customer's lock, and unique per customer in the database, so a payment told to us
+    twice credits once: the second call returns the first row.
+    """
     if amount <= 0:
         raise InvalidInput("A top-up must be greater than zero.", param="amount")
     balance = customer_balance_for_update(customer)
+    if reference:
+        paid = CreditLedgerEntry.objects.filter(customer=customer, reference=reference).first()
+        if paid is not None:
+            if paid.grant_id is not None or paid.amount != amount:
+                raise Conflict(f"The payment {reference} already credited {paid.amount} {paid.unit}.")
+            return paid
     room = decimal_column_max(**RATE) - balance.wallet_balance
     if amount > room:
         raise OutOfRange(
@@ -421,6 +456,7 @@ def wallet_top_up(*, customer: Customer, amount: Decimal, note: str = "") -> Cre
         amount=amount,
         unit=balance.currency,
         note=note or "Top-up",
+        reference=reference or None,
     )
 
 

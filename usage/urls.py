@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage import plan_views, views
+from usage import payment_views, plan_views, views
 
 urlpatterns = [
     path("settings/usage", views.settings_usage, name="settings-usage"),
@@ -18,6 +18,11 @@ urlpatterns = [
         views.notifications_read_all,
         name="settings-usage-notifications-read-all",
     ),
+    path("settings/usage/checkout", payment_views.checkout_start, name="settings-usage-checkout"),
+    path(
+        "settings/usage/checkout/return", payment_views.checkout_return, name="settings-usage-checkout-return"
+    ),
+    path("settings/usage/auto-top-up", payment_views.auto_top_up_save, name="settings-usage-auto-top-up"),
     # plotly.js from the installed plotly package (see views.plotly_js): versioned, cached for a year.
     path("vendor/plotly-<str:version>.min.js", views.plotly_js, name="plotly-js"),
     path("vendor/plotly-<str:version>.css", views.plotly_css, name="plotly-css"),

@@ -25,11 +25,13 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
+from billing_app.stripe.reconciliation import customer_reconcile_queue
 from core.errors import InvalidInput, NotFound
 from customers.models import Customer, Member
 from customers.selectors import member_for_user
 from customers.services import notification_mark_read, spend_controls_update
 from usage.forms import SpendLimitsForm
+from usage.payment_regions import checkout_redirect_allow, invoices_context, payments_context
 from usage.selectors import (
     BillingPeriod,
     DailySeries,
@@ -88,13 +90,15 @@ def member_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
 @require_GET
 @member_required
 def settings_usage(request: HtmxHttpRequest, member: Member) -> HttpResponse:
+    # The customer is looking: check their Stripe meters soon (queued, at most once per few minutes).
+    customer_reconcile_queue(customer=member.customer)
     period = _period_from(request, member.customer)
     if period is None:
-        return render(request, TEMPLATE, {**_base_context(member, None), "no_period": True})
-    context = _base_context(member, period)
+        return render(request, TEMPLATE, {**base_context(member, None), "no_period": True})
+    context = base_context(member, period)
     for build in PARTIALS.values():
         context.update(build(request, member, period))
-    return render(request, TEMPLATE, context)
+    return checkout_redirect_allow(render(request, TEMPLATE, context))
 
 
 @require_GET
@@ -109,7 +113,7 @@ def settings_usage_partial(request: HtmxHttpRequest, member: Member, name: str) 
     period = _period_from(request, member.customer)
     if period is None:
         raise Http404("No billing period yet.")
-    context = {**_base_context(member, period), **build(request, member, period)}
+    context = {**base_context(member, period), **build(request, member, period)}
     return render(request, f"{TEMPLATE}#{name}", context)
 
 
@@ -168,6 +172,14 @@ def _notifications(request: HtmxHttpRequest, member: Member, period: BillingPeri
     return {"notifications": usage_notifications(customer=member.customer)}
 
 
+def _payments(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    return payments_context(member)
+
+
+def _invoices(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    return invoices_context(member)
+
+
 PARTIALS: dict[str, Callable[[HtmxHttpRequest, Member, BillingPeriod], dict[str, Any]]] = {
     "summary": _summary,
     "plans": _plans,
@@ -177,7 +189,25 @@ PARTIALS: dict[str, Callable[[HtmxHttpRequest, Member, BillingPeriod], dict[str,
     "limits": _limits,
     "wallet": _wallet,
     "notifications": _notifications,
+    "payments": _payments,
+    "invoices": _invoices,
 }
+
+
+def page_render(
+    request: HtmxHttpRequest, member: Member, *, extra: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    """The whole page at the current period, with ``extra`` over the regions' own context (a form with its
+    errors, when a write without JavaScript was refused)."""
+    period = _period_from(request, member.customer)
+    if period is None:
+        return render(
+            request, TEMPLATE, {**base_context(member, None), "no_period": True, **extra}, status=status
+        )
+    context = base_context(member, period)
+    for build in PARTIALS.values():
+        context.update(build(request, member, period))
+    return checkout_redirect_allow(render(request, TEMPLATE, {**context, **extra}, status=status))
 
 
 # --- Writes -----------------------------------------------------------------------------------------
@@ -211,7 +241,7 @@ def limits_update(request: HtmxHttpRequest, member: Member) -> HttpResponse:
         summary = usage_period_summary(customer=customer)
         form = SpendLimitsForm.for_summary(summary)
     context = {
-        **_base_context(member, summary.period),
+        **base_context(member, summary.period),
         "limits_summary": summary,
         "limits_form": form,
         "limits_saved": saved,
@@ -253,7 +283,7 @@ def _after_notifications_change(request: HtmxHttpRequest, member: Member) -> Htt
     if not request.htmx:
         return redirect(_page_url(None) + "#notifications")
     context = {
-        **_base_context(member, _period_from(request, member.customer)),
+        **base_context(member, _period_from(request, member.customer)),
         "notifications": usage_notifications(customer=member.customer),
     }
     return render(request, f"{TEMPLATE}#notifications", context)
@@ -352,7 +382,7 @@ def _period_from(request: HtmxHttpRequest, customer: Customer) -> BillingPeriod 
         raise Http404(error.message) from error
 
 
-def _base_context(member: Member, period: BillingPeriod | None) -> dict[str, Any]:
+def base_context(member: Member, period: BillingPeriod | None) -> dict[str, Any]:
     periods = usage_periods(customer=member.customer)
     return {
         "member": member,

@@ -24,6 +24,7 @@ from typing import Any
 
 import stripe
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
@@ -37,7 +38,7 @@ from billing_app.models import (
     StripeMeterEvent,
 )
 from billing_app.operator_alerts import operator_alert_raise
-from billing_app.stripe.client import stripe_client
+from billing_app.stripe.client import stripe_client, stripe_connected
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
 from billing_app.stripe.outbox import minor_units, outbox_period_lines
 from core.money import currency_exponent, round_money
@@ -222,6 +223,22 @@ def customer_meters_reconcile(
             if divergence is not None:
                 report.diverged.append(divergence)
     return report
+
+
+def customer_reconcile_queue(*, customer: Customer) -> bool:
+    """Queue a reconciliation of the customer's Stripe meters, at most once per ``USAGE_PAGE_RECONCILE_MINUTES``
+    (the usage page asks each time it is opened). The window is a Redis ``SET NX EX`` (``cache.add``): the
+    first page view in it queues the task, the others change nothing. Returns whether it queued one."""
+    if not customer.stripe_customer_id or not stripe_connected():
+        return False
+    window = settings.USAGE_PAGE_RECONCILE_MINUTES * 60
+    if not cache.add(f"reconcile-on-view:{customer.pk}", 1, timeout=window):
+        return False
+    from billing_app.tasks import customer_reconcile_task  # the tasks module imports this one
+
+    customer_id = customer.pk
+    transaction.on_commit(lambda: customer_reconcile_task.delay(customer_id))
+    return True
 
 
 def reconciliation_run(

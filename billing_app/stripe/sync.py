@@ -530,12 +530,9 @@ def _base_fee_settle(subscription: Subscription, remote: Any, client: stripe.Str
     if sync is not None and sync.base_fee_period_start == subscription.current_period_start:
         invoiced = sync.base_fee_invoiced
     else:
-        # Stripe started this period since the last sync, charging the base price it then carried.
-        base_prices = [
-            item.price.id for item in remote["items"].data if item.price.recurring.usage_type != "metered"
-        ]
-        charged = PlanVersion.objects.filter(stripe_base_price_id__in=base_prices).first()
-        invoiced = charged.base_fee if charged else Decimal(0)
+        # Stripe started this period since the last sync, charging in advance the base fee the subscription
+        # records as charged when the period started (the next period's price goes in before the renewal).
+        invoiced = subscription.base_fee_charged
     owed = subscription.period_base_fee(subscription.plan_version.base_fee)
     currency = subscription.plan_version.currency
     difference = to_minor_units(round_money(owed, currency), currency) - to_minor_units(

@@ -28,15 +28,18 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from billing_app.auto_top_up import auto_top_up_intent_settled
 from billing_app.models import (
     OperatorAlertKind,
     StripeDimensionMeter,
     StripeInvoice,
+    StripeInvoiceLine,
     StripeInvoiceStatus,
     StripeMeterEvent,
     StripeWebhookEvent,
 )
 from billing_app.operator_alerts import invoice_spike_check, operator_alert_raise
+from billing_app.stripe.checkout import checkout_session_apply, checkout_session_retrieve
 from billing_app.stripe.client import StripeNotConnected, stripe_client
 from billing_app.stripe.reconciliation import invoice_compare
 from core.money import currency_exponent
@@ -154,6 +157,12 @@ def _prepare(row: StripeWebhookEvent) -> dict[str, Any]:
         except StripeNotConnected:
             return {}
     obj = row.payload.get("data", {}).get("object", {})
+    if row.type.startswith("checkout.session.") and obj.get("id"):
+        # Fulfilment trusts Stripe's session as it is now, with its PaymentIntent and card, not the snapshot.
+        try:
+            return {"session": checkout_session_retrieve(stripe_session_id=obj["id"])}
+        except StripeNotConnected:
+            return {}
     lines = obj.get("lines") or {}
     if row.type.startswith("invoice.") and lines.get("has_more"):
         invoice_lines = stripe_client().v1.invoices.lines.list(obj["id"], {"limit": 100}).auto_paging_iter()
@@ -198,36 +207,81 @@ def _invoice_subscription_id(obj: dict[str, Any]) -> str:
     return details.get("subscription") or obj.get("subscription") or ""
 
 
-def _invoice_record(obj: dict[str, Any], prepared: dict[str, Any]) -> StripeInvoice:
+def _invoice_record(
+    obj: dict[str, Any], prepared: dict[str, Any], *, payment_failed: bool = False
+) -> StripeInvoice:
+    """Mirror the invoice as this event shows it: status, amounts, hosted link and lines.
+
+    Deliveries may come out of order: an event older than what is stored (a late ``invoice.created`` after
+    ``invoice.paid``) leaves the status, amounts and lines as they are.
+    """
     currency = obj["currency"]
     lines = prepared.get("lines") or (obj.get("lines") or {}).get("data") or []
     metered = _metered_price_ids()
     usage_minor = sum(line["amount"] for line in lines if _line_price_id(line) in metered)
     existing = StripeInvoice.objects.select_for_update().filter(stripe_invoice_id=obj["id"]).first()
     status = StripeInvoiceStatus(obj["status"])
-    # Deliveries may come out of order: a late invoice.created must not turn an open invoice into a draft.
-    if existing is not None and _STATUS_RANK[StripeInvoiceStatus(existing.status)] > _STATUS_RANK[status]:
-        status = StripeInvoiceStatus(existing.status)
-    finalized = _moment((obj.get("status_transitions") or {}).get("finalized_at"))
-    invoice, _ = StripeInvoice.objects.update_or_create(
-        stripe_invoice_id=obj["id"],
-        defaults={
-            "customer": Customer.objects.filter(stripe_customer_id=obj["customer"]).first(),
-            "stripe_customer_id": obj["customer"],
-            "stripe_subscription_id": _invoice_subscription_id(obj),
-            "status": status,
-            "billing_reason": obj.get("billing_reason") or "",
-            "currency": currency,
-            "period_start": _moment(obj["period_start"]),
-            "period_end": _moment(obj["period_end"]),
-            "total_minor": obj["total"],
-            "total": _major_units(obj["total"], currency),
-            "usage_total": _major_units(usage_minor, currency),
-            "stripe_created_at": _moment(obj["created"]),
-            "finalized_at": finalized or (existing.finalized_at if existing else None),
-        },
-    )
+    stale = existing is not None and _STATUS_RANK[StripeInvoiceStatus(existing.status)] > _STATUS_RANK[status]
+    transitions = obj.get("status_transitions") or {}
+    finalized = _moment(transitions.get("finalized_at"))
+    total = obj["total"]
+    values: dict[str, Any] = {
+        "customer": Customer.objects.filter(stripe_customer_id=obj["customer"]).first(),
+        "stripe_customer_id": obj["customer"],
+        "stripe_subscription_id": _invoice_subscription_id(obj),
+        "billing_reason": obj.get("billing_reason") or "",
+        "currency": currency,
+        "period_start": _moment(obj["period_start"]),
+        "period_end": _moment(obj["period_end"]),
+        "stripe_created_at": _moment(obj["created"]),
+        "finalized_at": finalized or (existing.finalized_at if existing else None),
+        "number": obj.get("number") or (existing.number if existing else ""),
+        "hosted_invoice_url": obj.get("hosted_invoice_url")
+        or (existing.hosted_invoice_url if existing else ""),
+        "invoice_pdf": obj.get("invoice_pdf") or (existing.invoice_pdf if existing else ""),
+    }
+    if not stale:
+        values.update(
+            {
+                "status": status,
+                "total_minor": total,
+                "total": _major_units(total, currency),
+                "usage_total": _major_units(usage_minor, currency),
+                "amount_due": _major_units(obj.get("amount_due", total), currency),
+                "amount_paid": _major_units(obj.get("amount_paid", 0), currency),
+                "amount_remaining": _major_units(obj.get("amount_remaining", total), currency),
+                "paid_at": _moment(transitions.get("paid_at")),
+                "attempt_count": obj.get("attempt_count") or 0,
+            }
+        )
+        if payment_failed:
+            values["payment_failed_at"] = timezone.now()
+        elif status == StripeInvoiceStatus.PAID:
+            values["payment_failed_at"] = None
+    invoice, _ = StripeInvoice.objects.update_or_create(stripe_invoice_id=obj["id"], defaults=values)
+    if not stale:
+        _invoice_lines_replace(invoice, lines)
     return invoice
+
+
+def _invoice_lines_replace(invoice: StripeInvoice, lines: list[dict[str, Any]]) -> None:
+    StripeInvoiceLine.objects.filter(invoice=invoice).delete()
+    StripeInvoiceLine.objects.bulk_create(
+        [
+            StripeInvoiceLine(
+                invoice=invoice,
+                position=position,
+                stripe_line_id=line.get("id") or f"line-{position}",
+                description=line.get("description") or "",
+                amount_minor=line["amount"],
+                amount=_major_units(line["amount"], invoice.currency),
+                quantity=Decimal(str(line["quantity"])) if line.get("quantity") is not None else None,
+                period_start=_moment((line.get("period") or {}).get("start")),
+                period_end=_moment((line.get("period") or {}).get("end")),
+            )
+            for position, line in enumerate(lines)
+        ]
+    )
 
 
 def invoice_created(event: dict[str, Any], prepared: dict[str, Any]) -> None:
@@ -242,6 +296,24 @@ def invoice_finalized(event: dict[str, Any], prepared: dict[str, Any]) -> None:
 
 def invoice_status_changed(event: dict[str, Any], prepared: dict[str, Any]) -> None:
     _invoice_record(event["data"]["object"], prepared)
+
+
+def invoice_payment_failed(event: dict[str, Any], prepared: dict[str, Any]) -> None:
+    _invoice_record(event["data"]["object"], prepared, payment_failed=True)
+
+
+# --- money in: Checkout and automatic top-ups ------------------------------------------------------------
+
+
+def checkout_session_changed(event: dict[str, Any], prepared: dict[str, Any]) -> None:
+    """A session paid (credit it once) or expired (mark it; nothing is credited). The session looked up in
+    ``_prepare`` is what counts; without Stripe connected, the signed snapshot."""
+    checkout_session_apply(session=prepared.get("session") or event["data"]["object"])
+
+
+def payment_intent_settled(event: dict[str, Any], prepared: dict[str, Any]) -> None:
+    """An automatic top-up's charge settled; the task usually got there first, and this changes nothing."""
+    auto_top_up_intent_settled(intent=event["data"]["object"])
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------
@@ -343,6 +415,12 @@ HANDLERS: dict[str, Handler] = {
     "invoice.created": invoice_created,
     "invoice.finalized": invoice_finalized,
     "invoice.paid": invoice_status_changed,
+    "invoice.payment_failed": invoice_payment_failed,
+    "checkout.session.completed": checkout_session_changed,
+    "checkout.session.async_payment_succeeded": checkout_session_changed,
+    "checkout.session.expired": checkout_session_changed,
+    "payment_intent.succeeded": payment_intent_settled,
+    "payment_intent.payment_failed": payment_intent_settled,
     "invoice.voided": invoice_status_changed,
     "invoice.marked_uncollectible": invoice_status_changed,
     "customer.subscription.updated": subscription_changed,

@@ -182,7 +182,12 @@ def invoice_create(
     )
     state.emit("invoice.created", state.render(invoice))
     state.invoice_sequence += 1
-    invoice.update(status="open", number=f"FAKE-{state.invoice_sequence:04d}", effective_at=now)
+    invoice.update(
+        status="open",
+        number=f"FAKE-{state.invoice_sequence:04d}",
+        effective_at=now,
+        hosted_invoice_url=f"{state.base_url}/invoices/{invoice_id}",
+    )
     invoice["status_transitions"]["finalized_at"] = now
     state.emit("invoice.finalized", state.render(invoice))
     subscription["latest_invoice"] = invoice_id
@@ -234,3 +239,29 @@ def _pending_item_lines(state: State, subscription: dict, invoice_id: str) -> li
             }
         )
     return lines
+
+
+def _open_invoice(state: State, invoice_id: str) -> dict:
+    invoice = state.get("invoice", invoice_id)
+    if invoice["status"] != "open":
+        raise StripeError(f"Invoice {invoice_id} is {invoice['status']}; only an open invoice can be paid.")
+    return invoice
+
+
+def invoice_pay(state: State, invoice_id: str) -> dict:
+    """Collect an open invoice in full: ``invoice.paid``."""
+    invoice = _open_invoice(state, invoice_id)
+    invoice["attempt_count"] += 1
+    invoice.update(status="paid", attempted=True, amount_paid=invoice["amount_due"], amount_remaining=0)
+    invoice["status_transitions"]["paid_at"] = state.now()
+    state.emit("invoice.paid", state.render(invoice))
+    return invoice
+
+
+def invoice_payment_fail(state: State, invoice_id: str) -> dict:
+    """A collection attempt fails; the invoice stays open: ``invoice.payment_failed``."""
+    invoice = _open_invoice(state, invoice_id)
+    invoice["attempt_count"] += 1
+    invoice["attempted"] = True
+    state.emit("invoice.payment_failed", state.render(invoice))
+    return invoice

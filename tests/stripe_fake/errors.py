@@ -20,6 +20,7 @@ class StripeError(Exception):
         param: str | None = None,
         stored: bool = True,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -29,6 +30,8 @@ class StripeError(Exception):
         self.param = param
         self.stored = stored
         self.headers = headers or {}
+        # Fields some errors carry besides the usual ones: a card error's ``decline_code`` and ``payment_intent``.
+        self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type, "message": self.message}
@@ -37,6 +40,7 @@ class StripeError(Exception):
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         if self.param:
             error["param"] = self.param
+        error.update(self.extra)
         return {"error": error}
 
 

@@ -7,7 +7,7 @@ error is a raised ``StripeError``. The server runs each handler under the state 
 import re
 import secrets
 
-from . import catalog, metering, subscriptions
+from . import catalog, metering, payments, subscriptions
 from .call import Call, Handler, retriever
 from .params import array, boolean, check_params, metadata_apply, string, text_update
 
@@ -128,6 +128,17 @@ _ROUTE_SPECS: list[tuple[str, str, Handler]] = [
     ("GET", f"/v1/billing/meters/{_ID}/event_summaries", metering.event_summaries_list),
     ("POST", "/v1/billing/meter_events", metering.meter_event_create),
     ("GET", f"/v2/core/events/{_ID}", metering.v2_event_retrieve),
+    ("POST", "/v1/checkout/sessions", payments.checkout_session_create),
+    ("GET", "/v1/checkout/sessions", payments.checkout_sessions_list),
+    ("GET", f"/v1/checkout/sessions/{_ID}", payments.checkout_session_retrieve),
+    ("GET", f"/v1/checkout/sessions/{_ID}/line_items", payments.checkout_session_line_items),
+    ("POST", f"/v1/checkout/sessions/{_ID}/expire", payments.checkout_session_expire),
+    ("GET", "/v1/payment_methods", payments.payment_methods_list),
+    ("GET", f"/v1/payment_methods/{_ID}", retriever("payment_method", "payment method")),
+    ("POST", f"/v1/payment_methods/{_ID}/detach", payments.payment_method_detach),
+    ("POST", "/v1/payment_intents", payments.payment_intent_create),
+    ("GET", f"/v1/payment_intents/{_ID}", retriever("payment_intent")),
+    ("POST", f"/v1/payment_intents/{_ID}/confirm", payments.payment_intent_confirm),
 ]
 ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler in _ROUTE_SPECS]
 

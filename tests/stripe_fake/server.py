@@ -7,6 +7,7 @@ the state lock, and every request lands in the request log with the status it go
 
 import base64
 import binascii
+import html
 import json
 import threading
 import traceback
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import billing
+from . import billing, payments
 from .call import Call
 from .errors import StripeError
 from .forms import form_decode
@@ -155,6 +156,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if url.path.startswith("/_fake/"):
             self._control(method, url.path, url.query, body)
+        elif url.path.startswith(("/pay/", "/invoices/")):
+            self._hosted_page(method, url.path)
         else:
             self._api(method, url.path, url.query, body)
 
@@ -216,6 +219,49 @@ class _RequestHandler(BaseHTTPRequestHandler):
         error = _fault_error(fault)
         self._respond(error.status, _json_bytes(error.body()))
 
+    def _hosted_page(self, method: str, path: str) -> None:
+        """The pages Stripe hosts for a browser: a Checkout Session's payment page (``GET`` shows it, ``POST``
+        pays with a test card and redirects to the session's ``success_url``) and an invoice's page."""
+        fake = self.server.fake
+        kind, _, object_id = path.strip("/").partition("/")
+        try:
+            with fake.state.lock:
+                obj = fake.state.objects.get(object_id)
+                if kind == "pay" and obj is not None and obj.get("object") == "checkout.session":
+                    payments.session_expire_if_due(fake.state, obj)
+                    if method == "POST":
+                        payments.session_complete(fake.state, object_id)
+                        target = obj["success_url"].replace("{CHECKOUT_SESSION_ID}", object_id)
+                        self._redirect(target)
+                        return
+                    page = _checkout_page(obj)
+                elif kind == "invoices" and obj is not None and obj.get("object") == "invoice":
+                    page = _invoice_page(obj)
+                else:
+                    page, obj = "<h1>Not found</h1>", None
+        except StripeError as error:
+            self._respond_html(400, f"<h1>Payment refused</h1><p>{html.escape(error.message)}</p>")
+            return
+        self._respond_html(200 if obj is not None else 404, page)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(303)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _respond_html(self, status: int, page: str) -> None:
+        body = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Fake Stripe</title></head><body>"
+            + page
+            + "</body></html>"
+        ).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _control(self, method: str, path: str, query: str, body: bytes) -> None:
         action = _CONTROL.get((method, path))
         if action is None:
@@ -230,6 +276,27 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._respond(400, _json_bytes({"error": f"{type(exc).__name__}: {exc}"}))
         else:
             self._respond(200, _json_bytes(result))
+
+
+def _checkout_page(session: dict) -> str:
+    amount = f"{session['amount_total']} {session['currency'].upper()} minor units"
+    items = "".join(
+        f"<li>{html.escape(item['description'])} × {item['quantity']}</li>" for item in session["_line_items"]
+    )
+    if session["status"] != "open":
+        return f"<h1>Checkout</h1><p data-testid='session-status'>This session is {session['status']}.</p>"
+    cancel = f"<a href='{html.escape(session['cancel_url'])}'>Cancel</a>" if session["cancel_url"] else ""
+    return (
+        f"<h1>Checkout (fake Stripe)</h1><ul>{items}</ul><p data-testid='amount-total'>{amount}</p>"
+        f"<form method='post'><button type='submit'>Pay with test card 4242</button></form>{cancel}"
+    )
+
+
+def _invoice_page(invoice: dict) -> str:
+    return (
+        f"<h1>Invoice {html.escape(invoice['number'] or invoice['id'])}</h1>"
+        f"<p>Status: {invoice['status']}</p><p>Total: {invoice['total']} {invoice['currency'].upper()} minor units</p>"
+    )
 
 
 class _Server(ThreadingHTTPServer):
@@ -255,6 +322,7 @@ class FakeStripe:
         self.state = State(self._sender)
         self._httpd = _Server((host, port), self, quiet)
         self.url = f"http://{host}:{self._httpd.server_address[1]}"
+        self.state.base_url = self.url
         # A short poll interval lets stop() return promptly; serve_forever checks for shutdown only between polls.
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-stripe", daemon=True
@@ -377,6 +445,47 @@ class FakeStripe:
             self.flush_webhooks()
         return notification
 
+    def checkout_complete(self, session_id: str, *, card_last4: str = "4242", wait: bool = True) -> dict:
+        """The customer pays the session with a test card: ``checkout.session.completed`` is sent (and waited
+        for). The card is saved to the customer when the session asked for ``setup_future_usage``."""
+        with self.state.lock:
+            session = self.state.render(
+                payments.session_complete(self.state, session_id, card_last4=card_last4)
+            )
+        if wait:
+            self.flush_webhooks()
+        return session
+
+    def checkout_expire(self, session_id: str, *, wait: bool = True) -> dict:
+        """The session expires unpaid (as at its ``expires_at``): ``checkout.session.expired`` is sent."""
+        with self.state.lock:
+            session = self.state.get("checkout.session", session_id, label="checkout.session")
+            session = self.state.render(payments.session_expire(self.state, session))
+        if wait:
+            self.flush_webhooks()
+        return session
+
+    def payment_method_decline(self, payment_method_id: str, code: str | None = "card_declined") -> dict:
+        """Every later charge of this card is declined with ``code``; ``None`` makes it succeed again."""
+        with self.state.lock:
+            return self.state.render(payments.payment_method_decline(self.state, payment_method_id, code))
+
+    def invoice_pay(self, invoice_id: str, *, wait: bool = True) -> dict:
+        """Collect an open invoice: ``invoice.paid`` is sent."""
+        with self.state.lock:
+            invoice = self.state.render(billing.invoice_pay(self.state, invoice_id))
+        if wait:
+            self.flush_webhooks()
+        return invoice
+
+    def invoice_payment_fail(self, invoice_id: str, *, wait: bool = True) -> dict:
+        """A collection attempt of an open invoice fails: ``invoice.payment_failed`` is sent."""
+        with self.state.lock:
+            invoice = self.state.render(billing.invoice_payment_fail(self.state, invoice_id))
+        if wait:
+            self.flush_webhooks()
+        return invoice
+
     def events(self, type: str | None = None) -> list[dict]:
         """v1 events created, oldest first (``GET /v1/events`` lists them newest first, as Stripe does)."""
         with self.state.lock:
@@ -456,6 +565,21 @@ _CONTROL: dict[tuple[str, str], Callable[[FakeStripe, dict], Any]] = {
         )
     },
     ("GET", "/_fake/events"): lambda fake, args: {"data": fake.events(args.get("type"))},
+    ("POST", "/_fake/checkout_sessions/complete"): lambda fake, args: fake.checkout_complete(
+        args["session"], card_last4=args.get("card_last4", "4242"), wait=args.get("wait", True)
+    ),
+    ("POST", "/_fake/checkout_sessions/expire"): lambda fake, args: fake.checkout_expire(
+        args["session"], wait=args.get("wait", True)
+    ),
+    ("POST", "/_fake/payment_methods/decline"): lambda fake, args: fake.payment_method_decline(
+        args["payment_method"], args.get("code", "card_declined")
+    ),
+    ("POST", "/_fake/invoices/pay"): lambda fake, args: fake.invoice_pay(
+        args["invoice"], wait=args.get("wait", True)
+    ),
+    ("POST", "/_fake/invoices/payment_failed"): lambda fake, args: fake.invoice_payment_fail(
+        args["invoice"], wait=args.get("wait", True)
+    ),
     ("GET", "/_fake/webhook_deliveries"): lambda fake, args: {
         "data": [asdict(delivery) for delivery in fake.webhook_deliveries()]
     },

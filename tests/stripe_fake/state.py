@@ -113,8 +113,10 @@ class State:
     """The fake's memory. Hold ``lock`` around any use: request threads, the test thread and the control API
     all reach in, and one lock keeps each request's read-decide-write whole."""
 
-    def __init__(self, sender: WebhookSender) -> None:
+    def __init__(self, sender: WebhookSender, base_url: str = "") -> None:
         self.sender = sender
+        # Where the fake serves pages a browser opens (a Checkout Session's ``url``, an invoice's hosted page).
+        self.base_url = base_url
         self.lock = threading.RLock()
         self._faults_cleared = threading.Event()
         self.reset()
@@ -182,6 +184,13 @@ class State:
         elif kind == "price" and "tiers" not in expand:
             # Stripe includes a price's tiers only when asked with expand=["tiers"].
             out.pop("tiers", None)
+        elif kind == "checkout.session" and "line_items" in expand:
+            # Stripe includes a session's line items only when asked with expand=["line_items"].
+            items = obj["_line_items"]
+            out["line_items"] = {"object": "list", "data": copy.deepcopy(items), "has_more": False}
+        # Keys starting with "_" are the fake's own bookkeeping, never Stripe fields.
+        for key in [key for key in out if key.startswith("_")]:
+            del out[key]
         for path in expand:
             head = path.split(".", 1)[0]
             value = out.get(head)

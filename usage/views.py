@@ -144,14 +144,20 @@ def _chart(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> d
 
 
 def _top_actions(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
-    lines = usage_top_actions(customer=member.customer, period_start=period)
+    # Grouped by meter, as the chart is (the sort is stable: each meter's lines keep their order).
+    lines = sorted(
+        usage_top_actions(customer=member.customer, period_start=period), key=lambda line: line.meter_name
+    )
     return {"top_actions": lines, "top_actions_show_meter": len({line.meter_key for line in lines}) > 1}
 
 
 def _members(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
     # A member sees only their own line; admins see who drives usage.
     only = None if member.is_admin else member
-    lines = usage_member_breakdown(customer=member.customer, period_start=period, only_member=only)
+    lines = sorted(
+        usage_member_breakdown(customer=member.customer, period_start=period, only_member=only),
+        key=lambda line: line.meter_name,
+    )
     return {"member_lines": lines, "member_lines_show_meter": len({line.meter_key for line in lines}) > 1}
 
 

@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest
 
@@ -21,6 +22,12 @@ from plans.models import PlanVersion, VersionStatus
 
 class MemberInline(admin.TabularInline):
     model = Member
+    verbose_name_plural = "Members (the customer's users)"
+    # Narrower inputs than the admin's default, so the row fits a 1366 px screen beside the sidebar.
+    formfield_overrides = {
+        models.CharField: {"widget": forms.TextInput(attrs={"size": 14})},
+        models.EmailField: {"widget": forms.EmailInput(attrs={"size": 20})},
+    }
     fields = ("external_id", "name", "email", "role", "user")
     raw_id_fields = ("user",)
     extra = 0
@@ -29,6 +36,7 @@ class MemberInline(admin.TabularInline):
 class SubscriptionInline(admin.StackedInline):
     model = Subscription
     fk_name = "customer"
+    verbose_name = verbose_name_plural = "Plan and billing period"
     fields = (
         "plan_version",
         "status",
@@ -56,6 +64,7 @@ class SubscriptionInline(admin.StackedInline):
 
 class SpendControlsInline(admin.StackedInline):
     model = SpendControls
+    verbose_name = verbose_name_plural = "Spend limits the customer set"
     fields = (("soft_limit", "hard_limit"), "block_overage")
     can_delete = False
     max_num = 1

@@ -214,6 +214,9 @@ class SpendControls(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"Spend limits of {self.customer_id}"
+
 
 class NotificationKind(models.TextChoices):
     SOFT_LIMIT_CROSSED = "soft_limit_crossed", "Soft limit crossed"

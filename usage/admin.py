@@ -1,0 +1,303 @@
+"""The money in the Django admin: wallets, credit grants, the credit ledger, usage events, holds and the Stripe
+outbox (overage per customer, meter and hour), read-only and linked to one another.
+
+Rows here are facts: a balance changes by a new ledger row, never by an edit, so staff see but do not edit.
+What staff may do goes through the same services as the API (releasing a hold; grants and top-ups from the
+customer's page use ``credit_grant_create`` and ``wallet_top_up``). Amounts show with their unit at the places
+a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on each row's own page.
+"""
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from core.errors import BillingError
+from usage.models import (
+    CreditGrant,
+    CreditLedgerEntry,
+    CustomerBalance,
+    Reservation,
+    ReservationStatus,
+    StripeUsageOutbox,
+    UsageEvent,
+)
+from usage.selectors.formatting import format_amount, format_quantity
+from usage.services import reservation_release
+
+
+class _ReadOnly(admin.ModelAdmin):
+    """Ledger tables: viewable, never added, edited or deleted by hand."""
+
+    list_per_page = 50
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _link(model: str, pk: Any, text: Any) -> str:
+    return format_html('<a href="{}">{}</a>', reverse(f"admin:usage_{model}_change", args=[pk]), text)
+
+
+def _filtered(model: str, text: str, **lookups: Any) -> str:
+    query = "&".join(f"{key}={value}" for key, value in lookups.items())
+    return format_html('<a href="{}?{}">{}</a>', reverse(f"admin:usage_{model}_changelist"), query, text)
+
+
+def _customer(obj: Any) -> str:
+    customer = obj.customer
+    return format_html(
+        '<a href="{}">{}</a>',
+        reverse("admin:customers_customer_change", args=[customer.pk]),
+        customer.external_id,
+    )
+
+
+@admin.register(CustomerBalance)
+class CustomerBalanceAdmin(_ReadOnly):
+    """Each customer's wallet: the cached sum of its wallet ledger rows."""
+
+    list_display = ("customer_link", "wallet", "updated_at", "ledger")
+    list_select_related = ("customer",)
+    search_fields = ("customer__external_id", "customer__name")
+    ordering = ("customer__external_id",)
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: CustomerBalance) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Wallet balance", ordering="wallet_balance")
+    def wallet(self, obj: CustomerBalance) -> str:
+        return format_amount(obj.wallet_balance, obj.currency)
+
+    @admin.display(description="Ledger")
+    def ledger(self, obj: CustomerBalance) -> str:
+        return _filtered(
+            "creditledgerentry", "wallet rows", customer__id__exact=obj.customer_id, grant__isnull="True"
+        )
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(_ReadOnly):
+    list_display = (
+        "created_at",
+        "customer_link",
+        "kind",
+        "granted",
+        "left",
+        "priority",
+        "expires_at",
+        "expired_at",
+        "description",
+        "entries",
+    )
+    list_filter = ("kind", "unit", ("expired_at", admin.EmptyFieldListFilter))
+    list_select_related = ("customer",)
+    search_fields = ("customer__external_id", "description")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: CreditGrant) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Granted", ordering="amount")
+    def granted(self, obj: CreditGrant) -> str:
+        return format_amount(obj.amount, obj.unit)
+
+    @admin.display(description="Left", ordering="remaining")
+    def left(self, obj: CreditGrant) -> str:
+        return format_amount(obj.remaining, obj.unit)
+
+    @admin.display(description="Ledger")
+    def entries(self, obj: CreditGrant) -> str:
+        return _filtered("creditledgerentry", "rows", grant__id__exact=obj.pk)
+
+
+@admin.register(CreditLedgerEntry)
+class CreditLedgerEntryAdmin(_ReadOnly):
+    """Every change of a grant or a wallet, with what caused it."""
+
+    list_display = (
+        "created_at",
+        "customer_link",
+        "kind",
+        "amount_display",
+        "source",
+        "cause",
+        "note",
+        "reference",
+    )
+    list_filter = ("kind", "unit", ("grant", admin.EmptyFieldListFilter))
+    list_select_related = ("customer", "grant", "usage_event__meter", "reservation")
+    search_fields = ("customer__external_id", "note", "reference")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: CreditLedgerEntry) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Amount", ordering="amount")
+    def amount_display(self, obj: CreditLedgerEntry) -> str:
+        sign = "+" if obj.amount > 0 else ""
+        return sign + format_amount(obj.amount, obj.unit)
+
+    @admin.display(description="Source")
+    def source(self, obj: CreditLedgerEntry) -> str:
+        grant = obj.grant
+        if grant is None:
+            return "Wallet"
+        return _link("creditgrant", grant.pk, grant.description or f"Grant {grant.pk}")
+
+    @admin.display(description="Caused by")
+    def cause(self, obj: CreditLedgerEntry) -> str:
+        if obj.usage_event_id is not None:
+            return _link("usageevent", obj.usage_event_id, f"event {obj.usage_event_id}")
+        if obj.reservation_id is not None:
+            return _link("reservation", obj.reservation_id, "hold")
+        return "—"
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(_ReadOnly):
+    """Usage as recorded, with how each event was paid for: allowance, credits, wallet, overage."""
+
+    list_display = (
+        "timestamp",
+        "customer_link",
+        "meter",
+        "quantity_display",
+        "cost_display",
+        "included",
+        "credits",
+        "wallet",
+        "overage",
+        "billable",
+        "ledger",
+    )
+    list_filter = ("billable", "meter", "period_start")
+    list_select_related = ("customer", "meter", "member")
+    search_fields = ("customer__external_id", "idempotency_key", "action")
+    date_hierarchy = "timestamp"
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: UsageEvent) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Quantity", ordering="quantity")
+    def quantity_display(self, obj: UsageEvent) -> str:
+        return f"{format_quantity(obj.quantity)} {obj.meter.unit}"
+
+    @admin.display(description="Cost", ordering="cost")
+    def cost_display(self, obj: UsageEvent) -> str:
+        return format_amount(obj.cost, obj.cost_unit) if obj.cost_unit else "—"
+
+    @admin.display(description="Included")
+    def included(self, obj: UsageEvent) -> str:
+        return format_quantity(obj.included_quantity) if obj.included_quantity else "—"
+
+    @admin.display(description="Credits")
+    def credits(self, obj: UsageEvent) -> str:
+        return self._share(obj.credits_amount, obj)
+
+    @admin.display(description="Wallet")
+    def wallet(self, obj: UsageEvent) -> str:
+        return self._share(obj.wallet_amount, obj)
+
+    @admin.display(description="Overage")
+    def overage(self, obj: UsageEvent) -> str:
+        return self._share(obj.overage_amount, obj)
+
+    @admin.display(description="Ledger")
+    def ledger(self, obj: UsageEvent) -> str:
+        return _filtered("creditledgerentry", "rows", usage_event__id__exact=obj.pk)
+
+    @staticmethod
+    def _share(amount: Decimal, obj: UsageEvent) -> str:
+        return format_amount(amount, obj.cost_unit) if amount and obj.cost_unit else "—"
+
+
+@admin.register(Reservation)
+class ReservationAdmin(_ReadOnly):
+    """Holds in flight and settled. Releasing one goes through the API's own service."""
+
+    list_display = (
+        "created_at",
+        "customer_link",
+        "meter",
+        "quantity",
+        "held",
+        "status",
+        "expires_at",
+        "settled_at",
+    )
+    list_filter = ("status", "meter")
+    list_select_related = ("customer", "meter")
+    search_fields = ("customer__external_id", "idempotency_key", "id")
+    date_hierarchy = "created_at"
+    actions = ["release"]
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: Reservation) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Held")
+    def held(self, obj: Reservation) -> str:
+        return format_amount(obj.held_cost, obj.unit) if obj.unit else "—"
+
+    @admin.action(description="Release the selected holds")
+    def release(self, request: HttpRequest, queryset: QuerySet[Reservation]) -> None:
+        released = 0
+        for reservation in queryset.filter(status=ReservationStatus.HELD):
+            try:
+                reservation_release(reservation_id=reservation.pk)
+            except BillingError as error:
+                self.message_user(request, f"{reservation.pk}: {error.message}", messages.ERROR)
+            else:
+                released += 1
+        self.message_user(request, f"{released} hold(s) released.", messages.SUCCESS)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The changelist needs it for its action; the row's own form stays read-only (no editable fields).
+        return obj is None and super(_ReadOnly, self).has_change_permission(request, obj)
+
+
+@admin.register(StripeUsageOutbox)
+class StripeUsageOutboxAdmin(_ReadOnly):
+    """Overage waiting for, or sent to, Stripe."""
+
+    list_display = (
+        "window_start",
+        "customer_link",
+        "meter",
+        "dimension_value",
+        "event_count",
+        "amount_display",
+        "status",
+        "event",
+    )
+    list_filter = ("status", "meter")
+    list_select_related = ("customer", "meter")
+    search_fields = ("customer__external_id", "meter_event_identifier")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: StripeUsageOutbox) -> str:
+        return _customer(obj)
+
+    @admin.display(description="Overage")
+    def amount_display(self, obj: StripeUsageOutbox) -> str:
+        return format_amount(obj.amount, obj.currency)
+
+    @admin.display(description="Latest event")
+    def event(self, obj: StripeUsageOutbox) -> str:
+        return _link("usageevent", obj.last_event_id, f"event {obj.last_event_id}")

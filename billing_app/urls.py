@@ -7,9 +7,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from billing_app import login_protection, payment_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
+from usage.admin_views import price_research
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
+    # Staff-only, beside the admin: the research behind a price change (linked from a plan version's page).
+    path(
+        "admin/price-research/<int:version_id>/",
+        admin.site.admin_view(price_research),
+        name="price-research",
+    ),
     path("admin/", admin.site.urls),
     # Before Django's own: the password-reset views that brute-force protection wraps.
     path("accounts/password_reset/", login_protection.PasswordResetView.as_view(), name="password_reset"),

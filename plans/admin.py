@@ -348,8 +348,16 @@ class PlanVersionAdmin(_ReadOnlyNotice, admin.ModelAdmin):
         "published_at",
         "content_hash",
         "stripe_base_price_id",
+        "price_research",
     )
-    readonly_fields = ("number", "status", "published_at", "content_hash", "stripe_base_price_id")
+    readonly_fields = (
+        "number",
+        "status",
+        "published_at",
+        "content_hash",
+        "stripe_base_price_id",
+        "price_research",
+    )
     inlines = [PriceInline, CreditPackInline, EntitlementInline]
     actions = ["publish", "draft_from", "retire"]
 
@@ -358,6 +366,16 @@ class PlanVersionAdmin(_ReadOnlyNotice, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: PlanVersion | None = None) -> tuple[str, ...]:
         return (*self.readonly_fields, "plan") if obj else tuple(self.readonly_fields)
+
+    @admin.display(description="Before publishing")
+    def price_research(self, obj: PlanVersion) -> str:
+        if obj.pk is None:
+            return "Save the draft first."
+        return format_html(
+            '<a href="{}">Usage percentiles beside the included quantities, and what each subscriber would have '
+            "paid under this version</a>",
+            reverse("price-research", args=[obj.pk]),
+        )
 
     def save_model(self, request: HttpRequest, obj: PlanVersion, form: forms.ModelForm, change: bool) -> None:
         if not change:

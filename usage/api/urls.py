@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage.api import customer_views, plan_views, views
+from usage.api import customer_views, plan_views, price_change_views, views
 
 urlpatterns = [
     path("customers", customer_views.CustomersView.as_view(), name="api-customers"),
@@ -18,6 +18,11 @@ urlpatterns = [
         "customers/<str:external_id>/plan-comparison",
         plan_views.PlanComparisonView.as_view(),
         name="api-customer-plan-comparison",
+    ),
+    path("meters/<str:key>/usage-percentiles", price_change_views.MeterUsagePercentilesView.as_view()),
+    path(
+        "plans/<str:code>/versions/<int:number>/migration-preview",
+        price_change_views.MigrationPreviewView.as_view(),
     ),
     path("events", views.EventsView.as_view(), name="api-events"),
     path("check", views.CheckView.as_view(), name="api-check"),

@@ -7,35 +7,22 @@ with no rate for a model used, a meter used that it does not price) is listed as
 count at the plan's credit-pack rate; a plan pricing in credits with no pack to buy them is left out: what
 it costs depends on credits bought, not on usage.
 
-Dimensional prices need the billable units per dimension value. Rollups keep each value's units per day,
-not their order within the period, so the allowance is taken from each value in proportion to its share
-of the period's units. It is exact when one value is used, or when the allowance is used up or untouched.
+The rating from rollups (dimension mixes included) is ``usage.selectors.rating``'s, shared with the
+migration backtest.
 """
 
-from collections import defaultdict
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 
-from django.db.models import Sum
-
-from core.money import format_money, round_money
+from core.money import format_money
 from customers.models import Customer, Subscription
 from plans.models import PlanVersion, VersionStatus
-from plans.pricing import (
-    MeterUsage,
-    PriceModel,
-    PriceSpec,
-    UnknownDimensionValue,
-    VersionSpec,
-    billable_quantity,
-    rate_period,
-)
 from plans.selectors import version_spec
-from usage.models import DailyUsageRollup
 from usage.selectors.meter_lines import QUOTA_WARN_PERCENT, MeterLine
 from usage.selectors.periods import BillingPeriod
+from usage.selectors.rating import period_dimension_mix, usage_bill
 from usage.selectors.summary import UsageSummary
-from usage.selectors.units import QUANTITY_PLACES, ZERO
+from usage.selectors.units import ZERO
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,7 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
     """Rate ``summary``'s period under each public plan's latest published version in the customer's currency
     and interval (and under the version the customer is on)."""
     period = summary.period
-    mix = _dimension_mix(customer, period)
+    mix = period_dimension_mix(customer=customer, period_start=period.start)
     used = {line.key: line.quantity for line in summary.meters}
     projected = {line.key: max(line.projected_quantity, line.quantity) for line in summary.meters}
     # A meter stopped at its cap used what the cap allowed, not what the customer wanted: a plan covers it
@@ -109,8 +96,8 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
             # The plan in force shows what it charges (the page's own figures), not a re-rating of it.
             total, projected_total = current_total, summary.projection.total
         else:
-            total = _bill(spec, used, mix, credit_rate)
-            projected_total = _bill(spec, projected, mix, credit_rate)
+            total = usage_bill(spec, used, mix, credit_rate)
+            projected_total = usage_bill(spec, projected, mix, credit_rate)
         if total is None or projected_total is None:
             continue
         priced = {price.meter for price in spec.prices}
@@ -162,69 +149,6 @@ def _candidate_versions(currency: str, current_version_id: int | None) -> list[P
         if current is not None:
             versions.append(current)
     return versions
-
-
-def _dimension_mix(customer: Customer, period: BillingPeriod) -> dict[str, dict[str, Decimal]]:
-    """Units per dimension value of each meter in the period, from the daily rollups."""
-    mix: dict[str, dict[str, Decimal]] = defaultdict(dict)
-    rows = (
-        DailyUsageRollup.objects.filter(customer=customer, period_start=period.start)
-        .exclude(dimension_value="")
-        .values("meter__key", "dimension_value")
-        .annotate(units=Sum("quantity"))
-    )
-    for row in rows:
-        mix[row["meter__key"]][row["dimension_value"]] = row["units"]
-    return mix
-
-
-def _bill(
-    spec_of_version: VersionSpec,
-    quantities: dict[str, Decimal],
-    mix: dict[str, dict[str, Decimal]],
-    credit_rate: Decimal | None,
-) -> Decimal | None:
-    """Base fee plus usage charges in the currency, or None when the version cannot price this usage."""
-    usage = {}
-    for price in spec_of_version.prices:
-        quantity = quantities.get(price.meter, ZERO)
-        by_value: dict[str, Decimal] = {}
-        if price.model == PriceModel.DIMENSIONAL:
-            found = _billable_by_value(price, quantity, mix.get(price.meter, {}))
-            if found is None:
-                return None
-            by_value = found
-        usage[price.meter] = MeterUsage(quantity=quantity, billable_by_dimension=by_value)
-    try:
-        rated = rate_period(spec_of_version, usage=usage)
-    except UnknownDimensionValue:
-        return None
-    if rated.credits_total and credit_rate is None:
-        return None
-    if not rated.credits_total or credit_rate is None:
-        return rated.subtotal
-    # Credit lines are exact; their money is rounded once, as a line is.
-    return rated.subtotal + round_money(rated.credits_total * credit_rate, rated.currency)
-
-
-def _billable_by_value(
-    price: PriceSpec, quantity: Decimal, mix: dict[str, Decimal]
-) -> dict[str, Decimal] | None:
-    """The billable units of a dimensional price per value, the allowance taken in proportion to use."""
-    billable = billable_quantity(included=price.included, total=quantity)
-    units = sum(mix.values(), ZERO)
-    if billable <= 0:
-        return {}
-    if units <= 0:
-        return None  # billable units of unknown values: nothing to rate them by
-    shares = {
-        value: (billable * part / units).quantize(QUANTITY_PLACES, rounding=ROUND_DOWN)
-        for value, part in sorted(mix.items())
-        if part > 0
-    }
-    largest = max(shares, key=lambda value: (mix[value], value))
-    shares[largest] += billable - sum(shares.values(), ZERO)
-    return shares
 
 
 def _covers(version: PlanVersion, quantities: dict[str, Decimal], at_cap: dict[str, Decimal]) -> bool:

@@ -257,3 +257,27 @@ def test_reconciliation_checks_only_customers_with_activity(stripe_on, pro_plan,
     assert report.checked == len(summaries)
     with time_machine.travel(timezone.now() + timedelta(days=3), tick=False):
         assert reconciliation_run().checked == 0
+
+
+@pytest.mark.parametrize("interval", ["month", "year"])
+def test_stripe_holds_the_local_period_for_monthly_and_annual_plans(
+    stripe_on, make_plan, make_customer, interval
+):
+    make_plan(
+        "plan",
+        base_fee="120.00",
+        interval=interval,
+        prices=[{"meter": "api_call", "model": "per_unit", "unit_amount": "0.10"}],
+    )
+    signup = timezone.now().replace(microsecond=250000) - timedelta(minutes=7)
+    with time_machine.travel(signup, tick=False):
+        customer = make_customer("plan")
+    assert not stripe_sync_pending().errors  # minutes after signup
+
+    subscription = Subscription.objects.get(customer=customer)
+    remote = stripe_on.get(subscription.stripe_subscription_id)
+    for item in remote["items"]["data"]:
+        assert item["current_period_start"] == int(subscription.current_period_start.timestamp())
+        assert item["current_period_end"] == int(subscription.current_period_end.timestamp())
+    days = (subscription.current_period_end - subscription.current_period_start).days
+    assert days in ((28, 29, 30, 31) if interval == "month" else (365, 366))

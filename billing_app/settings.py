@@ -248,6 +248,8 @@ SPECTACULAR_SETTINGS = {
         "ReservationObjectEnum": ["reservation"],
         "CustomerObjectEnum": ["customer"],
         "CreditGrantObjectEnum": ["credit_grant"],
+        "CreditLedgerEntryObjectEnum": ["credit_ledger_entry"],
+        "ListObjectEnum": ["list"],
     },
 }
 

@@ -1,7 +1,7 @@
 """What drives usage: the top actions and the per-member breakdown, per meter."""
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +86,7 @@ class MemberLine(_ShareDisplay):
     """One member's usage of one meter; member_id None is usage sent without a user."""
 
     member_id: int | None
+    member_external_id: str | None
     member_name: str
     member_email: str
     meter_key: str
@@ -94,6 +95,8 @@ class MemberLine(_ShareDisplay):
     quantity: Decimal
     cost: Decimal
     cost_unit: str
+    money_cost: Decimal  # cost in currency (credits at the plan's credit-pack rate)
+    currency: str  # the plan's
     share: Decimal  # of the meter's units recorded this period, 0..1
 
     @property
@@ -121,6 +124,7 @@ def usage_member_breakdown(
             "meter__name",
             "meter__unit",
             "member_id",
+            "member__external_id",
             "member__name",
             "member__email",
         )
@@ -135,6 +139,7 @@ def usage_member_breakdown(
 def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
     return MemberLine(
         member_id=row["member_id"],
+        member_external_id=row["member__external_id"],
         member_name=row["member__name"] or "",
         member_email=row["member__email"] or "",
         meter_key=row["meter__key"],
@@ -143,8 +148,38 @@ def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
         quantity=row["quantity"] or ZERO,
         cost=row["cost"] or ZERO,
         cost_unit=unit,
+        money_cost=row["money_cost"],
+        currency=row["currency"],
         share=share,
     )
+
+
+@dataclass(frozen=True)
+class MemberTotal:
+    """One member's usage of every meter this period: the member breakdown's lines added up."""
+
+    user: str | None  # the member's external id; None: usage sent without a user
+    name: str
+    meters: dict[str, Decimal]  # meter key -> units recorded (cache hits included)
+    amount: Decimal  # what they cost, in currency
+    currency: str
+
+
+def usage_member_totals(*, customer: Customer, period_start: PeriodStart = None) -> tuple[MemberTotal, ...]:
+    """Per member, the lines of ``usage_member_breakdown`` (the page's "who drives usage") added up: units
+    per meter and their cost in money. Largest cost first, as the breakdown ranks them."""
+    totals: dict[int | None, MemberTotal] = {}
+    for line in usage_member_breakdown(customer=customer, period_start=period_start):
+        total = totals.get(line.member_id) or MemberTotal(
+            user=line.member_external_id,
+            name=line.member_name,
+            meters={},
+            amount=ZERO,
+            currency=line.currency,
+        )
+        total.meters[line.meter_key] = total.meters.get(line.meter_key, ZERO) + line.quantity
+        totals[line.member_id] = replace(total, amount=total.amount + line.money_cost)
+    return tuple(sorted(totals.values(), key=lambda total: -total.amount))
 
 
 def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int | None, make: Any) -> Any:
@@ -154,9 +189,12 @@ def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int 
     for row in rows:
         totals[row["meter_id"]] += row["quantity"] or ZERO
     rows = [row for row in rows if (row["quantity"] or ZERO) != 0 or (row["cost"] or ZERO) != 0]
+    for row in rows:
+        row["money_cost"] = terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"]))
+        row["currency"] = terms.currency
     rows.sort(
         key=lambda row: (
-            -terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"])),
+            -row["money_cost"],
             -(row["quantity"] or ZERO),
             row["meter__key"],
         )

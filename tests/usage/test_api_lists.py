@@ -227,7 +227,13 @@ def test_a_reservation_is_read_by_its_id(api, two_customers):
     with time_machine.travel(timezone.now(), tick=False):
         created = api.post(
             "/api/v1/reservations",
-            {"customer": "acme", "meter": "api_call", "quantity": 150, "idempotency_key": "r1", "ttl_seconds": 60},
+            {
+                "customer": "acme",
+                "meter": "api_call",
+                "quantity": 150,
+                "idempotency_key": "r1",
+                "ttl_seconds": 60,
+            },
             format="json",
         )
         assert created.status_code == 201, created.json()
@@ -381,3 +387,22 @@ def test_a_page_is_read_from_an_index_in_its_order(sql, index):
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert index in plan, plan
     assert "Sort" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/customers?limt=5",
+        "/api/v1/customers/acme/events?meters=api_call",
+        "/api/v1/customers/acme/usage?perod=2025-01-01",
+        "/api/v1/customers/acme?expand=limits",
+        "/api/v1/reservations/00000000-0000-4000-8000-000000000000?x=1",
+    ],
+)
+def test_an_unknown_query_parameter_is_refused_naming_it(api, two_customers, path):
+    """A typo would otherwise be ignored, and the answer would not be what the client asked for."""
+    response = api.get(path)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["param"] == path.split("?")[1].split("=")[0]

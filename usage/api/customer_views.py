@@ -21,6 +21,7 @@ from customers.services import (
 from plans.models import MONEY
 from usage.api.fields import AwareDateTimeField, CurrencyField, LedgerAmountField, MoneyField
 from usage.api.pagination import ListQuery, list_query, list_response
+from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
     CreditGrantListOutput,
     CreditGrantOutput,
@@ -108,6 +109,7 @@ class CustomersView(APIView):
 class CustomerView(CustomerEndpoint):
     @extend_schema(responses={200: CustomerOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
+        only_known_query_parameters(request)
         return Response(customer_output(customer_by_external_id(external_id)))
 
 
@@ -190,6 +192,7 @@ class LimitsView(CustomerEndpoint):
     @extend_schema(responses={200: LimitsOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
         """The customer's spend limits."""
+        only_known_query_parameters(request)
         return Response(LimitsOutput(spend_controls_of(customer_by_external_id(external_id))).data)
 
     @extend_schema(request=LimitsInput, responses={200: LimitsOutput, **errors(404)})
@@ -214,6 +217,7 @@ class CustomerUsageView(CustomerEndpoint):
         responses={200: CustomerUsageOutput, **errors(404)},
     )
     def get(self, request: Request, external_id: str) -> Response:
+        only_known_query_parameters(request, ["period"])
         customer = customer_by_external_id(external_id)
         summary = usage_period_summary(customer=customer, period_start=request.query_params.get("period"))
         members = usage_member_totals(customer=customer, period_start=summary.period)

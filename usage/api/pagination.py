@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, CursorPage
+from usage.api.parsers import only_known_query_parameters
 
 # Row ids are bigints; past that no row exists, and the database would refuse the number.
 MAX_ROW_ID = 2**63 - 1
@@ -36,9 +37,10 @@ class ListQuery(serializers.Serializer):
 
 
 def list_query(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    """The list's query parameters, validated; a bad one is a 400 naming it."""
+    """The list's query parameters, validated; a bad or unknown one is a 400 naming it."""
     # As a plain dict: from a QueryDict, DRF would read an empty value (?limit=) as absent and use the default.
     query = serializer_class(data=request.query_params.dict())
+    only_known_query_parameters(request, query.fields)
     query.is_valid(raise_exception=True)
     return dict(query.validated_data)
 

@@ -81,7 +81,9 @@ class ReservationOutput(serializers.Serializer):
     idempotency_key = serializers.CharField()
     expires_at = Timestamp()
     created_at = Timestamp()
-    committed_quantity = DecimalString()
+    committed_quantity = DecimalString(
+        allow_null=True, help_text="Units recorded by the commit; null until then."
+    )
     settled_at = Timestamp(allow_null=True)
 
 

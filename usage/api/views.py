@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from billing_app.api_schema import errors
 from usage.api.fields import PropertiesField, QuantityField
+from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
     CheckOutput,
     EstimateOutput,
@@ -163,6 +164,7 @@ class ReservationView(APIView):
     @extend_schema(responses={200: ReservationOutput, **errors(404)})
     def get(self, request: Request, reservation_id: str) -> Response:
         """A reservation: its status, what it holds and until when, and what was committed."""
+        only_known_query_parameters(request)
         return Response(reservation_output(reservation_by_id(reservation_id=reservation_id)))
 
 

@@ -1,7 +1,7 @@
 """What drives usage: the top actions and the per-member breakdown, per meter."""
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -167,19 +167,25 @@ class MemberTotal:
 
 def usage_member_totals(*, customer: Customer, period_start: PeriodStart = None) -> tuple[MemberTotal, ...]:
     """Per member, the lines of ``usage_member_breakdown`` (the page's "who drives usage") added up: units
-    per meter and their cost in money. Largest cost first, as the breakdown ranks them."""
-    totals: dict[int | None, MemberTotal] = {}
+    per meter and their cost in money. Largest cost first."""
+    lines_by_member: dict[int | None, list[MemberLine]] = defaultdict(list)
     for line in usage_member_breakdown(customer=customer, period_start=period_start):
-        total = totals.get(line.member_id) or MemberTotal(
-            user=line.member_external_id,
-            name=line.member_name,
-            meters={},
-            amount=ZERO,
-            currency=line.currency,
+        lines_by_member[line.member_id].append(line)
+    totals = []
+    for lines in lines_by_member.values():
+        meters: dict[str, Decimal] = defaultdict(Decimal)
+        for line in lines:
+            meters[line.meter_key] += line.quantity
+        totals.append(
+            MemberTotal(
+                user=lines[0].member_external_id,
+                name=lines[0].member_name,
+                meters=dict(meters),
+                amount=sum((line.money_cost for line in lines), ZERO),
+                currency=lines[0].currency,
+            )
         )
-        total.meters[line.meter_key] = total.meters.get(line.meter_key, ZERO) + line.quantity
-        totals[line.member_id] = replace(total, amount=total.amount + line.money_cost)
-    return tuple(sorted(totals.values(), key=lambda total: -total.amount))
+    return tuple(sorted(totals, key=lambda total: -total.amount))
 
 
 def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int | None, make: Any) -> Any:

@@ -78,8 +78,8 @@ class ChargeLine:
 @dataclass(frozen=True)
 class Charges:
     """The period so far as invoice lines: the base fee, then each meter's usage charge in money (credit-priced
-    usage at the plan's credit-pack rate, whatever pays for it). ``total`` is the sum of the rounded lines,
-    so it adds up to the cent; it is ``base_fee`` plus ``spend.spend``, each rounded."""
+    usage at the plan's credit-pack rate, whatever pays for it), as ``base_fee`` and ``spend.spend`` count them.
+    ``total`` is the sum of the rounded lines, so the lines add up to it to the cent."""
 
     lines: tuple[ChargeLine, ...]
     currency: str

@@ -106,8 +106,58 @@ _IDEMPOTENCY_HEADERS = [
 ]
 
 
+def _link(operation_id: str, description: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters, "description": description}
+
+
+_CUSTOMER_ID = "$response.body#/external_id"
+_RESERVATION_ID = "$response.body#/id"
+_CUSTOMER_LINKS = {
+    "GetCustomer": _link("v1_customers_retrieve", "The customer.", external_id=_CUSTOMER_ID),
+    "GetUsage": _link(
+        "v1_customers_usage_retrieve", "The customer's usage this period.", external_id=_CUSTOMER_ID
+    ),
+    "ListEvents": _link("v1_customers_events_list", "The customer's usage events.", external_id=_CUSTOMER_ID),
+    "ListCredits": _link(
+        "v1_customers_credits_list", "The customer's credit grants.", external_id=_CUSTOMER_ID
+    ),
+    "ListLedger": _link(
+        "v1_customers_ledger_list", "The customer's credit ledger.", external_id=_CUSTOMER_ID
+    ),
+}
+_RESERVATION_LINKS = {
+    "CommitReservation": _link(
+        "v1_reservations_commit_create", "Record what the work used.", reservation_id=_RESERVATION_ID
+    ),
+    "ReleaseReservation": _link(
+        "v1_reservations_release_create", "Cancel the hold.", reservation_id=_RESERVATION_ID
+    ),
+    "GetReservation": _link("v1_reservations_retrieve", "The reservation.", reservation_id=_RESERVATION_ID),
+}
+# OpenAPI links: where an answer's ids lead next, by operation id and status. Clients and the stateful
+# Schemathesis phase follow them (a customer made, then its usage read; a hold taken, then committed).
+OPERATION_LINKS: dict[str, dict[str, dict[str, Any]]] = {
+    "v1_customers_create": {"201": _CUSTOMER_LINKS},
+    "v1_customers_retrieve": {"200": _CUSTOMER_LINKS},
+    "v1_reservations_create": {"201": _RESERVATION_LINKS, "200": _RESERVATION_LINKS},
+    "v1_reservations_retrieve": {"200": _RESERVATION_LINKS},
+}
+
+
 class ApiAutoSchema(AutoSchema):
-    """drf-spectacular's schema, with the errors and headers that every operation shares."""
+    """drf-spectacular's schema, with the errors, headers and links that every operation shares."""
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> Any:
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None:
+            return None
+        for status, links in OPERATION_LINKS.get(operation["operationId"], {}).items():
+            response = operation["responses"][status]
+            # Keep "GetCustomer" off the customer's own answer: a link back to the operation itself.
+            response["links"] = {
+                name: link for name, link in links.items() if link["operationId"] != operation["operationId"]
+            }
+        return operation
 
     def get_override_parameters(self) -> list[Any]:
         parameters = [*super().get_override_parameters(), *_RESPONSE_HEADERS]
@@ -125,6 +175,9 @@ class ApiAutoSchema(AutoSchema):
             and schema.get("type") == "string"
         ):
             schema.setdefault("minLength", 1)
+            if field.trim_whitespace:
+                # Surrounding spaces are trimmed before the check, so only spaces is blank too.
+                schema.setdefault("pattern", r"\S")
         return schema
 
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:

@@ -261,6 +261,8 @@ SPECTACULAR_SETTINGS = {
         "ReservationObjectEnum": ["reservation"],
         "CustomerObjectEnum": ["customer"],
         "CreditGrantObjectEnum": ["credit_grant"],
+        "CreditLedgerEntryObjectEnum": ["credit_ledger_entry"],
+        "ListObjectEnum": ["list"],
     },
 }
 

@@ -1,7 +1,8 @@
 """Reads for customers."""
 
 from core.errors import NotFound
-from customers.models import Customer, Member, Subscription
+from core.pagination import CursorPage, cursor_page
+from customers.models import Customer, Member, SpendControls, Subscription
 from plans.terms import PlanTerms
 
 
@@ -31,3 +32,20 @@ def customer_subscription_terms(customer: Customer) -> tuple[Subscription | None
 def customer_plan_terms(customer: Customer) -> PlanTerms:
     """The terms of the customer's plan version as stored now; nothing is priced without a subscription."""
     return customer_subscription_terms(customer)[1]
+
+
+def customer_list(*, limit: int, starting_after: str | None = None) -> CursorPage[Customer]:
+    """The customers, newest first; ``starting_after`` is the external id of the last one seen."""
+    customers = Customer.objects.all()
+    return cursor_page(
+        rows=customers,
+        scope=customers,
+        limit=limit,
+        starting_after=starting_after,
+        cursor_field="external_id",
+    )
+
+
+def spend_controls_of(customer: Customer) -> SpendControls:
+    """The customer's limits; none set (an unsaved row) when it has no row yet."""
+    return SpendControls.objects.filter(customer=customer).first() or SpendControls(customer=customer)

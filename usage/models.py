@@ -133,6 +133,14 @@ class CreditGrant(models.Model):
     def __str__(self) -> str:
         return f"{self.remaining}/{self.amount} {self.unit} ({self.kind})"
 
+    def has_ended(self, now: datetime) -> bool:
+        """Voided, or past its expiry: nothing can be drawn, even before the expiry job voids the rest."""
+        return self.expired_at is not None or (self.expires_at is not None and self.expires_at <= now)
+
+    def remaining_at(self, now: datetime) -> Decimal:
+        """What is left to draw at ``now``: ``remaining``, or nothing once the grant has ended."""
+        return ZERO if self.has_ended(now) else self.remaining
+
 
 class LedgerEntryKind(models.TextChoices):
     GRANT = "grant", "Grant"
@@ -172,7 +180,11 @@ class CreditLedgerEntry(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "credit ledger entries"
-        indexes = [models.Index(fields=["customer", "-created_at"])]
+        indexes = [
+            models.Index(fields=["customer", "-created_at"]),
+            # The API's ledger list: one customer's entries, newest (by id) first, a page at a time.
+            models.Index(fields=["customer", "-id"]),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["customer", "reference"], name="credit_ledger_reference_unique"),
         ]
@@ -234,6 +246,9 @@ class UsageEvent(models.Model):
         indexes = [
             models.Index(fields=["customer", "meter", "period_start"]),
             models.Index(fields=["customer", "received_at"]),
+            # The API's event list, newest (by id) first a page at a time, of all meters or of one.
+            models.Index(fields=["customer", "-id"]),
+            models.Index(fields=["customer", "meter", "-id"]),
         ]
 
     def __str__(self) -> str:

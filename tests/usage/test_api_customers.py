@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from core.money import ISO_4217_CURRENCIES
 from customers.models import Customer, SpendControls
 from usage.models import CreditGrant, CreditLedgerEntry, CustomerBalance, LedgerEntryKind
 
@@ -177,3 +178,30 @@ def test_openapi_schema_lists_the_contract(api):
         "/api/v1/customers/{external_id}/limits",
     ):
         assert path in text
+
+
+def test_the_schema_names_the_supported_currencies_as_an_enum(api):
+    schema = api.get("/api/schema", {"format": "json"}).json()
+    currency = schema["components"]["schemas"]["CustomerCreateInput"]["properties"]["currency"]
+    [ref] = [part["$ref"] for part in currency["allOf"]]
+    enum = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["enum"]
+    assert {"usd", "USD", "jpy", "EUR"} <= set(enum)
+    assert "xau" not in enum
+    assert len(enum) == len(set(enum)) == 2 * len(ISO_4217_CURRENCIES)
+
+
+def test_a_currency_is_taken_as_the_schema_names_it_in_lower_or_upper_case(api, pro_plan):
+    response = api.post(
+        "/api/v1/customers", {"external_id": "x", "name": "X", "currency": "Eur"}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "currency"
+    assert not Customer.objects.exists()
+
+
+def test_request_schemas_refuse_what_validation_refuses(api):
+    schemas = api.get("/api/schema", {"format": "json"}).json()["components"]["schemas"]
+    name = schemas["CustomerCreateInput"]["properties"]["name"]
+    assert (name["minLength"], name["pattern"]) == (1, r"\S")  # blank, or only spaces, is refused
+    amount = schemas["CreditGrantInput"]["properties"]["amount"]["oneOf"][0]
+    assert amount["minimum"] == 0  # no negative money

@@ -1,6 +1,5 @@
 """The customer endpoints of the API: accounts, subscriptions, credits, wallet, limits, usage."""
 
-from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -12,45 +11,39 @@ from rest_framework.views import APIView
 
 from billing_app.api_schema import errors
 from core.errors import InvalidInput
-from customers.models import Customer, SpendControls, Subscription, external_id_validator
-from customers.selectors import customer_by_external_id
+from customers.models import Customer, external_id_validator
+from customers.selectors import customer_by_external_id, customer_list, spend_controls_of
 from customers.services import (
     customer_create,
     plan_version_for_code,
     spend_controls_update,
 )
 from plans.models import MONEY
-from usage.api.fields import LedgerAmountField, MoneyField
+from usage.api.fields import AwareDateTimeField, CurrencyField, LedgerAmountField, MoneyField
+from usage.api.pagination import ListQuery, list_query, list_response
+from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
+    CreditGrantListOutput,
     CreditGrantOutput,
+    CreditLedgerListOutput,
+    CustomerListOutput,
     CustomerOutput,
+    CustomerUsageOutput,
+    EventListOutput,
     LimitsOutput,
     SubscriptionOutput,
-    UsageSummaryOutput,
     WalletTopUpOutput,
 )
 from usage.models import CustomerBalance, GrantKind
-from usage.selectors import credits_remaining_by_unit, usage_period_summary
+from usage.selectors import usage_member_totals, usage_period_summary
+from usage.selectors.accounts import customer_account, customer_accounts
+from usage.selectors.listings import EventFilters, credit_grant_list, credit_ledger_list, usage_event_list
 from usage.services import credit_grant_create, subscription_change, wallet_top_up
 from usage.validation import MAX_NAME_LENGTH, text_problem
 
 
 def customer_output(customer: Customer) -> dict[str, Any]:
-    balance = CustomerBalance.objects.filter(customer=customer).first()
-    customer_state = {
-        "external_id": customer.external_id,
-        "name": customer.name,
-        "email": customer.email,
-        "currency": customer.currency,
-        "status": customer.status,
-        "subscription": Subscription.objects.filter(customer=customer)
-        .select_related("plan_version__plan")
-        .first(),
-        "limits": SpendControls.objects.filter(customer=customer).first(),
-        "wallet_balance": balance.wallet_balance if balance else Decimal(0),
-        "credits_remaining": credits_remaining_by_unit(customer=customer),
-    }
-    return CustomerOutput(customer_state).data
+    return CustomerOutput(customer_account(customer=customer)).data
 
 
 class CustomerEndpoint(APIView):
@@ -77,7 +70,26 @@ class CustomersView(APIView):
         name = serializers.CharField(max_length=200)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
         plan = serializers.CharField(max_length=64, required=False, allow_null=True)
-        currency = serializers.CharField(min_length=3, max_length=3, required=False)
+        currency = CurrencyField(required=False, help_text="Defaults to the plan's; stored in lower case.")
+
+    class CustomerListQuery(ListQuery):
+        starting_after = serializers.CharField(  # type: ignore[assignment]
+            max_length=120,
+            required=False,
+            help_text="The `external_id` of the last customer of the page before: the page after it. "
+            "An id not in this list is `400 invalid_cursor`.",
+        )
+
+    @extend_schema(
+        operation_id="v1_customers_list", parameters=[CustomerListQuery], responses={200: CustomerListOutput}
+    )
+    def get(self, request: Request) -> Response:
+        """The customers, newest first."""
+        query = list_query(self.CustomerListQuery, request)
+        page = customer_list(limit=query["limit"], starting_after=query.get("starting_after"))
+        return list_response(
+            CustomerListOutput, request=request, page=page, data=customer_accounts(customers=page.rows)
+        )
 
     @extend_schema(request=CustomerCreateInput, responses={201: CustomerOutput, **errors(404)})
     def post(self, request: Request) -> Response:
@@ -97,6 +109,7 @@ class CustomersView(APIView):
 class CustomerView(CustomerEndpoint):
     @extend_schema(responses={200: CustomerOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
+        only_known_query_parameters(request)
         return Response(customer_output(customer_by_external_id(external_id)))
 
 
@@ -124,6 +137,17 @@ class CreditsView(CustomerEndpoint):
         priority = serializers.IntegerField(min_value=0, max_value=100, default=50)
         description = serializers.CharField(max_length=200, required=False, default="")
         idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
+
+    @extend_schema(
+        operation_id="v1_customers_credits_list",
+        parameters=[ListQuery],
+        responses={200: CreditGrantListOutput, **errors(404)},
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        """The customer's credit grants, newest first, with what each has left."""
+        query = list_query(ListQuery, request)
+        page = credit_grant_list(customer=customer_by_external_id(external_id), **query)
+        return list_response(CreditGrantListOutput, request=request, page=page)
 
     @extend_schema(
         request=CreditGrantInput,
@@ -165,6 +189,12 @@ class LimitsView(CustomerEndpoint):
         hard_limit = MoneyField(required=False, allow_null=True, default=None)
         block_overage = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema(responses={200: LimitsOutput, **errors(404)})
+    def get(self, request: Request, external_id: str) -> Response:
+        """The customer's spend limits."""
+        only_known_query_parameters(request)
+        return Response(LimitsOutput(spend_controls_of(customer_by_external_id(external_id))).data)
+
     @extend_schema(request=LimitsInput, responses={200: LimitsOutput, **errors(404)})
     def put(self, request: Request, external_id: str) -> Response:
         data = self.LimitsInput(data=request.data)
@@ -184,9 +214,61 @@ class CustomerUsageView(CustomerEndpoint):
                 description="The start date of an earlier period; the current one when left out.",
             )
         ],
-        responses={200: UsageSummaryOutput, **errors(404)},
+        responses={200: CustomerUsageOutput, **errors(404)},
     )
     def get(self, request: Request, external_id: str) -> Response:
+        only_known_query_parameters(request, ["period"])
         customer = customer_by_external_id(external_id)
         summary = usage_period_summary(customer=customer, period_start=request.query_params.get("period"))
-        return Response(UsageSummaryOutput(summary).data)
+        members = usage_member_totals(customer=customer, period_start=summary.period)
+        return Response(CustomerUsageOutput(summary, context={"members": members}).data)
+
+
+class CustomerEventsView(CustomerEndpoint):
+    class EventListQuery(ListQuery):
+        meter = serializers.CharField(max_length=MAX_NAME_LENGTH, required=False, help_text="A meter key.")
+        user = serializers.CharField(
+            max_length=MAX_NAME_LENGTH, required=False, help_text="A member's external id."
+        )
+        from_ = AwareDateTimeField(
+            required=False, help_text="Events whose `timestamp` is at or after this (ISO 8601)."
+        )
+        to = AwareDateTimeField(required=False, help_text="Events whose `timestamp` is before this.")
+
+        def get_fields(self) -> dict[str, Any]:
+            # "from" is a Python keyword, so the field is declared as from_ and renamed here.
+            fields = super().get_fields()
+            fields["from"] = fields.pop("from_")
+            return fields
+
+    @extend_schema(
+        operation_id="v1_customers_events_list",
+        parameters=[EventListQuery],
+        responses={200: EventListOutput, **errors(404)},
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        """The customer's usage events, newest recorded first; filters narrow them."""
+        query = list_query(self.EventListQuery, request)
+        filters = EventFilters(
+            meter=query.get("meter"), user=query.get("user"), since=query.get("from"), until=query.get("to")
+        )
+        page = usage_event_list(
+            customer=customer_by_external_id(external_id),
+            filters=filters,
+            limit=query["limit"],
+            starting_after=query.get("starting_after"),
+        )
+        return list_response(EventListOutput, request=request, page=page)
+
+
+class CustomerLedgerView(CustomerEndpoint):
+    @extend_schema(
+        operation_id="v1_customers_ledger_list",
+        parameters=[ListQuery],
+        responses={200: CreditLedgerListOutput, **errors(404)},
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        """The customer's credit ledger: every grant, top-up, draw-down, expiry, refund and adjustment."""
+        query = list_query(ListQuery, request)
+        page = credit_ledger_list(customer=customer_by_external_id(external_id), **query)
+        return list_response(CreditLedgerListOutput, request=request, page=page)

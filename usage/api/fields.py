@@ -4,13 +4,14 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import get_attribute
 
-from core.errors import OutOfRange
-from core.money import CREDITS, round_money
+from core.errors import InvalidInput, OutOfRange
+from core.money import CREDITS, ISO_4217_CURRENCIES, round_money
 from plans.models import MONEY, RATE
 from usage.models import PropertiesEncoder
 from usage.validation import (
@@ -175,6 +176,56 @@ class AmountFieldSchema(OpenApiSerializerFieldExtension):
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         field: AmountField = self.target
         return decimal_input_schema(maximum=field.maximum, places=field.decimal_places or 0)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 moment with its offset (``Z``, ``+02:00``). Without one, the moment would depend on the
+    server's time zone, so it is refused, as an event's timestamp is."""
+
+    default_error_messages = {"naive": "Give the moment with its offset, e.g. 2025-03-01T00:00:00Z."}
+
+    def to_internal_value(self, value: Any) -> Any:
+        moment = super().to_internal_value(value)  # a bad value fails here, naming the field
+        if isinstance(value, str) and _parsed_naive(value):
+            self.fail("naive")
+        return moment
+
+
+def _parsed_naive(text: str) -> bool:
+    try:
+        moment = parse_datetime(text.strip())
+    except ValueError:
+        return False
+    return moment is not None and moment.tzinfo is None
+
+
+# What a currency field accepts: a supported code in lower or upper case, the same list the schema's enum
+# names, so a client validating against the schema and the server agree on every value.
+CURRENCY_CODES = (*sorted(ISO_4217_CURRENCIES), *sorted(code.upper() for code in ISO_4217_CURRENCIES))
+
+
+class CurrencyField(serializers.CharField):
+    """An ISO 4217 code the app supports, as ``usd`` or ``USD``; the value is the lower-case code."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(min_length=3, max_length=3, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        code = super().to_internal_value(data)
+        if code not in CURRENCY_CODES:
+            # Raised past DRF's collection of field errors, as customer_create does: the answer names the field.
+            raise InvalidInput(
+                f"{code!r} is not an ISO 4217 currency code in lower or upper case (usd, EUR).",
+                param=self.field_name,
+            )
+        return code.lower()
+
+
+class CurrencyFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = CurrencyField
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return {"type": "string", "enum": list(CURRENCY_CODES), "description": "An ISO 4217 currency code."}
 
 
 class PropertiesField(serializers.DictField):

@@ -1,11 +1,13 @@
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
 
+from core.errors import InvalidInput
 from usage.validation import MAX_PROPERTIES_DEPTH
 
 
@@ -63,3 +65,12 @@ def _deepest_path(text: str, shown: int = 4) -> str:
             path[-1] += 1
     names = [f"[{step}]" if isinstance(step, int) else f".{step}" for step in path[:-1]]
     return "".join(names).lstrip(".") or "body"
+
+
+def only_known_query_parameters(request: Request, known: Iterable[str] = ()) -> None:
+    """Refuse a query parameter the endpoint does not take: a typo (``?limt=5``) would otherwise be ignored
+    without a word, and the answer would not be what the client asked for."""
+    known = set(known)
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidInput(f"Unknown query parameter {name[:40]!r}.", param=name[:40])

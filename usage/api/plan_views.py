@@ -11,6 +11,7 @@ from billing_app.api_schema import errors
 from customers.selectors import customer_by_external_id
 from usage.api.customer_views import CustomerEndpoint
 from usage.api.fields import AmountString, Timestamp
+from usage.api.parsers import only_known_query_parameters
 from usage.selectors import usage_period_summary
 from usage.selectors.plan_comparison import PlanComparison, plan_comparison
 
@@ -75,6 +76,7 @@ class PlanComparisonView(CustomerEndpoint):
 
     @extend_schema(responses={200: PlanComparisonOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
+        only_known_query_parameters(request)
         customer = customer_by_external_id(external_id)
         summary = usage_period_summary(customer=customer)
         comparison = plan_comparison(customer=customer, summary=summary)

@@ -13,6 +13,7 @@ from billing_app.api_schema import errors
 from core.errors import InvalidInput, NotFound
 from plans.models import Meter, PlanVersion
 from usage.api.fields import DecimalString
+from usage.api.parsers import only_known_query_parameters
 from usage.selectors.price_changes import migration_preview, usage_percentiles
 from usage.validation import MAX_NAME_LENGTH, text_problem
 
@@ -84,6 +85,7 @@ class MeterUsagePercentilesView(APIView):
         responses={200: UsagePercentilesOutput, **errors(404)},
     )
     def get(self, request: Request, key: str) -> Response:
+        only_known_query_parameters(request, ["days"])
         meter = Meter.objects.filter(key=_path_text("key", key)).first()
         if meter is None:
             raise NotFound(f"No meter with key {key!r}.", param="key")
@@ -99,6 +101,7 @@ class MigrationPreviewView(APIView):
 
     @extend_schema(responses={200: MigrationPreviewOutput, **errors(404)})
     def get(self, request: Request, code: str, number: int) -> Response:
+        only_known_query_parameters(request)
         version = (
             PlanVersion.objects.filter(plan__code=_path_text("code", code), number=number)
             .select_related("plan")

@@ -7,12 +7,15 @@ amounts charged or shown as a balance with their currency's minor-unit places (`
 
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from customers.models import CustomerStatus, SubscriptionStatus
 from usage.api.fields import AmountString, DecimalString, Timestamp, decimal_string
-from usage.models import GrantKind, Reservation, ReservationStatus
+from usage.api.pagination import ListOutput
+from usage.models import CreditGrant, GrantKind, LedgerEntryKind, Reservation, ReservationStatus
+from usage.selectors.breakdowns import MemberTotal
 from usage.selectors.meter_lines import UsageLevel
 
 # --- events and reservations ---------------------------------------------------------------------
@@ -50,6 +53,15 @@ class EventOutput(serializers.Serializer):
     cost = DecimalString(help_text="At the ledger's precision, in `cost_unit`.")
     cost_unit = serializers.CharField(help_text="The plan currency or `credits`.")
     covered_by = EventCoverageOutput(source="*")
+    user = serializers.CharField(
+        source="member.external_id", allow_null=True, help_text="The member's external id; null: none sent."
+    )
+    properties = serializers.DictField(help_text="As sent.")
+
+
+class EventListOutput(ListOutput):
+    # Named like Serializer.data, which mypy sees; the metaclass takes declared fields off the class.
+    data = EventOutput(many=True, help_text="Newest recorded first.")  # type: ignore[assignment]
 
 
 class ReservationHeldOutput(serializers.Serializer):
@@ -71,7 +83,9 @@ class ReservationOutput(serializers.Serializer):
     idempotency_key = serializers.CharField()
     expires_at = Timestamp()
     created_at = Timestamp()
-    committed_quantity = DecimalString(allow_null=True, help_text="Null until the reservation is committed.")
+    committed_quantity = DecimalString(
+        allow_null=True, help_text="Units recorded by the commit; null until then."
+    )
     settled_at = Timestamp(allow_null=True)
 
 
@@ -157,10 +171,56 @@ class CreditGrantOutput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=GrantKind.choices)
     unit = serializers.CharField()
     amount = DecimalString()
-    remaining = DecimalString()
+    remaining = serializers.SerializerMethodField(help_text="What is left to draw now; 0 once it has ended.")
+    ended = serializers.SerializerMethodField(help_text="Voided, or past `expires_at`.")
     priority = serializers.IntegerField()
+    description = serializers.CharField()
+    effective_at = Timestamp()
     expires_at = Timestamp(allow_null=True)
+    expired_at = Timestamp(allow_null=True, help_text="When what was left was voided.")
     created_at = Timestamp()
+
+    @extend_schema_field(DecimalString())
+    def get_remaining(self, grant: CreditGrant) -> str | None:
+        return decimal_string(grant.remaining_at(timezone.now()))
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_ended(self, grant: CreditGrant) -> bool:
+        return grant.has_ended(timezone.now())
+
+
+class CreditGrantListOutput(ListOutput):
+    # Named like Serializer.data, which mypy sees; the metaclass takes declared fields off the class.
+    data = CreditGrantOutput(many=True, help_text="Newest first, ended grants included.")  # type: ignore[assignment]
+
+
+class CreditLedgerEntryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    object = serializers.ChoiceField(choices=["credit_ledger_entry"], default="credit_ledger_entry")
+    kind = serializers.ChoiceField(choices=LedgerEntryKind.choices)
+    amount = DecimalString(
+        help_text="Signed, in `unit`: positive adds to the balance, negative takes from it."
+    )
+    unit = serializers.CharField(help_text="`credits` or the currency.")
+    grant = serializers.IntegerField(
+        source="grant_id", allow_null=True, help_text="The grant it changed; null: the wallet."
+    )
+    event = serializers.IntegerField(
+        source="usage_event_id", allow_null=True, help_text="The usage event that drew it, if any."
+    )
+    reservation = serializers.UUIDField(source="reservation_id", allow_null=True)
+    note = serializers.CharField()
+    created_at = Timestamp()
+
+
+class CreditLedgerListOutput(ListOutput):
+    # Named like Serializer.data, which mypy sees; the metaclass takes declared fields off the class.
+    data = CreditLedgerEntryOutput(many=True, help_text="Newest first.")  # type: ignore[assignment]
+
+
+class CustomerListOutput(ListOutput):
+    # Named like Serializer.data, which mypy sees; the metaclass takes declared fields off the class.
+    data = CustomerOutput(many=True, help_text="Newest first.")  # type: ignore[assignment]
 
 
 class WalletTopUpOutput(serializers.Serializer):
@@ -198,6 +258,13 @@ class UsageMeterOutput(serializers.Serializer):
     projected_cost = AmountString(unit_source="cost_unit")
     level = serializers.ChoiceField(choices=UsageLevel.choices)
     percent_of_included = serializers.IntegerField(allow_null=True)
+    remaining = DecimalString(
+        source="included_remaining",
+        help_text="Units of the period's allowance left: not used, nor pinned by an open reservation.",
+    )
+    overage = DecimalString(
+        source="overage_quantity", help_text="Units past the allowance: billed, whatever paid for them."
+    )
 
 
 class UsageSpendOutput(serializers.Serializer):
@@ -233,8 +300,31 @@ class UsageRunwayOutput(serializers.Serializer):
     runs_out_on = serializers.DateField(allow_null=True)
 
 
+class UsageChargeLineOutput(serializers.Serializer):
+    description = serializers.CharField()
+    meter = serializers.CharField(allow_null=True, help_text="The meter's key; null for the base fee.")
+    quantity = DecimalString(allow_null=True, help_text="Billable units; null for the base fee.")
+    amount = AmountString(help_text="Money, credit-priced usage at the plan's credit-pack rate.")
+
+
+class UsageChargesOutput(serializers.Serializer):
+    lines = UsageChargeLineOutput(many=True)
+    total = AmountString(help_text="The sum of the lines.")
+
+
+class UsageMemberOutput(serializers.Serializer):
+    user = serializers.CharField(
+        allow_null=True, help_text="The member's external id; null: usage sent without one."
+    )
+    name = serializers.CharField()
+    meters = serializers.DictField(
+        child=DecimalString(), help_text="Units recorded per meter key, cache hits included."
+    )
+    amount = AmountString(help_text="What those units cost, in money.")
+
+
 class UsageSummaryOutput(serializers.Serializer):
-    """``GET /customers/{id}/usage``: the numbers of the customer's usage page. Money in ``currency``."""
+    """The numbers of the customer's usage page. Money in ``currency``."""
 
     customer_id = serializers.CharField()
     customer_name = serializers.CharField()
@@ -257,3 +347,18 @@ class UsageSummaryOutput(serializers.Serializer):
     runways = UsageRunwayOutput(many=True)
     account_frozen = serializers.BooleanField()
     frozen_reason = serializers.CharField()
+    charges = UsageChargesOutput(help_text="This period so far: the base fee and each meter's usage charge.")
+    projected_total = AmountString(source="projection.total", help_text="`projection.total`.")
+    limits = LimitsOutput(source="spend", help_text="The customer's spend limits.")
+
+
+class CustomerUsageOutput(UsageSummaryOutput):
+    """``GET /customers/{id}/usage``: the summary, with the team's totals (``context["members"]``, from
+    ``usage_member_totals``: the page's "who drives usage" added up per member)."""
+
+    members = serializers.SerializerMethodField(help_text="Who on the team drives usage, largest cost first.")
+
+    @extend_schema_field(UsageMemberOutput(many=True))
+    def get_members(self, summary: Any) -> list[dict[str, Any]]:
+        members: tuple[MemberTotal, ...] = self.context["members"]
+        return list(UsageMemberOutput(members, many=True).data)

@@ -9,6 +9,8 @@ urlpatterns = [
     path("customers/<str:external_id>/credits", customer_views.CreditsView.as_view()),
     path("customers/<str:external_id>/wallet/top-ups", customer_views.WalletTopUpView.as_view()),
     path("customers/<str:external_id>/limits", customer_views.LimitsView.as_view()),
+    path("customers/<str:external_id>/events", customer_views.CustomerEventsView.as_view()),
+    path("customers/<str:external_id>/ledger", customer_views.CustomerLedgerView.as_view()),
     path(
         "customers/<str:external_id>/usage",
         customer_views.CustomerUsageView.as_view(),
@@ -28,6 +30,7 @@ urlpatterns = [
     path("check", views.CheckView.as_view(), name="api-check"),
     path("estimate", views.EstimateView.as_view(), name="api-estimate"),
     path("reservations", views.ReservationsView.as_view(), name="api-reservations"),
+    path("reservations/<uuid:reservation_id>", views.ReservationView.as_view()),
     path("reservations/<uuid:reservation_id>/commit", views.ReservationCommitView.as_view()),
     path("reservations/<uuid:reservation_id>/release", views.ReservationReleaseView.as_view()),
 ]

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from billing_app.api_schema import errors
 from usage.api.fields import PropertiesField, QuantityField
+from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
     CheckOutput,
     EstimateOutput,
@@ -27,6 +28,7 @@ from usage.api.serializers import (
 from usage.consumption import usage_decide
 from usage.ingest import usage_events_ingest
 from usage.models import Reservation
+from usage.selectors.listings import reservation_by_id
 from usage.services import reservation_commit, reservation_create, reservation_release
 from usage.sql_reads import customer_for_decision, meter_by_key
 from usage.validation import MAX_KEY_LENGTH, MAX_NAME_LENGTH, events_from_payload
@@ -156,6 +158,14 @@ class ReservationsView(APIView):
         return Response(
             reservation_output(reservation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+class ReservationView(APIView):
+    @extend_schema(responses={200: ReservationOutput, **errors(404)})
+    def get(self, request: Request, reservation_id: str) -> Response:
+        """A reservation: its status, what it holds and until when, and what was committed."""
+        only_known_query_parameters(request)
+        return Response(reservation_output(reservation_by_id(reservation_id=reservation_id)))
 
 
 class ReservationCommitView(APIView):

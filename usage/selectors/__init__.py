@@ -16,7 +16,7 @@ The reads live in this package's modules, one concept each; the names callers im
 re-exported here.
 """
 
-from usage.selectors.breakdowns import usage_member_breakdown, usage_top_actions
+from usage.selectors.breakdowns import usage_member_breakdown, usage_member_totals, usage_top_actions
 from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
 from usage.selectors.notifications import usage_notifications
 from usage.selectors.periods import (
@@ -46,6 +46,7 @@ __all__ = [
     "unit_label",
     "usage_daily_series",
     "usage_member_breakdown",
+    "usage_member_totals",
     "usage_notifications",
     "usage_period_resolve",
     "usage_period_summary",

@@ -86,6 +86,7 @@ class MemberLine(_ShareDisplay):
     """One member's usage of one meter; member_id None is usage sent without a user."""
 
     member_id: int | None
+    member_external_id: str | None
     member_name: str
     member_email: str
     meter_key: str
@@ -94,6 +95,8 @@ class MemberLine(_ShareDisplay):
     quantity: Decimal
     cost: Decimal
     cost_unit: str
+    money_cost: Decimal  # cost in currency (credits at the plan's credit-pack rate)
+    currency: str  # the plan's
     share: Decimal  # of the meter's units recorded this period, 0..1
 
     @property
@@ -121,6 +124,7 @@ def usage_member_breakdown(
             "meter__name",
             "meter__unit",
             "member_id",
+            "member__external_id",
             "member__name",
             "member__email",
         )
@@ -135,6 +139,7 @@ def usage_member_breakdown(
 def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
     return MemberLine(
         member_id=row["member_id"],
+        member_external_id=row["member__external_id"],
         member_name=row["member__name"] or "",
         member_email=row["member__email"] or "",
         meter_key=row["meter__key"],
@@ -143,8 +148,44 @@ def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
         quantity=row["quantity"] or ZERO,
         cost=row["cost"] or ZERO,
         cost_unit=unit,
+        money_cost=row["money_cost"],
+        currency=row["currency"],
         share=share,
     )
+
+
+@dataclass(frozen=True)
+class MemberTotal:
+    """One member's usage of every meter this period: the member breakdown's lines added up."""
+
+    user: str | None  # the member's external id; None: usage sent without a user
+    name: str
+    meters: dict[str, Decimal]  # meter key -> units recorded (cache hits included)
+    amount: Decimal  # what they cost, in currency
+    currency: str
+
+
+def usage_member_totals(*, customer: Customer, period_start: PeriodStart = None) -> tuple[MemberTotal, ...]:
+    """Per member, the lines of ``usage_member_breakdown`` (the page's "who drives usage") added up: units
+    per meter and their cost in money. Largest cost first."""
+    lines_by_member: dict[int | None, list[MemberLine]] = defaultdict(list)
+    for line in usage_member_breakdown(customer=customer, period_start=period_start):
+        lines_by_member[line.member_id].append(line)
+    totals = []
+    for lines in lines_by_member.values():
+        meters: dict[str, Decimal] = defaultdict(Decimal)
+        for line in lines:
+            meters[line.meter_key] += line.quantity
+        totals.append(
+            MemberTotal(
+                user=lines[0].member_external_id,
+                name=lines[0].member_name,
+                meters=dict(meters),
+                amount=sum((line.money_cost for line in lines), ZERO),
+                currency=lines[0].currency,
+            )
+        )
+    return tuple(sorted(totals, key=lambda total: -total.amount))
 
 
 def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int | None, make: Any) -> Any:
@@ -154,9 +195,12 @@ def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int 
     for row in rows:
         totals[row["meter_id"]] += row["quantity"] or ZERO
     rows = [row for row in rows if (row["quantity"] or ZERO) != 0 or (row["cost"] or ZERO) != 0]
+    for row in rows:
+        row["money_cost"] = terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"]))
+        row["currency"] = terms.currency
     rows.sort(
         key=lambda row: (
-            -terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"])),
+            -row["money_cost"],
             -(row["quantity"] or ZERO),
             row["meter__key"],
         )

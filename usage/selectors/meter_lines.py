@@ -6,7 +6,6 @@ from decimal import Decimal
 from django.db import models
 
 from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
-from usage.selectors.units import ZERO
 
 # The included-quota bar turns amber here (percent of the allowance), red at 100.
 QUOTA_WARN_PERCENT = 80
@@ -31,6 +30,10 @@ class MeterLine:
     non_billable_quantity: Decimal
     included: Decimal  # allowance per period, meter units; 0 = none
     included_used: Decimal
+    # Of the allowance, units neither used nor pinned by an open reservation: what the engine still offers.
+    included_remaining: Decimal
+    # Units past the allowance (billed, whatever paid for them): the recorded units the allowance did not cover.
+    overage_quantity: Decimal
     cap: Decimal | None  # the plan's per-period cap (an entitlement), meter units
     cost_unit: str  # the plan currency or "credits"
     cost: Decimal  # unrounded, in cost_unit, whatever pays for it
@@ -55,10 +58,6 @@ class MeterLine:
     def bar_percent(self) -> int:
         percent = self.percent_of_included
         return 0 if percent is None else min(percent, 100)
-
-    @property
-    def overage_quantity(self) -> Decimal:
-        return max(self.quantity - self.included, ZERO)
 
     @property
     def quantity_display(self) -> str:

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from core.money import CREDITS, format_money
-from customers.models import Customer, SpendControls
-from customers.selectors import customer_subscription_terms
+from core.money import CREDITS, format_money, round_money
+from customers.models import Customer
+from customers.selectors import customer_subscription_terms, spend_controls_of
 from customers.spend_limits import overage_blocked
 from plans.models import Meter
 from plans.terms import PlanTerms
@@ -68,6 +68,31 @@ class SpendStatus:
 
 
 @dataclass(frozen=True)
+class ChargeLine:
+    """One line of the period's charges so far, as an invoice line: rounded to the currency's minor unit."""
+
+    description: str
+    meter: str | None  # the meter's key; None for the base fee
+    quantity: Decimal | None  # billable units; None for the base fee
+    amount: Decimal  # money, in currency, rounded to its minor unit
+    currency: str
+
+
+@dataclass(frozen=True)
+class Charges:
+    """The period so far as invoice lines: the base fee, then each meter's usage charge in money (credit-priced
+    usage at the plan's credit-pack rate, whatever pays for it), as ``base_fee`` and ``spend.spend`` count them.
+    ``total`` is the sum of the rounded lines, so the lines add up to it to the cent."""
+
+    lines: tuple[ChargeLine, ...]
+    currency: str
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line.amount for line in self.lines), round_money(ZERO, self.currency))
+
+
+@dataclass(frozen=True)
 class UsageSummary:
     """Everything the page's numbers show for one period; the usage API serializes it as is
     (``usage.api.serializers.UsageSummaryOutput``)."""
@@ -94,6 +119,7 @@ class UsageSummary:
     runways: tuple[Runway, ...]
     account_frozen: bool
     frozen_reason: str
+    charges: Charges
 
     def money(self, amount: Decimal) -> str:
         return format_money(amount, self.currency)
@@ -171,6 +197,8 @@ def usage_period_summary(
         customer=customer, period=period, since=now.date() - timedelta(days=PROJECTION_WINDOW_DAYS)
     )
     clock = PeriodClock(period=period, now=now)
+    # Open holds pin allowance, credits, wallet money and spend; they count only in the current period.
+    holds = Holds.of(active_holds_read(customer=customer, now=now), terms) if period.is_current else Holds()
 
     meters: list[MeterLine] = []
     for meter in terms.meters_with(extra=[row.meter for row in usage_rows.values()]):
@@ -187,17 +215,14 @@ def usage_period_summary(
                 row=row,
                 terms=terms,
                 included=included,
+                held_included=holds.included_by_meter.get(meter.pk, ZERO),
                 daily=daily.get(meter.pk, {}),
                 clock=clock,
             )
         )
-    controls = SpendControls.objects.filter(customer=customer).first() or SpendControls(customer=customer)
+    controls = spend_controls_of(customer)
     spend = terms.money_total((line.cost, line.cost_unit) for line in meters)
-    held = (
-        Holds.of(active_holds_read(customer=customer, now=now), terms).spend_money
-        if period.is_current
-        else ZERO
-    )
+    held = holds.spend_money
     spend_status = SpendStatus(
         spend=spend,
         held=held,
@@ -254,7 +279,36 @@ def usage_period_summary(
         runways=runways,
         account_frozen=customer.is_frozen,
         frozen_reason=customer.frozen_reason,
+        charges=_charges(
+            meters=meters, terms=terms, base_fee=base_fee, plan_name=version.plan.name if version else ""
+        ),
     )
+
+
+def _charges(*, meters: list[MeterLine], terms: PlanTerms, base_fee: Decimal, plan_name: str) -> Charges:
+    currency = terms.currency
+    lines = []
+    if base_fee:
+        lines.append(
+            ChargeLine(
+                description=f"{plan_name} base fee".strip(),
+                meter=None,
+                quantity=None,
+                amount=round_money(base_fee, currency),
+                currency=currency,
+            )
+        )
+    lines += [
+        ChargeLine(
+            description=line.name,
+            meter=line.key,
+            quantity=line.quantity,
+            amount=round_money(terms.to_money(line.cost, line.cost_unit), currency),
+            currency=currency,
+        )
+        for line in meters
+    ]
+    return Charges(lines=tuple(lines), currency=currency)
 
 
 def _meter_line(
@@ -263,6 +317,7 @@ def _meter_line(
     row: PeriodUsage | None,
     terms: PlanTerms,
     included: Decimal,
+    held_included: Decimal,
     daily: Mapping[date, DayTotals],
     clock: PeriodClock,
 ) -> MeterLine:
@@ -285,6 +340,9 @@ def _meter_line(
         spec=spec, before=quantity, add=projected_add, cost=cost, daily=daily, meter=meter
     ).quantize(LEDGER_PLACES)
 
+    # What the allowance covered is what the engine recorded (``included_quantity``), not min(quantity,
+    # allowance): after a plan change, units billed before it are not in the new allowance.
+    allowance_taken = row.included_quantity if row else ZERO
     percent = quantity * 100 / included if included > 0 else None
     if percent is None:
         level = UsageLevel.OK
@@ -301,7 +359,10 @@ def _meter_line(
         quantity=quantity,
         non_billable_quantity=row.non_billable_quantity if row else ZERO,
         included=included,
-        included_used=min(quantity, included) if included > 0 else ZERO,
+        included_used=min(allowance_taken, included) if included > 0 else ZERO,
+        # The engine's rule (usage.consumption): the allowance less what usage took and open holds pin.
+        included_remaining=max(included - allowance_taken - held_included, ZERO),
+        overage_quantity=max(quantity - allowance_taken, ZERO),
         cap=cap,
         cost_unit=unit,
         cost=cost,

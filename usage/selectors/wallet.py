@@ -1,10 +1,11 @@
 """The wallet and credit grants, with the latest ledger lines and top-ups."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from core.money import format_money
@@ -86,7 +87,7 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
     )
     grant_lines = []
     for grant in grants.in_draw_order()[:50]:
-        expired = grant.expired_at is not None or (grant.expires_at is not None and grant.expires_at <= now)
+        expired = grant.has_ended(now)
         if expired and grant.expires_at is not None and grant.expires_at < now - timedelta(days=30):
             continue
         grant_lines.append(
@@ -95,7 +96,7 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
                 kind_label=grant.get_kind_display(),
                 unit=grant.unit,
                 amount=grant.amount,
-                remaining=grant.remaining if not expired else ZERO,
+                remaining=grant.remaining_at(now),
                 effective_at=grant.effective_at,
                 expires_at=grant.expires_at,
                 expired=expired,
@@ -136,7 +137,21 @@ def _ledger_line(entry: CreditLedgerEntry) -> LedgerLine:
 
 def credits_remaining_by_unit(*, customer: Customer, now: datetime | None = None) -> dict[str, Decimal]:
     """What the customer's usable grants have left, per unit (credits, or a currency for monetary credits)."""
-    totals: dict[str, Decimal] = {}
-    for grant in CreditGrant.objects.usable(now or timezone.now()).filter(customer=customer).in_draw_order():
-        totals[grant.unit] = totals.get(grant.unit, ZERO) + grant.remaining
+    return credits_remaining_by_customer(customer_ids=[customer.pk], now=now).get(customer.pk, {})
+
+
+def credits_remaining_by_customer(
+    *, customer_ids: Sequence[int], now: datetime | None = None
+) -> dict[int, dict[str, Decimal]]:
+    """``credits_remaining_by_unit`` of several customers in one query, by customer id."""
+    totals: dict[int, dict[str, Decimal]] = {}
+    rows = (
+        CreditGrant.objects.usable(now or timezone.now())
+        .filter(customer_id__in=customer_ids)
+        .values_list("customer_id", "unit")
+        .annotate(remaining=Sum("remaining"))
+        .order_by("customer_id", "unit")
+    )
+    for customer_id, unit, remaining in rows:
+        totals.setdefault(customer_id, {})[unit] = remaining
     return totals

@@ -68,6 +68,8 @@ class Event(TypedDict):
     cost: str
     cost_unit: str
     covered_by: EventCoverage
+    user: str | None  # the member's external id
+    properties: dict[str, Any]
 
 
 class ReservationHeld(TypedDict):
@@ -180,9 +182,13 @@ class CreditGrant(TypedDict):
     kind: GrantKind
     unit: str
     amount: str
-    remaining: str
+    remaining: str  # "0" once it has ended
+    ended: bool  # voided, or past expires_at
     priority: int
+    description: str
+    effective_at: str
     expires_at: str | None
+    expired_at: str | None
     created_at: str
 
 
@@ -225,6 +231,8 @@ class UsageMeter(TypedDict):
     projected_cost: str
     level: str
     percent_of_included: int | None
+    remaining: str  # units of the allowance left (usage taken and open holds counted)
+    overage: str  # units past the allowance
 
 
 class UsageSpend(TypedDict):
@@ -262,8 +270,33 @@ class UsageRunway(TypedDict):
     runs_out_on: str | None
 
 
+class UsageChargeLine(TypedDict):
+    """``UsageChargeLineOutput``."""
+
+    description: str
+    meter: str | None  # null for the base fee
+    quantity: str | None
+    amount: str
+
+
+class UsageCharges(TypedDict):
+    """``UsageChargesOutput``: the period so far as invoice lines."""
+
+    lines: list[UsageChargeLine]
+    total: str
+
+
+class UsageMember(TypedDict):
+    """``UsageMemberOutput``."""
+
+    user: str | None
+    name: str
+    meters: dict[str, str]
+    amount: str
+
+
 class UsageSummary(TypedDict):
-    """``UsageSummaryOutput``: the numbers of the customer's usage page."""
+    """``CustomerUsageOutput``: the numbers of the customer's usage page."""
 
     customer_id: str
     customer_name: str
@@ -286,3 +319,7 @@ class UsageSummary(TypedDict):
     runways: list[UsageRunway]
     account_frozen: bool
     frozen_reason: str
+    charges: UsageCharges
+    projected_total: str
+    limits: Limits
+    members: list[UsageMember]

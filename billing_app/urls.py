@@ -66,7 +66,8 @@ urlpatterns = [
         )(SpectacularRedocView.as_view(url_name="api-schema")),
         name="api-docs",
     ),
-    re_path(r"^api/(?P<path>.*)$", api_route_not_found),
+    # (?s): a path segment may hold a newline (%0A), and such a path is an API 404 too, not an HTML page.
+    re_path(r"(?s)^api/(?P<path>.*)$", api_route_not_found),
     path("", include("usage.urls")),
     path("", include("plans.urls")),
     path("", include("billing_app.stripe.urls")),

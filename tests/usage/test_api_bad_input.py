@@ -273,3 +273,13 @@ def test_a_grant_unit_must_be_credits_or_the_customers_currency(api, acme):
     assert not CreditGrant.objects.exists()
     assert api.post(credits, {"amount": "10", "unit": "USD"}, format="json").json()["unit"] == "usd"
     assert api.post(credits, {"amount": "10", "unit": "credits"}, format="json").json()["unit"] == "credits"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/reservations/%0A/commit", "/api/v1/customers/a%0Ab/usage/x"])
+def test_a_path_with_a_newline_is_an_api_404_not_an_html_page(api, path):
+    # Found by Schemathesis: the catch-all for unknown API paths did not match across a newline.
+    response = api.post(path, {}, format="json")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "not_found"

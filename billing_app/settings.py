@@ -217,6 +217,13 @@ API_RATE_LIMIT_PER_MINUTE = int(env.str("API_RATE_LIMIT_PER_MINUTE", default="60
 if API_RATE_LIMIT_PER_MINUTE < 0:
     raise ImproperlyConfigured("API_RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more.")
 
+# Seconds a web process trusts an API key it has read, without reading it again: a key revoked (or its
+# limit changed) in admin is refused by the process that served admin at once, and by every other process
+# within this bound. 0: read the key on every request.
+API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=5)
+if API_KEY_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be 0 (no cache) or more.")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [

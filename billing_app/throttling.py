@@ -93,7 +93,7 @@ def api_key_rate_limit(*, api_key: ApiKey) -> int | None:
 def _count_script(backend: RedisCache) -> Script:
     script = _count_scripts.get(backend)
     if script is None:
-        pool = backend._cache._get_connection_pool(write=True)
+        pool = backend._cache._get_connection_pool(write=True)  # type: ignore[attr-defined]
         script = _count_scripts[backend] = Redis(connection_pool=pool).register_script(_COUNT_SCRIPT)
     return script
 

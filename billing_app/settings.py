@@ -93,6 +93,15 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         f"DATABASE_URL must name a PostgreSQL database (postgres://…), not {DATABASE_URL.split(':', 1)[0]}://…."
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# The API's hot statements (core/sql_rows.py) are prepared once per connection instead of planned on every
+# call; the ORM's queries are not. Turn off behind a pooler in transaction mode that cannot keep prepared
+# statements (PgBouncer before 1.21, or without max_prepared_statements).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+# psycopg prepares nothing while this is None (Django's default); only the cursors of core/sql_rows.py ask
+# it to, and Django's own cursors bind client-side, which never prepares.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    1 if DATABASE_PREPARED_STATEMENTS else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

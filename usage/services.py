@@ -134,6 +134,9 @@ def _reservation_locked(
 
     The joined read happens before the lock, so the lock is held only for the work that needs it.
     ``for_recording`` also reads what the consumption engine needs, without this reservation's own hold.
+    The credits a hold pinned stay its own even if their grant expired since: its commit draws from the
+    grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone), read in the
+    lock's round trip.
     """
     reservation = reservation_for_settling(reservation_id)
     customer = reservation.customer
@@ -142,6 +145,7 @@ def _reservation_locked(
         subscription=_subscription_of(customer) if for_recording else None,
         now=now,
         reservation_id=reservation.pk,
+        grants_at=reservation.created_at if reservation.held_credits > 0 else None,
     )
     current = locked.reservation
     if current is None:  # deleted between the two reads
@@ -186,15 +190,6 @@ def reservation_commit(
         now=now,
         rows=locked.rows,
     )
-    if reservation.held_credits > 0:
-        # The credits the hold pinned stay its own even if their grant expired since: it draws from the
-        # grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone).
-        # A hold that pinned no credits draws none, and spares the read.
-        engine.grants = list(
-            CreditGrant.objects.in_force(reservation.created_at)
-            .filter(customer=customer, remaining__gt=0)
-            .in_draw_order()
-        )
     writes = BatchWrites()
     recorder = UsageRecorder(engine=engine, writes=writes)
     new_event = recorder.record(

@@ -296,6 +296,7 @@ def ingest_steps() -> list[tuple[Any, str, str]]:
         (usage.recording.UsageRecorder, "record", "UsageRecorder.record"),
         (usage.recording.UsageRecorder, "_record_limit_crossings", "UsageRecorder._record_limit_crossings"),
         (usage.batch_writes.BatchWrites, "flush", "BatchWrites.flush"),
+        (usage.batch_writes, "writes_run", "writes_run (the other rows, one round trip)"),
     ]
 
 
@@ -315,8 +316,7 @@ INGEST_STEPS = [
     ("UsageRecorder._record_limit_crossings", 3),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
-    ("period_totals_save", 3),
-    ("rollups_add", 3),
+    ("writes_run (the other rows, one round trip)", 3),
     ("SQL round trips", 1),
 ]
 

@@ -336,8 +336,9 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
         (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
         *[
             (usage.batch_writes, name, name)
-            for name in ("events_insert", "period_totals_save", "rollups_add")
+            for name in ("events_insert",)
         ],
+        (usage.batch_writes, "writes_run", "writes_run (the other rows, one round trip)"),
     ]
 
 
@@ -353,8 +354,7 @@ RESERVE_STEPS = [
     ("UsageRecorder.finish", 2),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
-    ("period_totals_save", 3),
-    ("rollups_add", 3),
+    ("writes_run (the other rows, one round trip)", 3),
     ("SQL round trips", 1),
 ]
 

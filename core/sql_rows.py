@@ -137,7 +137,7 @@ class _RoundTrip:
                 with raw.pipeline():
                     for cursor, (statement, values) in zip(cursors, self.statements, strict=True):
                         cursor.execute(statement, values)
-            self.results = [cursor.fetchall() for cursor in cursors]
+            self.results = [cursor.fetchall() if cursor.description else [] for cursor in cursors]
         finally:
             for cursor in cursors:
                 cursor.close()
@@ -146,12 +146,7 @@ class _RoundTrip:
         pass
 
 
-def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
-    """Run SELECT statements in order and return each one's rows, in one round trip.
-
-    Each runs in turn, with its own snapshot under READ COMMITTED, so reads that follow a ``FOR UPDATE``
-    in the same trip see what the previous holder of the lock committed.
-    """
+def _round_trip(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     trip = _RoundTrip(statements)
@@ -161,6 +156,21 @@ def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tu
             ";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params]
         )
     return trip.results
+
+
+def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Run SELECT statements in order and return each one's rows, in one round trip.
+
+    Each runs in turn, with its own snapshot under READ COMMITTED, so reads that follow a ``FOR UPDATE``
+    in the same trip see what the previous holder of the lock committed.
+    """
+    return _round_trip(statements)
+
+
+def writes_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Run INSERT and UPDATE statements in order, prepared, in one round trip."""
+    if statements:
+        _round_trip(statements)
 
 
 class Slot(Expression):
@@ -207,14 +217,18 @@ def _save_value(field: Field, instance: Model, *, add: bool) -> Any:
     return field.get_db_prep_save(field.pre_save(instance, add), connection)
 
 
-def rows_insert(instances: Sequence[Model]) -> None:
-    """INSERT the instances of one model in one statement; ids the database generates are not read back.
+Statement = tuple[str, list[Any]]
+
+
+def rows_insert_statement(instances: Sequence[Model]) -> list[Statement]:
+    """The INSERT of the instances of one model in one statement (none for no instance); ids the database
+    generates are not read back.
 
     For the rows a hot path writes and never reads again in the same request (ledger entries, outbox
     rows) or whose primary key is set beforehand (reservations): the ORM's insert compiled for 0.3 ms.
     """
     if not instances:
-        return
+        return []
     model = type(instances[0])
     fields = [
         field
@@ -224,26 +238,35 @@ def rows_insert(instances: Sequence[Model]) -> None:
     columns = ", ".join(f'"{field.column}"' for field in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     sql = f"INSERT INTO {model._meta.db_table} ({columns}) VALUES {', '.join([row] * len(instances))}"  # noqa: S608
-    params = [_save_value(field, instance, add=True) for instance in instances for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return [(sql, [_save_value(field, instance, add=True) for instance in instances for field in fields])]
 
 
-def rows_update(instances: Sequence[Model], names: Sequence[str]) -> None:
-    """UPDATE the named fields of each instance by primary key, all in one round trip."""
+def rows_update_statements(instances: Sequence[Model], names: Sequence[str]) -> list[Statement]:
+    """The UPDATEs of the named fields of each instance, by primary key."""
     if not instances:
-        return
+        return []
     model = type(instances[0])
     fields = [cast(Field, model._meta.get_field(name)) for name in names]
     pk = model._meta.pk
     assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
     sql = f'UPDATE {model._meta.db_table} SET {assignments} WHERE "{pk.column}" = %s'  # noqa: S608
-    params = [
-        [
-            *(_save_value(field, instance, add=False) for field in fields),
-            pk.get_db_prep_value(instance.pk, connection),
-        ]
+    return [
+        (
+            sql,
+            [
+                *(_save_value(field, instance, add=False) for field in fields),
+                pk.get_db_prep_value(instance.pk, connection),
+            ],
+        )
         for instance in instances
     ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+
+
+def rows_insert(instances: Sequence[Model]) -> None:
+    """INSERT the instances of one model in one statement (``rows_insert_statement``)."""
+    writes_run(rows_insert_statement(instances))
+
+
+def rows_update(instances: Sequence[Model], names: Sequence[str]) -> None:
+    """UPDATE the named fields of each instance by primary key, all in one round trip."""
+    writes_run(rows_update_statements(instances, names))

@@ -2,8 +2,9 @@
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from core.sql_rows import selects_run
+from core.sql_rows import selects_run, writes_run
 from customers.models import Customer
 
 pytestmark = pytest.mark.django_db
@@ -40,3 +41,17 @@ def test_nothing_is_prepared_when_turned_off(settings):
     before = prepared_statements()
     assert selects_run([(LOOKUP, ["nobody"]), (COUNT, ["nobody"])]) == [[], [(0,)]]
     assert prepared_statements() == before
+
+
+def test_writes_run_in_order_in_one_round_trip(settings):
+    settings.DATABASE_PREPARED_STATEMENTS = True
+    customer = Customer.objects.create(external_id="acme", name="Acme")
+    rename = "UPDATE customers_customer SET name = %s WHERE id = %s"
+
+    with CaptureQueriesContext(connection) as queries:
+        writes_run([(rename, ["first", customer.pk]), (rename, ["second", customer.pk])])
+
+    assert len(queries) == 1
+    customer.refresh_from_db()
+    assert customer.name == "second"
+    assert rename.replace("%s", "$1", 1).replace("%s", "$2") in prepared_statements()

@@ -7,6 +7,7 @@ PostgreSQL, and the database sums the daily rollups from the rows just written.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,8 +94,9 @@ class BatchWrites:
         self.period_rows: list[PeriodUsage] = []
         self.outbox: list[tuple[StripeUsageOutbox, NewUsageEvent]] = []
 
-    def flush(self) -> None:
-        """The events first (the other rows point at them), then everything else in one round trip."""
+    def flush(self, *, also: Sequence[Statement] = ()) -> None:
+        """The events first (the other rows point at them), then everything else in one round trip, with
+        ``also`` last: a caller's own write that follows the batch's."""
         events_insert(self.events)
         for entry, event in self.ledger_entries:
             entry.usage_event_id = event.written_id()
@@ -108,6 +110,7 @@ class BatchWrites:
                 *period_totals_statement(self.period_rows),
                 *rollups_add_statement(self.events),
                 *rows_insert_statement([row for row, _ in self.outbox]),
+                *also,
             ]
         )
 

@@ -62,7 +62,7 @@ from bench.common import (
 
 METER = "ai_action"
 CUSTOMERS = [f"chk-{n}" for n in range(8)]
-TARGET_P99_S = 0.010
+TARGET_P99_S = 0.005  # issue 19; it was 10 ms
 PHASE_BUDGET_S = 30.0
 # The raw reads are ~100× faster: more of them, so that their phase lasts long enough (a second or two)
 # for a burst of other work on the machine not to decide its figures.

@@ -28,6 +28,7 @@ from core.sql_rows import (
     CompiledSelect,
     ModelColumns,
     Slot,
+    Statement,
     placeholders,
     related_cache,
     row_slices,
@@ -214,12 +215,9 @@ class HoldRow:
 class ConsumptionRows:
     """What the consumption engine reads of one customer under their lock, besides the balance row."""
 
-    grants: list[CreditGrant] = field(default_factory=list)  # usable now, in draw order
+    grants: list[CreditGrant] = field(default_factory=list)  # usable now (or at a hold's time), in draw order
     holds: list[HoldRow] = field(default_factory=list)  # active holds summed per meter and unit
     period_rows: list[PeriodUsage] = field(default_factory=list)  # the current period's totals
-
-
-Statement = tuple[str, list[Any]]
 
 
 def _of_customers(model: Any) -> RawSQL:

@@ -183,6 +183,37 @@ class Server:
     workers: int
     log_path: str
 
+    def workers_peak_rss_mb(self) -> list[float]:
+        """Each worker's peak resident memory so far (VmHWM), in MB: read before the server stops."""
+        peaks = []
+        for pid, (ppid, _) in _all_processes().items():
+            if ppid != self.pid:
+                continue
+            try:
+                status = (Path("/proc") / str(pid) / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        return sorted(peaks)
+
+
+def peak_rss_line(peaks_mb: Sequence[float]) -> str:
+    cells = ", ".join(f"{peak:.0f}" for peak in peaks_mb)
+    return f"  peak RSS per gunicorn worker: {cells} MB (VmHWM, read at the end of the API phases)"
+
+
+def server_arguments(parser: Any) -> None:
+    """The gunicorn options every benchmark takes."""
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn workers")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per worker: above 1, gthread workers (which keep client connections alive)",
+    )
+
 
 def _log_tail(path: str, lines: int = 30) -> str:
     try:
@@ -192,11 +223,12 @@ def _log_tail(path: str, lines: int = 30) -> str:
 
 
 @contextmanager
-def gunicorn_running(*, workers: int) -> Iterator[Server]:
-    """gunicorn (sync workers) on a free port of 127.0.0.1; stopped on the way out, whatever happened.
+def gunicorn_running(*, workers: int, threads: int = 1) -> Iterator[Server]:
+    """gunicorn on a free port of 127.0.0.1; stopped on the way out, whatever happened.
 
-    Sync workers close the connection after each response, so the clients' keep-alive saves nothing
-    here: every request opens a new local TCP connection (about 0.1 ms on loopback).
+    Sync workers (``threads`` 1) close the connection after each response, so the clients' keep-alive
+    saves nothing there: every request opens a new local TCP connection (about 0.1 ms on loopback).
+    With ``threads`` above 1, gthread workers serve that many requests at once each and keep connections.
     """
     port = free_port()
     gunicorn = Path(sys.executable).parent / "gunicorn"
@@ -214,6 +246,7 @@ def gunicorn_running(*, workers: int) -> Iterator[Server]:
         "5",
         "--log-level",
         "warning",
+        *(["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else []),
     ]
     # A session of its own: a Ctrl-C reaches the benchmark, whose ``finally`` stops gunicorn cleanly.
     process = subprocess.Popen(
@@ -567,11 +600,12 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def machine_describe(workers: int | None = None) -> None:
+def machine_describe(workers: int | None = None, threads: int = 1) -> None:
     with psycopg.connect(PG_BENCH_DSN) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-    served = f", gunicorn {workers} sync workers" if workers else ""
+    kind = f"gthread workers × {threads} threads" if threads > 1 else "sync workers"
+    served = f", gunicorn {workers} {kind}" if workers else ""
     print(
         f"machine: {CORES} cores, Python {sys.version.split()[0]}, PostgreSQL {version} "
         f"(synchronous_commit={sync}){served}; all traffic on 127.0.0.1"

@@ -1,6 +1,6 @@
 """Ingest throughput: ``POST /api/v1/events`` in batches of 1,000 beside raw psycopg inserts of the same rows.
 
-    .venv/bin/python bench/ingest.py [--clients 2] [--batches 20] [--workers 4] [--profile]
+    .venv/bin/python bench/ingest.py [--clients 2] [--batches 20] [--workers 4] [--threads N] [--profile]
 
 Each client thread owns its customers (no two clients wait on the same customer lock) and sends
 pre-serialized batches of 1,000 events spread over them: 70% ``api_call`` (per unit, 5,000 included,
@@ -37,7 +37,6 @@ from psycopg.types.json import Jsonb
 from bench.common import (
     CORES,
     CPU_HEADER,
-    DEFAULT_WORKERS,
     PG_BENCH_DSN,
     RAW_EVENT_INSERT,
     CpuMeter,
@@ -52,11 +51,13 @@ from bench.common import (
     gunicorn_running,
     machine_describe,
     ms,
+    peak_rss_line,
     percentile,
     plan_publish,
     profile_print,
     rate,
     raw_events_table_create,
+    server_arguments,
     server_warm_up,
     steps_print,
     steps_timed,
@@ -296,6 +297,7 @@ def ingest_steps() -> list[tuple[Any, str, str]]:
         (usage.recording.UsageRecorder, "record", "UsageRecorder.record"),
         (usage.recording.UsageRecorder, "_record_limit_crossings", "UsageRecorder._record_limit_crossings"),
         (usage.batch_writes.BatchWrites, "flush", "BatchWrites.flush"),
+        (usage.batch_writes, "writes_run", "writes_run (the other rows, one round trip)"),
     ]
 
 
@@ -315,8 +317,7 @@ INGEST_STEPS = [
     ("UsageRecorder._record_limit_crossings", 3),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
-    ("period_totals_save", 3),
-    ("rollups_add", 3),
+    ("writes_run (the other rows, one round trip)", 3),
     ("SQL round trips", 1),
 ]
 
@@ -370,7 +371,7 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=CORES, help="client threads (and raw connections)")
     parser.add_argument("--batches", type=int, default=20, help="at most this many batches per client")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn sync workers")
+    server_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="also profile one batch in-process")
     args = parser.parse_args()
 
@@ -381,20 +382,21 @@ def main() -> int:
     raw_events_table_create()
     plan = batches_build(clients=args.clients, batches=args.batches, customers=customers, meters=meters)
     django_connections_close()
-    machine_describe(args.workers)
+    machine_describe(args.workers, args.threads)
     total = args.clients * args.batches * BATCH
     print(
         f"workload: {args.clients} clients × up to {args.batches} batches × {BATCH:,} events = {total:,} events, "
         f"each client on its own {CUSTOMERS_PER_CLIENT} customers; API phases stop at {API_BUDGET_S:.0f} s"
     )
 
-    with gunicorn_running(workers=args.workers) as server:
+    with gunicorn_running(workers=args.workers, threads=args.threads) as server:
         results = [raw_phase("raw insert", plan, server.pid), raw_phase("raw replay", plan, server.pid)]
         server_warm_up(server, api_key, warm_up_request())
         api = api_phase("API ingest", plan, server, api_key, API_BUDGET_S)
         sent = [batches[:count] for batches, count in zip(plan, api.done, strict=True)]
         api_replay = api_phase("API replay", sent, server, api_key, API_BUDGET_S)
         results += [api, api_replay]
+        peaks = server.workers_peak_rss_mb()
     raw, raw_replay = results[:2]
 
     with psycopg.connect(PG_BENCH_DSN) as conn:
@@ -464,6 +466,7 @@ def main() -> int:
             (raw_replay.cpu, raw_replay.wall, raw_replay.events),
         )
     )
+    print(peak_rss_line(peaks))
     if args.profile:
         ingest_profile(api_key, customers, meters)
     print(f"\n(total run time {time.perf_counter() - started:.0f} s)")

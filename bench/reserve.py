@@ -1,6 +1,6 @@
 """Reservations: reserve + commit from 16 concurrent clients on one customer and on 16, and an oversell check.
 
-    .venv/bin/python bench/reserve.py [--clients 16] [--cycles 25] [--workers N] [--profile]
+    .venv/bin/python bench/reserve.py [--clients 16] [--cycles 25] [--workers N] [--threads N] [--profile]
 
 A cycle is ``POST /api/v1/reservations`` (5 units of ``ai_action``, priced 1 credit a unit and paid
 from a credit grant) then ``POST /api/v1/reservations/{id}/commit`` of 3 units (the rest is released).
@@ -40,7 +40,6 @@ from psycopg.types.json import Jsonb
 
 from bench.common import (
     CPU_HEADER,
-    DEFAULT_WORKERS,
     PG_BENCH_DSN,
     RAW_EVENT_INSERT,
     CpuMeter,
@@ -55,11 +54,13 @@ from bench.common import (
     gunicorn_running,
     machine_describe,
     ms,
+    peak_rss_line,
     percentile,
     plan_publish,
     profile_print,
     rate,
     raw_events_table_create,
+    server_arguments,
     server_warm_up,
     steps_print,
     steps_timed,
@@ -334,10 +335,8 @@ def reserve_steps() -> list[tuple[Any, str, str]]:
         (usage.recording.UsageRecorder, "record", "UsageRecorder.record"),
         (usage.recording.UsageRecorder, "finish", "UsageRecorder.finish"),
         (usage.services.BatchWrites, "flush", "BatchWrites.flush"),
-        *[
-            (usage.batch_writes, name, name)
-            for name in ("events_insert", "period_totals_save", "rollups_add")
-        ],
+        *[(usage.batch_writes, name, name) for name in ("events_insert",)],
+        (usage.batch_writes, "writes_run", "writes_run (the other rows, one round trip)"),
     ]
 
 
@@ -353,8 +352,7 @@ RESERVE_STEPS = [
     ("UsageRecorder.finish", 2),
     ("BatchWrites.flush", 2),
     ("events_insert", 3),
-    ("period_totals_save", 3),
-    ("rollups_add", 3),
+    ("writes_run (the other rows, one round trip)", 3),
     ("SQL round trips", 1),
 ]
 
@@ -413,7 +411,7 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients in every phase")
     parser.add_argument("--cycles", type=int, default=25, help="reserve + commit cycles per client and phase")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn sync workers")
+    server_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="also profile reserve + commit in-process")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -423,7 +421,7 @@ def main() -> int:
     api_key = api_key_create()
     raw_events_table_create()
     django_connections_close()
-    machine_describe(args.workers)
+    machine_describe(args.workers, args.threads)
     print(
         f"workload: {args.clients} clients × up to {args.cycles} cycles (reserve {HOLD}, commit {USE}) per phase; "
         f"phases stop at {PHASE_BUDGET_S:.0f} s"
@@ -431,7 +429,7 @@ def main() -> int:
 
     own = [f"res-{n}" for n in range(args.clients)]
     shared = ["res-shared"] * args.clients
-    with gunicorn_running(workers=args.workers) as server:
+    with gunicorn_running(workers=args.workers, threads=args.threads) as server:
         raw_one = raw_cycles(
             "raw, 1 customer", server.pid, [ids["raw-shared"]] * args.clients, ids[METER], args.cycles
         )
@@ -446,6 +444,7 @@ def main() -> int:
         api_one = api_cycles("API, 1 customer", server, api_key, shared, args.cycles)
         api_many = api_cycles(f"API, {args.clients} customers", server, api_key, own, args.cycles)
         oversell, counts = oversell_run(server, api_key, args.clients)
+        peaks = server.workers_peak_rss_mb()
 
     print()
     table_print(
@@ -498,6 +497,7 @@ def main() -> int:
         f"grant remaining {counts['grant_remaining']:.0f}, events {counts['events']:.0f}"
         + ("" if consistent else " — INCONSISTENT")
     )
+    print(peak_rss_line(peaks))
     if not any(key.startswith("402") for key in oversell.outcomes):
         print(
             "warning: the oversell phase never ran out of balance (it stopped at its time budget); rerun it"

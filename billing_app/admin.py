@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from billing_app.api_auth import api_keys_forget
 from billing_app.models import (
     ApiKey,
     OperatorAlert,
@@ -66,6 +67,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            api_keys_forget()
             return
         # A new key: generate the secret and show it once; only its hash is stored.
         api_key, raw_key = ApiKey.generate(
@@ -84,6 +86,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset) -> None:
         queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        api_keys_forget()
 
 
 # --- Stripe and alerts -----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Bearer-key authentication for the metering API."""
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
@@ -40,6 +42,36 @@ def api_key_by_hash(key_hash: str) -> ApiKey | None:
     return API_KEY.build(rows[0]) if rows else None
 
 
+# Live keys this process has read, by hash, with when they were read. Every API request authenticates, and
+# reading the key was a round trip of its own on each; a key read less than API_KEY_CACHE_SECONDS ago is
+# trusted without it. So a key revoked elsewhere is refused by this process at most that many seconds
+# later; the process that revokes it (admin) forgets it at once (``api_keys_forget``).
+_live_keys: dict[str, tuple[ApiKey, datetime]] = {}
+# Keys are few; the bound only keeps a stream of distinct keys from growing the dict without end.
+_LIVE_KEYS_MAX = 1000
+
+
+def api_key_live(key_hash: str, *, now: datetime) -> ApiKey | None:
+    """The live key with this hash, from this process's memory if read within API_KEY_CACHE_SECONDS."""
+    trusted_seconds = settings.API_KEY_CACHE_SECONDS
+    cached = _live_keys.get(key_hash)
+    if cached is not None and 0 <= (now - cached[1]).total_seconds() < trusted_seconds:
+        return cached[0]
+    api_key = api_key_by_hash(key_hash)
+    if api_key is None:
+        _live_keys.pop(key_hash, None)
+    elif trusted_seconds > 0:
+        if len(_live_keys) >= _LIVE_KEYS_MAX:
+            _live_keys.clear()
+        _live_keys[key_hash] = (api_key, now)
+    return api_key
+
+
+def api_keys_forget() -> None:
+    """Read every key from the database again on its next use: after keys were revoked or changed here."""
+    _live_keys.clear()
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -49,13 +81,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         # RFC 9110: the scheme is case-insensitive; clients send "bearer" as often as "Bearer".
         if scheme.lower() != self.keyword.lower() or not raw_key.strip():
             return None
-        api_key = api_key_by_hash(api_key_hash(raw_key.strip()))
+        now = timezone.now()
+        api_key = api_key_live(api_key_hash(raw_key.strip()), now=now)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.", code="invalid_api_key")
         # Recording use at minute resolution keeps this from being a write on every request.
-        now = timezone.now()
         if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            api_key.last_used_at = now
         return ApiClient(api_key), api_key
 
     def authenticate_header(self, request: Any) -> str:

@@ -94,6 +94,15 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         f"DATABASE_URL must name a PostgreSQL database (postgres://…), not {DATABASE_URL.split(':', 1)[0]}://…."
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# The API's hot statements (core/sql_rows.py) are prepared once per connection instead of planned on every
+# call; the ORM's queries are not. Turn off behind a pooler in transaction mode that cannot keep prepared
+# statements (PgBouncer before 1.21, or without max_prepared_statements).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+# psycopg prepares nothing while this is None (Django's default); only the cursors of core/sql_rows.py ask
+# it to, and Django's own cursors bind client-side, which never prepares.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    1 if DATABASE_PREPARED_STATEMENTS else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -229,6 +238,13 @@ USAGE_PAGE_RECONCILE_MINUTES = env.int("USAGE_PAGE_RECONCILE_MINUTES", default=1
 API_RATE_LIMIT_PER_MINUTE = int(env.str("API_RATE_LIMIT_PER_MINUTE", default="6000") or 0)
 if API_RATE_LIMIT_PER_MINUTE < 0:
     raise ImproperlyConfigured("API_RATE_LIMIT_PER_MINUTE must be 0 (no limit) or more.")
+
+# Seconds a web process trusts an API key it has read, without reading it again: a key revoked (or its
+# limit changed) in admin is refused by the process that served admin at once, and by every other process
+# within this bound. 0: read the key on every request.
+API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=5)
+if API_KEY_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured("API_KEY_CACHE_SECONDS must be 0 (no cache) or more.")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing_app.api_auth.ApiKeyAuthentication"],

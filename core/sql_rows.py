@@ -8,16 +8,25 @@ one-table lookup on the reference machine, 1.5 ms for a customer with four joine
 back into an instance the way the ORM does (the backend's and the field's converters, then
 ``Model.from_db``), so a statement stays in step with its model. ``selects_run`` sends several
 statements in one round trip, so a lock and the reads that must follow it cost one wait.
+
+These statements, and the writes of ``writes_run``, are prepared: bound server-side and parsed and planned
+by PostgreSQL once per connection, not on every call. Planning was most of what PostgreSQL spent on them: the customer
+with four joined rows cost 0.38 ms of its CPU a call written out, 0.08 ms prepared. The ORM's own queries
+stay bound client-side, as Django sends them.
 """
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+import psycopg
+from django.conf import settings
 from django.db import connection
 from django.db.models import Expression, Field, Model, QuerySet
 
 M = TypeVar("M", bound=Model)
+# One SQL statement and its parameters.
+Statement = tuple[str, list[Any]]
 Converter = Callable[[Any, Any, Any], Any]
 
 
@@ -95,23 +104,75 @@ def row_slices(row: Sequence[Any], *widths: int) -> list[Sequence[Any]]:
     return slices
 
 
-def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
-    """Run SELECT statements in order and return each one's rows.
+class _PreparingCursor(psycopg.Cursor[tuple[Any, ...]]):
+    """Binds parameters server-side and has PostgreSQL prepare each statement on its first run on the
+    connection (``DATABASE_PREPARED_STATEMENTS``); psycopg keeps the prepared names per connection."""
 
-    They go in one round trip: the driver binds parameters client-side, so the
-    statements travel as one query string and come back as successive result sets. Each runs in
-    turn, with its own snapshot under READ COMMITTED, so reads that follow a ``FOR UPDATE`` in
-    the same trip see what the previous holder of the lock committed.
-    """
-    results: list[list[tuple[Any, ...]]] = []
-    with connection.cursor() as cursor:
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
+        return super().execute(query, params, prepare=settings.DATABASE_PREPARED_STATEMENTS, **kwargs)
+
+
+@dataclass(frozen=True)
+class _SentQuery:
+    query: bytes
+
+
+class _RoundTrip:
+    """The cursor Django's cursor wrapper drives for ``selects_run`` and ``writes_run``: executing it runs
+    each statement prepared, all in one round trip (libpq's pipeline mode). Through the wrapper, the trip
+    gets Django's checks, its execute wrappers and one entry in the query log, as one query would."""
+
+    def __init__(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        self.statements = statements
+        self.results: list[list[tuple[Any, ...]]] = []
+        self._query: _SentQuery | None = None  # what Django's query log reads (``last_executed_query``)
+
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
+        """Run the statements (``sql`` and ``params`` are their joined text, for the wrapper's log)."""
+        self._query = _SentQuery(sql.encode())
+        raw: psycopg.Connection[Any] = connection.connection
+        cursors = [_PreparingCursor(raw) for _ in self.statements]
+        try:
+            if len(cursors) == 1:
+                cursors[0].execute(*self.statements[0])
+            else:
+                with raw.pipeline():
+                    for cursor, (statement, values) in zip(cursors, self.statements, strict=True):
+                        cursor.execute(statement, values)
+            self.results = [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    def close(self) -> None:
+        pass
+
+
+def _round_trip(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    trip = _RoundTrip(statements)
+    # Django's own wrapping of a new cursor (what ``connection.cursor()`` does with the driver's).
+    with connection._prepare_cursor(trip) as cursor:  # type: ignore[attr-defined]
         cursor.execute(
             ";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params]
         )
-        results.append(cursor.fetchall())
-        while cursor.nextset():
-            results.append(cursor.fetchall())
-    return results
+    return trip.results
+
+
+def selects_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Run SELECT statements in order and return each one's rows, in one round trip.
+
+    Each runs in turn, with its own snapshot under READ COMMITTED, so reads that follow a ``FOR UPDATE``
+    in the same trip see what the previous holder of the lock committed.
+    """
+    return _round_trip(statements)
+
+
+def writes_run(statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Run INSERT and UPDATE statements in order, prepared, in one round trip."""
+    if statements:
+        _round_trip(statements)
 
 
 class Slot(Expression):
@@ -158,14 +219,15 @@ def _save_value(field: Field, instance: Model, *, add: bool) -> Any:
     return field.get_db_prep_save(field.pre_save(instance, add), connection)
 
 
-def rows_insert(instances: Sequence[Model]) -> None:
-    """INSERT the instances of one model in one statement; ids the database generates are not read back.
+def rows_insert_statement(instances: Sequence[Model]) -> list[Statement]:
+    """The INSERT of the instances of one model in one statement (none for no instance); ids the database
+    generates are not read back.
 
     For the rows a hot path writes and never reads again in the same request (ledger entries, outbox
     rows) or whose primary key is set beforehand (reservations): the ORM's insert compiled for 0.3 ms.
     """
     if not instances:
-        return
+        return []
     model = type(instances[0])
     fields = [
         field
@@ -175,26 +237,35 @@ def rows_insert(instances: Sequence[Model]) -> None:
     columns = ", ".join(f'"{field.column}"' for field in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     sql = f"INSERT INTO {model._meta.db_table} ({columns}) VALUES {', '.join([row] * len(instances))}"  # noqa: S608
-    params = [_save_value(field, instance, add=True) for instance in instances for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return [(sql, [_save_value(field, instance, add=True) for instance in instances for field in fields])]
 
 
-def rows_update(instances: Sequence[Model], names: Sequence[str]) -> None:
-    """UPDATE the named fields of each instance by primary key, all in one round trip."""
+def rows_update_statements(instances: Sequence[Model], names: Sequence[str]) -> list[Statement]:
+    """The UPDATEs of the named fields of each instance, by primary key."""
     if not instances:
-        return
+        return []
     model = type(instances[0])
     fields = [cast(Field, model._meta.get_field(name)) for name in names]
     pk = model._meta.pk
     assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
     sql = f'UPDATE {model._meta.db_table} SET {assignments} WHERE "{pk.column}" = %s'  # noqa: S608
-    params = [
-        [
-            *(_save_value(field, instance, add=False) for field in fields),
-            pk.get_db_prep_value(instance.pk, connection),
-        ]
+    return [
+        (
+            sql,
+            [
+                *(_save_value(field, instance, add=False) for field in fields),
+                pk.get_db_prep_value(instance.pk, connection),
+            ],
+        )
         for instance in instances
     ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+
+
+def rows_insert(instances: Sequence[Model]) -> None:
+    """INSERT the instances of one model in one statement (``rows_insert_statement``)."""
+    writes_run(rows_insert_statement(instances))
+
+
+def rows_update(instances: Sequence[Model], names: Sequence[str]) -> None:
+    """UPDATE the named fields of each instance by primary key, all in one round trip."""
+    writes_run(rows_update_statements(instances, names))

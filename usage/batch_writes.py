@@ -7,6 +7,7 @@ PostgreSQL, and the database sums the daily rollups from the rows just written.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,7 +19,7 @@ from django.db.models import BooleanField, Count, F, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, TruncDate
 
-from core.sql_rows import rows_insert, rows_update
+from core.sql_rows import Statement, rows_insert_statement, rows_update_statements, writes_run
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -94,19 +95,26 @@ class BatchWrites:
         self.period_rows: list[PeriodUsage] = []
         self.outbox: list[tuple[StripeUsageOutbox, NewUsageEvent]] = []
 
-    def flush(self) -> None:
+    def flush(self, *, also: Sequence[Statement] = ()) -> None:
+        """The events first (the other rows point at them), then everything else in one round trip, with
+        ``also`` last: a caller's own write that follows the batch's."""
         events_insert(self.events)
         for entry, event in self.ledger_entries:
             entry.usage_event_id = event.written_id()
-        rows_insert([entry for entry, _ in self.ledger_entries])
-        rows_update(self.grants, ["remaining"])
-        rows_update(self.balances, ["wallet_balance", "updated_at"])
-        wallet_drawn_on_commit(self.balances)
-        period_totals_save(self.period_rows)
-        rollups_add(self.events)
         for row, event in self.outbox:
             row.last_event_id = event.written_id()
-        rows_insert([row for row, _ in self.outbox])
+        writes_run(
+            [
+                *rows_insert_statement([entry for entry, _ in self.ledger_entries]),
+                *rows_update_statements(self.grants, ["remaining"]),
+                *rows_update_statements(self.balances, ["wallet_balance", "updated_at"]),
+                *period_totals_statement(self.period_rows),
+                *rollups_add_statement(self.events),
+                *rows_insert_statement([row for row, _ in self.outbox]),
+                *also,
+            ]
+        )
+        wallet_drawn_on_commit(self.balances)
 
 
 def events_insert(events: list[NewUsageEvent]) -> None:
@@ -145,13 +153,13 @@ PERIOD_TOTALS = (
 )
 
 
-def period_totals_save(rows: list[PeriodUsage]) -> None:
-    """Write the period totals a batch changed, new or not, in one statement.
+def period_totals_statement(rows: list[PeriodUsage]) -> list[Statement]:
+    """The write of the period totals a batch changed, new or not, in one statement (none for no row).
 
     The totals are the consumption engine's, read under the customer's lock, so they overwrite what is stored.
     """
     if not rows:
-        return
+        return []
     columns = (*PERIOD_KEY, *PERIOD_TOTALS)
     concrete = {field.attname: field for field in PeriodUsage._meta.concrete_fields}
     fields = [concrete[name] for name in columns]
@@ -166,8 +174,7 @@ def period_totals_save(rows: list[PeriodUsage]) -> None:
     params = [
         field.get_db_prep_save(getattr(row, field.attname), connection) for row in rows for field in fields
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return [(sql, params)]
 
 
 # --- daily rollups -------------------------------------------------------------------------------
@@ -178,18 +185,17 @@ ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value
 ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
 
 
-def rollups_add(events: list[NewUsageEvent]) -> None:
-    """Add the batch's events, once written, to their daily rollups.
+def rollups_add_statement(events: list[NewUsageEvent]) -> list[Statement]:
+    """The statement that adds the batch's events, once written, to their daily rollups (none for no event).
 
     The database sums the rows just written per rollup key: a batch may touch as many rollups as
     it has events, and sending them all as parameters cost more than the sums.
     """
     if not events:
-        return
+        return []
     sql, params = _rollups_upsert_sql()
     ids = [event.written_id() for event in events]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ids if param is _EVENT_IDS else param for param in params])
+    return [(sql, [ids if param is _EVENT_IDS else param for param in params])]
 
 
 def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:

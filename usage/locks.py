@@ -73,13 +73,15 @@ def customer_consumption_for_update(
     now: datetime,
     reservation_key: str | None = None,
     reservation_id: uuid.UUID | None = None,
+    grants_at: datetime | None = None,
 ) -> LockedCustomer:
     """Lock the customer's balance row and read what the consumption engine needs after it, in one trip.
 
     The lock is held until the transaction ends, and every read after it sees what the previous
     holder committed, so the time the lock is held is this trip, the deciding and the writes.
     Reserve passes ``reservation_key`` to find a replay; commit and release pass ``reservation_id``
-    to read its status again under the lock, which also leaves its own hold out of the holds.
+    to read its status again under the lock, which also leaves its own hold out of the holds. The grants
+    read are those usable at ``grants_at`` (default ``now``).
     """
     lock: Statement = (
         f"SELECT {BALANCE.sql} FROM {CustomerBalance._meta.db_table} b "  # noqa: S608
@@ -102,6 +104,7 @@ def customer_consumption_for_update(
             period_starts=[subscription.current_period_start],
             now=now,
             exclude_reservation_id=reservation_id,
+            grants_at=grants_at,
         )
     results = selects_run(statements)
     if not results[0]:

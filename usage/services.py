@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
 from core.money import CREDITS, format_money
-from core.sql_rows import rows_insert, rows_update
+from core.sql_rows import rows_insert, rows_update, rows_update_statements
 from customers.models import Customer, Notification, NotificationKind, Subscription
 from customers.services import members_get_or_create, subscription_start
 from plans.models import RATE, CreditPack, Meter, PlanVersion, PricingUnit
@@ -199,6 +199,9 @@ def _reservation_locked(
 
     The joined read happens before the lock, so the lock is held only for the work that needs it.
     ``for_recording`` also reads what the consumption engine needs, without this reservation's own hold.
+    The credits a hold pinned stay its own even if their grant expired since: its commit draws from the
+    grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone), read in the
+    lock's round trip.
     """
     reservation = reservation_for_settling(reservation_id)
     customer = reservation.customer
@@ -207,6 +210,7 @@ def _reservation_locked(
         subscription=_subscription_of(customer) if for_recording else None,
         now=now,
         reservation_id=reservation.pk,
+        grants_at=reservation.created_at if reservation.held_credits > 0 else None,
     )
     current = locked.reservation
     if current is None:  # deleted between the two reads
@@ -251,15 +255,6 @@ def reservation_commit(
         now=now,
         rows=locked.rows,
     )
-    if reservation.held_credits > 0:
-        # The credits the hold pinned stay its own even if their grant expired since: it draws from the
-        # grants in force when it was taken (``credit_grants_expire`` leaves pinned credits alone).
-        # A hold that pinned no credits draws none, and spares the read.
-        engine.grants = list(
-            CreditGrant.objects.in_force(reservation.created_at)
-            .filter(customer=customer, remaining__gt=0)
-            .in_draw_order()
-        )
     writes = BatchWrites()
     recorder = UsageRecorder(engine=engine, writes=writes)
     new_event = recorder.record(
@@ -272,11 +267,11 @@ def reservation_commit(
         hold=reservation,
     )
     recorder.finish()
-    writes.flush()
     reservation.status = ReservationStatus.COMMITTED
     reservation.committed_quantity = quantity
     reservation.settled_at = now
-    rows_update([reservation], ["status", "committed_quantity", "settled_at"])
+    # In the batch's round trip: every trip here is one more wait for whoever queues for the lock.
+    writes.flush(also=rows_update_statements([reservation], ["status", "committed_quantity", "settled_at"]))
     usage_event = new_event.as_model()
     usage_event.customer, usage_event.meter, usage_event.member = (
         customer,

@@ -28,6 +28,7 @@ from core.sql_rows import (
     CompiledSelect,
     ModelColumns,
     Slot,
+    Statement,
     placeholders,
     related_cache,
     row_slices,
@@ -115,24 +116,45 @@ def _customer_joined(values: tuple[Any, ...]) -> Customer:
     return customer
 
 
-def customer_for_decision(external_id: str) -> Customer:
-    """The customer with subscription, plan version, balance and limits joined in: one statement."""
-    sql = (
-        f"SELECT {_CUSTOMER_COLUMNS} FROM {Customer._meta.db_table} c {_CUSTOMER_JOINS} "  # noqa: S608
-        "WHERE c.external_id = %s"
-    )
-    [rows] = selects_run([(sql, [external_id])])
+_CUSTOMER_BY_EXTERNAL_ID = (
+    f"SELECT {_CUSTOMER_COLUMNS} FROM {Customer._meta.db_table} c {_CUSTOMER_JOINS} "  # noqa: S608
+    "WHERE c.external_id = %s"
+)
+_METER_BY_KEY = f"SELECT {METER.sql} FROM {Meter._meta.db_table} m WHERE m.key = %s"  # noqa: S608
+
+
+def _customer_found(rows: list[tuple[Any, ...]], external_id: str) -> Customer:
     if not rows:
         raise NotFound(f"No customer with external id {external_id!r}.", param="customer")
     return _customer_joined(rows[0])
 
 
-def meter_by_key(key: str) -> Meter:
-    sql = f"SELECT {METER.sql} FROM {Meter._meta.db_table} m WHERE m.key = %s"  # noqa: S608
-    [rows] = selects_run([(sql, [key])])
+def _meter_found(rows: list[tuple[Any, ...]], key: str) -> Meter:
     if not rows:
         raise NotFound(f"No meter with key {key!r}.", param="meter")
     return METER.build(rows[0])
+
+
+def customer_for_decision(external_id: str) -> Customer:
+    """The customer with subscription, plan version, balance and limits joined in: one statement."""
+    [rows] = selects_run([(_CUSTOMER_BY_EXTERNAL_ID, [external_id])])
+    return _customer_found(rows, external_id)
+
+
+def meter_by_key(key: str) -> Meter:
+    [rows] = selects_run([(_METER_BY_KEY, [key])])
+    return _meter_found(rows, key)
+
+
+def customer_and_meter(external_id: str, meter_key: str) -> tuple[Customer, Meter]:
+    """``customer_for_decision`` and ``meter_by_key`` in one round trip: what /check and reserve ask first.
+
+    An unknown customer is reported before an unknown meter, as when they were read one after the other.
+    """
+    customer_rows, meter_rows = selects_run(
+        [(_CUSTOMER_BY_EXTERNAL_ID, [external_id]), (_METER_BY_KEY, [meter_key])]
+    )
+    return _customer_found(customer_rows, external_id), _meter_found(meter_rows, meter_key)
 
 
 def reservation_for_settling(reservation_id: uuid.UUID | str) -> Reservation:
@@ -193,12 +215,9 @@ class HoldRow:
 class ConsumptionRows:
     """What the consumption engine reads of one customer under their lock, besides the balance row."""
 
-    grants: list[CreditGrant] = field(default_factory=list)  # usable now, in draw order
+    grants: list[CreditGrant] = field(default_factory=list)  # usable now (or at a hold's time), in draw order
     holds: list[HoldRow] = field(default_factory=list)  # active holds summed per meter and unit
     period_rows: list[PeriodUsage] = field(default_factory=list)  # the current period's totals
-
-
-Statement = tuple[str, list[Any]]
 
 
 def _of_customers(model: Any) -> RawSQL:
@@ -247,8 +266,13 @@ def consumption_statements(
     period_starts: list[datetime],
     now: datetime,
     exclude_reservation_id: Any = None,
+    grants_at: datetime | None = None,
 ) -> list[Statement]:
-    """The three reads of ``consumption_rows_read``, to be run after the customers' locks."""
+    """The three reads of ``consumption_rows_read``, to be run after the customers' locks.
+
+    The grants are those usable at ``grants_at`` (default ``now``): a commit of a hold that pinned credits
+    draws from the grants in force when the hold was taken.
+    """
     grants = _usable_grants_select()
     holds = _active_holds_select(excluding_one=exclude_reservation_id is not None)
     values = {"customer_ids": customer_ids, "now": now}
@@ -260,7 +284,7 @@ def consumption_statements(
         f"AND p.period_start IN ({placeholders(len(period_starts))})"
     )
     return [
-        (grants.sql, grants.bind(values)),
+        (grants.sql, grants.bind({**values, "now": grants_at or now})),
         (holds.sql, holds.bind(values)),
         (period_rows, [*customer_ids, *period_starts]),
     ]

@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from billing_app.models import ApiKey
-from billing_app.throttling import rate_window_count
+from billing_app.throttling import COUNTER_TIMEOUT_SECONDS, rate_window_count
 from tests.catalog_fixtures import event
 from usage.models import UsageEvent
 
@@ -164,6 +164,32 @@ def test_workers_counting_at_once_lose_no_request():
         worker.join()
 
     assert sorted(counts) == list(range(1, threads * per_thread + 1))
+
+
+def test_a_window_counter_expires_and_counts_in_one_round_trip():
+    """The counter is made with its expiry in the same Redis call, so it can never be left to live forever."""
+    from django.core.cache import cache
+    from redis import Redis
+
+    counter = cache.make_and_validate_key("api-rate:7:0")
+    redis = Redis.from_url(cache._cache._servers[0])  # type: ignore[attr-defined]
+    calls: list[str] = []
+    original = Redis.execute_command
+
+    def counted(self, *args, **options):  # type: ignore[no-untyped-def]
+        calls.append(str(args[0]))
+        return original(self, *args, **options)
+
+    first = rate_window_count(api_key_id=7, window=0)  # may load the script into Redis first
+    Redis.execute_command = counted  # type: ignore[method-assign]
+    try:
+        later = [rate_window_count(api_key_id=7, window=0) for _ in range(2)]
+    finally:
+        Redis.execute_command = original  # type: ignore[method-assign]
+
+    assert [first, *later] == [1, 2, 3]
+    assert 0 < redis.ttl(counter) <= COUNTER_TIMEOUT_SECONDS
+    assert calls == ["EVALSHA", "EVALSHA"]
 
 
 def test_the_limit_is_set_when_a_key_is_created_in_admin_and_can_be_changed(admin_client):

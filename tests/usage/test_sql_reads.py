@@ -8,12 +8,18 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from core.errors import NotFound
 from customers.models import SpendControls, Subscription
 from customers.services import customer_create
 from plans.models import Meter
 from usage.models import CustomerBalance
 from usage.services import credit_grant_create, reservation_create, wallet_top_up
-from usage.sql_reads import consumption_rows_read, customer_for_decision, reservation_for_settling
+from usage.sql_reads import (
+    consumption_rows_read,
+    customer_and_meter,
+    customer_for_decision,
+    reservation_for_settling,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +35,30 @@ def test_customer_comes_with_plan_balance_and_limits_in_one_statement(pro_plan, 
         assert customer.spend_controls.hard_limit == Decimal("50")
 
     assert len(queries) == 1
+
+
+def test_customer_and_meter_come_in_one_round_trip(pro_plan, make_customer):
+    make_customer("pro")
+
+    with CaptureQueriesContext(connection) as queries:
+        customer, meter = customer_and_meter("acme", "api_call")
+        assert customer.subscription.plan_version == pro_plan
+        assert meter == Meter.objects.get(key="api_call")
+
+    assert len(queries) == 2  # the round trip, then the ORM's meter above
+
+
+def test_an_unknown_customer_is_reported_before_an_unknown_meter(pro_plan, make_customer):
+    make_customer("pro")
+    with pytest.raises(NotFound) as unknown_both:
+        customer_and_meter("nobody", "no_meter")
+    with pytest.raises(NotFound) as unknown_meter:
+        customer_and_meter("acme", "no_meter")
+
+    assert (unknown_both.value.details, unknown_meter.value.details) == (
+        {"param": "customer"},
+        {"param": "meter"},
+    )
 
 
 def test_missing_related_rows_read_as_missing_without_a_query(pro_plan):

@@ -30,7 +30,7 @@ from usage.ingest import usage_events_ingest
 from usage.models import Reservation
 from usage.selectors.listings import reservation_by_id
 from usage.services import reservation_commit, reservation_create, reservation_release
-from usage.sql_reads import customer_for_decision, meter_by_key
+from usage.sql_reads import customer_and_meter
 from usage.validation import MAX_KEY_LENGTH, MAX_NAME_LENGTH, events_from_payload
 
 
@@ -81,9 +81,10 @@ def _decide(request: Request) -> tuple[Any, dict[str, Any]]:
     data = UsageQuestionInput(data=request.data)
     data.is_valid(raise_exception=True)
     values = data.validated_data
+    customer, meter = customer_and_meter(values["customer"], values["meter"])
     decision = usage_decide(
-        customer=customer_for_decision(values["customer"]),
-        meter=meter_by_key(values["meter"]),
+        customer=customer,
+        meter=meter,
         quantity=values["quantity"],
         properties=values["properties"],
         now=timezone.now(),
@@ -146,9 +147,10 @@ class ReservationsView(APIView):
         data = self.ReservationInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        customer, meter = customer_and_meter(values["customer"], values["meter"])
         reservation, created = reservation_create(
-            customer=customer_for_decision(values["customer"]),
-            meter=meter_by_key(values["meter"]),
+            customer=customer,
+            meter=meter,
             quantity=values["quantity"],
             idempotency_key=values["idempotency_key"],
             user=values.get("user"),

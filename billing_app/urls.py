@@ -66,8 +66,9 @@ urlpatterns = [
         )(SpectacularRedocView.as_view(url_name="api-schema")),
         name="api-docs",
     ),
-    # (?s): a path segment may hold a newline (%0A), and such a path is an API 404 too, not an HTML page.
-    re_path(r"(?s)^api/(?P<path>.*)$", api_route_not_found),
+    # [\s\S], not ".": a path segment may hold a newline (%0A), and such a path is an API 404 too, not an
+    # HTML page (an inline (?s) flag would break reversing every URL).
+    re_path(r"^api/(?P<path>[\s\S]*)$", api_route_not_found),
     path("", include("usage.urls")),
     path("", include("plans.urls")),
     path("", include("billing_app.stripe.urls")),

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from psycopg.errors import NumericValueOutOfRange
 from rest_framework import exceptions, status
@@ -16,6 +17,9 @@ from billing_app.api_requests import api_error_body, request_id_of
 from billing_app.models import ApiKey
 from billing_app.throttling import api_key_rate_limit
 from core.errors import BillingError
+from usage.api.fields import amount_string
+from usage.errors import UsageRefused
+from usage.selectors.upgrades import upgrade_for_refusal
 
 
 def error_response(code: str, message: str, http_status: int, **extra: Any) -> Response:
@@ -43,6 +47,10 @@ def _error_response_for(exc: Exception, context: dict[str, Any]) -> Response | N
     if isinstance(exc, RequestDataTooBig):
         return error_response(
             "request_too_large", "The body is larger than the 10 MB an event batch can need.", 413
+        )
+    if isinstance(exc, UsageRefused) and exc.upgrade_for is not None:
+        return error_response(
+            exc.code, exc.message, exc.http_status, **exc.details, upgrade=_upgrade(exc, context)
         )
     if isinstance(exc, BillingError):
         return error_response(exc.code, exc.message, exc.http_status, **exc.details)
@@ -97,3 +105,20 @@ def api_route_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
         ),
         status=404,
     )
+
+
+def _upgrade(refusal: UsageRefused, context: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan that would lift a cap or a plan's blocked overage, for the backend's own prompt (or null)."""
+    version = upgrade_for_refusal(refusal)
+    if version is None:
+        return None
+    request = context.get("request")
+    url = reverse("settings-plan")
+    return {
+        "plan": version.plan.code,
+        "name": version.plan.name,
+        "price": amount_string(version.base_fee, version.currency),
+        "currency": version.currency,
+        "interval": version.interval,
+        "url": request.build_absolute_uri(url) if request is not None else url,
+    }

@@ -23,6 +23,15 @@ from billing_app.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, REPLAYED
 from billing_app.throttling import RATE_LIMIT_HEADER, RATE_LIMIT_REMAINING_HEADER, RATE_LIMIT_RESET_HEADER
 
 
+class ApiUpgradeOffer(serializers.Serializer):
+    plan = serializers.CharField(help_text="The plan's code, for `POST /customers/{id}/subscription`.")
+    name = serializers.CharField()
+    price = serializers.CharField(help_text="Its base fee per interval, in the currency's minor-unit places.")
+    currency = serializers.CharField()
+    interval = serializers.CharField()
+    url = serializers.CharField(help_text="The customer's plan page.")
+
+
 class ApiErrorDetail(serializers.Serializer):
     code = serializers.CharField(help_text="Stable and machine-readable, e.g. `insufficient_balance`.")
     message = serializers.CharField(help_text="For a person; may change.")
@@ -40,6 +49,15 @@ class ApiErrorDetail(serializers.Serializer):
         required=False,
         help_text="With `invalid_batch` and `idempotency_key_reused` of an event batch: "
         "`{index, code, message}` for each event at fault.",
+    )
+    limit = serializers.CharField(
+        required=False, help_text="With `entitlement_limit_reached`: the plan's cap."
+    )
+    upgrade = ApiUpgradeOffer(
+        required=False,
+        allow_null=True,
+        help_text="With a `402` a plan could lift (a cap, or a plan that blocks overage): the cheapest public "
+        "plan that would allow it; null when none would.",
     )
 
 

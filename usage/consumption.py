@@ -222,7 +222,7 @@ class ConsumptionEngine:
                 f"The plan allows {limit.limit.normalize():f} {meter.unit} of {meter.name} per period; "
                 f"{used_or_held.normalize():f} are used or held.",
                 limit=str(limit.limit),
-            )
+            ).liftable_by("cap", customer=self.customer, meter=meter)
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
         dimension_value = self._dimension_value(spec, properties)
@@ -262,7 +262,13 @@ class ConsumptionEngine:
             dimension_value=dimension_value,
         )
         self._check_hard_limit(coverage, period_start=period[0])
-        self._cover(coverage, period_row=row)
+        try:
+            self._cover(coverage, period_row=row)
+        except InsufficientBalance as refusal:
+            if self.terms.overage_blocked:
+                # The plan's policy, not the customer's switch: another plan would bill the rest as overage.
+                refusal.liftable_by("overage", customer=self.customer, meter=meter)
+            raise
         return coverage
 
     def hold_settled(self, hold: Reservation, *, quantity: Decimal) -> Coverage:

@@ -1,12 +1,26 @@
 """Why usage is refused. Each code is part of the public API contract (see docs/api.md)."""
 
+from typing import Any
+
 from core.errors import BillingError, Conflict
 
 
 class UsageRefused(BillingError):
-    """The customer may not use this now. The API answers 402 with the code."""
+    """The customer may not use this now. The API answers 402 with the code.
+
+    A refusal a plan could lift (a cap, a plan that blocks overage) says which: ``upgrade_for`` is "cap" or
+    "overage", with the customer and meter it is about, and the API's answer names the cheapest plan that
+    would allow it (``usage.selectors.upgrades``).
+    """
 
     http_status = 402
+    upgrade_for: str | None = None
+    customer: Any = None
+    meter: Any = None
+
+    def liftable_by(self, kind: str, *, customer: Any, meter: Any) -> "UsageRefused":
+        self.upgrade_for, self.customer, self.meter = kind, customer, meter
+        return self
 
 
 class HardLimitReached(UsageRefused):

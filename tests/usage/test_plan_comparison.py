@@ -157,3 +157,59 @@ def test_the_plan_in_force_shows_the_figures_it_charges(plans, make_customer):
 
     assert current.total == summary.base_fee + summary.spend.spend
     assert current.projected_total == summary.projection.total
+
+
+def test_a_refusal_a_plan_could_lift_names_the_cheapest_plan_that_would(api, plans, make_plan, make_customer):
+    make_customer("free")
+    use(20)
+
+    refused = api.post(
+        "/api/v1/reservations",
+        {"customer": "acme", "meter": "ai_action", "quantity": "1", "idempotency_key": "r1"},
+        format="json",
+    )
+
+    assert refused.status_code == 402
+    error = refused.json()["error"]
+    assert error["code"] == "entitlement_limit_reached"
+    # Pay-as-you-go has no cap and no base fee: the cheapest plan that allows a 21st action.
+    assert error["upgrade"]["plan"] == "payg"
+    assert error["upgrade"]["price"] == "0.00"
+    assert error["upgrade"]["url"].endswith("/settings/plan")
+
+
+def test_a_blocked_plans_refusal_names_a_plan_that_bills_overage(api, make_plan, make_customer):
+    make_plan(
+        "prepaid",
+        overage="blocked",
+        prices=[{"meter": "ai_action", "model": "per_unit", "unit_amount": "0.05"}],
+    )
+    make_plan(
+        "pro", base_fee="20.00", prices=[{"meter": "ai_action", "model": "per_unit", "unit_amount": "0.02"}]
+    )
+    make_customer("prepaid")
+
+    refused = api.post(
+        "/api/v1/reservations",
+        {"customer": "acme", "meter": "ai_action", "quantity": "1", "idempotency_key": "r1"},
+        format="json",
+    )
+
+    error = refused.json()["error"]
+    assert (refused.status_code, error["code"]) == (402, "insufficient_balance")
+    assert error["upgrade"]["plan"] == "pro"
+
+
+def test_a_customers_own_switch_offers_no_plan(api, pro_plan, make_customer):
+    make_customer("pro", block_overage=True)
+    use_calls = [event(f"c{n}") for n in range(100)]
+    usage_events_ingest(raw_events=use_calls)
+
+    refused = api.post(
+        "/api/v1/reservations",
+        {"customer": "acme", "meter": "api_call", "quantity": "1", "idempotency_key": "r1"},
+        format="json",
+    )
+
+    assert refused.status_code == 402
+    assert "upgrade" not in refused.json()["error"]

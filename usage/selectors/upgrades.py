@@ -28,13 +28,14 @@ def upgrade_for_refusal(refusal: UsageRefused) -> PlanVersion | None:
     latest: dict[int, PlanVersion] = {}
     for version in candidates:
         latest.setdefault(version.plan_id, version)
-    current_cap = refusal.details.get("limit")
+    limit = refusal.details.get("limit")
+    current_cap = Decimal(limit) if limit is not None else None
     for version in sorted(latest.values(), key=lambda v: (v.base_fee, v.plan.code)):
         if refusal.upgrade_for == "overage" and version.overage_policy == OveragePolicy.BLOCKED:
             continue
         cap = next((e.limit for e in version.entitlements.all() if e.feature == meter.key), None)
         higher_cap_needed = refusal.upgrade_for == "cap" and current_cap is not None
-        if higher_cap_needed and cap is not None and cap <= Decimal(current_cap):
+        if higher_cap_needed and cap is not None and current_cap is not None and cap <= current_cap:
             continue
         return version
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -10,15 +11,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from usage.models import UsageEvent
+
+T = TypeVar("T")
 
 # No test waits this long; a proxy a failed test left running stops by itself.
 PROXY_LIFETIME_SECONDS = 120
@@ -220,3 +224,11 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not done within {timeout} s")
         time.sleep(0.05)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a thread of its own. In the app's full test run pytest-playwright's
+    sync API keeps an event loop running in the test thread for the whole session, and ``asyncio.run``
+    refuses to start inside a running loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

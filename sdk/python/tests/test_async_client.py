@@ -1,11 +1,10 @@
 """``AsyncClient`` in the scenarios of the synchronous client: resources, ``async with`` reservations,
 the metering decorator, retries, and buffering across a process restart.
 
-Each test drives its coroutine with ``asyncio.run``; database reads and writes stay outside it, where
+Each test drives its coroutine with ``run_async`` (``asyncio.run`` on a thread of its own); database reads and writes stay outside it, where
 Django allows them.
 """
 
-import asyncio
 import warnings
 from collections.abc import Callable
 from decimal import Decimal
@@ -23,6 +22,7 @@ from live_app import (
     events_of,
     keys_of,
     quantity_total,
+    run_async,
     run_buffer_writer,
     unreachable_url,
 )
@@ -67,7 +67,7 @@ def test_the_resources_answer_as_the_sync_clients_do(api_key: str, base_url: str
                 "usage": usage,
             }
 
-    answers = asyncio.run(scenario())
+    answers = run_async(scenario())
 
     assert answers["customer"]["external_id"] == "acme"
     assert answers["event"]["status"] == "accepted"
@@ -91,7 +91,7 @@ def test_async_with_commits_what_the_work_used(
         ):
             return await hold.commit(800)
 
-    committed = asyncio.run(scenario())
+    committed = run_async(scenario())
 
     assert Decimal(committed["released"]) == Decimal(3200)
     assert the_reservation().status == ReservationStatus.COMMITTED
@@ -105,7 +105,7 @@ def test_an_awaited_hold_works_as_well(api_key: str, base_url: str, tokens_custo
             hold = await billing.reserve(customer="tokens-co", meter="llm_tokens", quantity=4000)
             await hold.release()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
     assert the_reservation().status == ReservationStatus.RELEASED
 
@@ -121,7 +121,7 @@ def test_an_exception_in_the_async_block_releases_the_hold_and_goes_on(
             raise ModelFailed("the model timed out")
 
     with pytest.raises(ModelFailed):
-        asyncio.run(scenario())
+        run_async(scenario())
 
     assert the_reservation().status == ReservationStatus.RELEASED
     assert events_of("tokens-co") == []
@@ -138,7 +138,7 @@ def test_leaving_the_async_block_without_a_commit_releases_and_warns(
             pass
 
     with pytest.warns(UncommittedReservationWarning):
-        asyncio.run(scenario())
+        run_async(scenario())
 
     assert the_reservation().status == ReservationStatus.RELEASED
 
@@ -159,7 +159,7 @@ def test_a_refused_async_reservation_raises_before_the_block_runs(
             ran.append(True)
 
     with pytest.raises(InsufficientBalance):
-        asyncio.run(scenario())
+        run_async(scenario())
 
     assert ran == []
     assert not Reservation.objects.exists()
@@ -187,7 +187,7 @@ def test_an_async_function_that_fails_twice_then_succeeds_records_one_event(
                     continue
             raise AssertionError("never succeeded")
 
-    assert asyncio.run(scenario()) == "abcabc"
+    assert run_async(scenario()) == "abcabc"
 
     assert len(attempts) == 3
     (event,) = events_of("tokens-co")
@@ -208,7 +208,7 @@ def test_an_async_cache_hit_is_recorded_as_cached(
 
             await answer("seen before")
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
     (event,) = events_of("tokens-co")
     assert (event.billable, event.properties, event.cost) == (False, {"cached": True}, Decimal(0))
@@ -223,7 +223,7 @@ def test_the_sync_client_meters_an_async_function_too(
         async def generate() -> str:
             return "done"
 
-        assert asyncio.run(generate()) == "done"
+        assert run_async(generate()) == "done"
 
     assert [event.quantity for event in events_of("tokens-co")] == [Decimal(42)]
 
@@ -233,7 +233,7 @@ def test_the_async_decorator_refuses_a_plain_function(api_key: str, base_url: st
 
     with pytest.raises(TypeError, match="async functions"):
         billing.metered(customer="acme", meter="api_call")(lambda: None)  # type: ignore[arg-type]
-    asyncio.run(billing.close())
+    run_async(billing.close())
 
 
 def test_an_async_write_answered_500_and_429_is_recorded_once(
@@ -245,7 +245,7 @@ def test_an_async_write_answered_500_and_429_is_recorded_once(
         async with AsyncClient(api_key=api_key, base_url=proxy.url, max_network_retries=3) as billing:
             return await billing.events.create(customer="acme", meter="api_call", quantity=9)
 
-    result = asyncio.run(scenario())
+    result = run_async(scenario())
 
     assert proxy.actions() == [FAIL_AFTER_WRITE, RATE_LIMITED, DROP_AFTER_WRITE, FORWARD]
     assert {seen.idempotency_key for seen in proxy.seen} == {result["idempotency_key"]}
@@ -278,7 +278,7 @@ def test_async_buffered_events_survive_a_restart_and_are_delivered_once(
             assert billing.buffer is not None
             return remaining, billing.buffer.pending_count()
 
-    assert asyncio.run(deliver()) == (0, 0)
+    assert run_async(deliver()) == (0, 0)
     assert keys_of("acme") == [f"async-{n}" for n in range(5)]
     assert quantity_total("acme") == Decimal(15)
 
@@ -298,7 +298,7 @@ def test_async_events_buffer_while_the_server_is_unreachable(
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        statuses, remaining = asyncio.run(scenario())
+        statuses, remaining = run_async(scenario())
 
     assert statuses == ["buffered"] * 3
     assert remaining == 0

@@ -5,11 +5,11 @@ The tests marked ``needs_list_endpoints`` need that endpoint, which lands separa
 fail, and ``-m "not needs_list_endpoints"`` leaves them out.
 """
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from live_app import run_async
 
 from billing_client import AsyncClient, Client, Page
 from customers.models import Customer
@@ -61,7 +61,7 @@ def test_async_auto_paging_walks_every_customer_once(
             page = await billing.customers.list(limit=2)
             return [customer["external_id"] async for customer in page.auto_paging_iter()]
 
-    walked = asyncio.run(walk())
+    walked = run_async(walk())
 
     assert sorted(walked) == seven_customers
     assert len(walked) == len(set(walked))

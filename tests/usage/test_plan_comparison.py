@@ -213,3 +213,26 @@ def test_a_customers_own_switch_offers_no_plan(api, pro_plan, make_customer):
 
     assert refused.status_code == 402
     assert "upgrade" not in refused.json()["error"]
+
+
+def test_a_prepaid_plan_is_never_named_as_the_cheapest_or_the_upgrade(api, plans, make_plan, make_customer):
+    # Its bill is the packs bought, not the usage rated; without them it refuses the usage too.
+    make_plan(
+        "credits",
+        overage="blocked",
+        prices=[{"meter": "ai_action", "model": "per_unit", "unit": "credits", "unit_amount": "1"}],
+        credit_packs=[{"price": "250.00", "credits": "50000"}],
+    )
+    customer = make_customer("free")
+    use(20)
+
+    comparison = plan_comparison(customer=customer, summary=usage_period_summary(customer=customer))
+    refused = api.post(
+        "/api/v1/reservations",
+        {"customer": "acme", "meter": "ai_action", "quantity": "1", "idempotency_key": "r1"},
+        format="json",
+    )
+
+    assert any(bill.code == "credits" and bill.prepaid for bill in comparison.plans)
+    assert comparison.cheapest.code == "payg"
+    assert refused.json()["error"]["upgrade"]["plan"] == "payg"

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from core.money import format_money
 from customers.models import Customer, Subscription
-from plans.models import PlanVersion, VersionStatus
+from plans.models import OveragePolicy, PlanVersion, VersionStatus
 from plans.selectors import version_spec
 from usage.selectors.meter_lines import QUOTA_WARN_PERCENT, MeterLine
 from usage.selectors.periods import BillingPeriod
@@ -37,6 +37,7 @@ class PlanBill:
     covers: bool  # False when the plan would have refused part of the period's usage
     current: bool
     currency: str
+    prepaid: bool = False  # overage blocked: usage past what was bought is refused
 
     @property
     def base_fee_display(self) -> str:
@@ -66,8 +67,11 @@ class PlanComparison:
 
     @property
     def cheapest(self) -> PlanBill | None:
-        """The plan that would have cost least for this period's projected usage, among those covering it."""
-        return next((bill for bill in self.plans if bill.covers), None)
+        """The plan that would have cost least for this period's projected usage, among those covering it.
+
+        A prepaid plan (overage blocked) is never named: what it costs is the packs bought ($250 for 50,000
+        credits), not the usage rated, and without them it would refuse the usage."""
+        return next((bill for bill in self.plans if bill.covers and not bill.prepaid), None)
 
 
 def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanComparison:
@@ -114,6 +118,7 @@ def plan_comparison(*, customer: Customer, summary: UsageSummary) -> PlanCompari
                 and all(key in priced for key, quantity in used.items() if quantity > 0),
                 current=version.pk == current_version_id,
                 currency=summary.currency,
+                prepaid=version.overage_policy == OveragePolicy.BLOCKED,
             )
         )
     bills.sort(key=lambda bill: (not bill.covers, bill.projected_total, bill.base_fee, bill.code))

@@ -8,8 +8,8 @@ from usage.errors import UsageRefused
 
 def upgrade_for_refusal(refusal: UsageRefused) -> PlanVersion | None:
     """The cheapest public plan (by base fee) in the customer's currency, other than theirs, that prices the
-    meter and would allow it: a higher cap or none for a cap, overage allowed for a blocked plan. None when
-    no published plan would."""
+    meter and would allow it: one that bills overage (a prepaid plan would refuse it too), with a higher cap
+    or none. None when no published plan would."""
     customer, meter = refusal.customer, refusal.meter
     if refusal.upgrade_for is None or customer is None or meter is None:
         return None
@@ -31,7 +31,8 @@ def upgrade_for_refusal(refusal: UsageRefused) -> PlanVersion | None:
     limit = refusal.details.get("limit")
     current_cap = Decimal(limit) if limit is not None else None
     for version in sorted(latest.values(), key=lambda v: (v.base_fee, v.plan.code)):
-        if refusal.upgrade_for == "overage" and version.overage_policy == OveragePolicy.BLOCKED:
+        if version.overage_policy == OveragePolicy.BLOCKED:
+            # A prepaid plan refuses usage past what was bought: it lifts nothing by itself.
             continue
         cap = next((e.limit for e in version.entitlements.all() if e.feature == meter.key), None)
         higher_cap_needed = refusal.upgrade_for == "cap" and current_cap is not None

@@ -221,7 +221,7 @@ class ConsumptionEngine:
             raise EntitlementLimitReached(
                 f"The plan allows {limit.limit.normalize():f} {meter.unit} of {meter.name} per period; "
                 f"{used_or_held.normalize():f} are used or held.",
-                limit=str(limit.limit),
+                limit=f"{limit.limit.normalize():f}",
             ).liftable_by("cap", customer=self.customer, meter=meter)
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)

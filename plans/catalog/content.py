@@ -1,11 +1,31 @@
 """A catalog's content (meters, plans, each version's pricing), and that content read from the database."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from plans.models import Aggregation, Meter, Plan, PlanVersion
 from plans.pricing import PriceSpec
 from plans.selectors import plan_latest_published_version, version_spec
+
+
+@dataclass(frozen=True)
+class ServingCostEntry:
+    """A meter's ``"cost"``: what one unit costs us to serve, in the operator's currency, from a date.
+
+    ``unit_amount`` is the default rate; ``rates`` the rate of each value of the event property ``dimension``.
+    ``effective_from`` None: from the start for a rate the meter never had, from the import for a change.
+    """
+
+    unit_amount: Decimal | None = None
+    dimension: str = ""
+    rates: tuple[tuple[str, Decimal], ...] = ()
+    effective_from: datetime | None = None
+
+    def by_value(self) -> dict[str, Decimal]:
+        """Each rate by dimension value, the default under ""."""
+        default = {"": self.unit_amount} if self.unit_amount is not None else {}
+        return default | dict(self.rates)
 
 
 @dataclass(frozen=True)
@@ -15,6 +35,7 @@ class MeterEntry:
     unit: str
     aggregation: str = Aggregation.SUM
     unique_property: str = ""
+    cost: ServingCostEntry | None = None  # None: the file says nothing of the meter's cost
 
 
 @dataclass(frozen=True)

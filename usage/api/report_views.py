@@ -18,9 +18,15 @@ from usage.selectors.margins import (
 )
 
 
+# A field named "label" shadows ``Field.label`` only for the type checker: DRF's serializer metaclass takes
+# declared fields off the class.
 class MarginPeriodOutput(serializers.Serializer):
-    label = serializers.CharField(help_text="The month (YYYY-MM), or 'current': each customer's billing period.")
-    start = serializers.DateField(allow_null=True, help_text="First day of the month (UTC); null for current.")
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text="The month (YYYY-MM), or 'current': each customer's billing period."
+    )
+    start = serializers.DateField(
+        allow_null=True, help_text="First day of the month (UTC); null for current."
+    )
     end = serializers.DateField(allow_null=True, help_text="The day after the month; null for current.")
 
 
@@ -29,7 +35,7 @@ class MarginRowOutput(serializers.Serializer):
         help_text="The customer's external id, the meter key, or meter_key:dimension_value; for a total, "
         "the currency."
     )
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]
     revenue = DecimalString(help_text="Rated usage charges, exact, in `currency`.")
     cost = DecimalString(help_text="Serving cost, exact, in the report's `cost_currency`.")
     margin = DecimalString(

@@ -8,7 +8,7 @@ retired by hand; the pricing page shows only the latest.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +31,7 @@ from plans.catalog import (
     version_content,
     version_content_parse,
 )
-from plans.catalog.content import ServingCostEntry
+from plans.catalog.content import SERVING_COST_SINCE_ALWAYS, ServingCostEntry
 from plans.errors import PlanVersionInUse
 from plans.models import (
     ChangeEffect,
@@ -84,10 +84,6 @@ def meter_upsert(*, key: str, name: str, unit: str, aggregation: str, unique_pro
 
 
 # --- Serving costs ---
-
-# When a rate given without a date starts, for a meter (or value) that had none: usage already recorded kept
-# the cost it was recorded with, so this only prices late events, which should cost what the rate says.
-SERVING_COST_SINCE_ALWAYS = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def meter_serving_cost_import(

@@ -21,6 +21,9 @@ from billing_app.stripe.outbox import outbox_backlog
 from billing_app.stripe.reconciliation import meter_label
 from customers.services import customer_unfreeze
 
+# The index links the staff pages that live beside the admin (the margin report).
+admin.site.index_template = "admin/billing_index.html"
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):

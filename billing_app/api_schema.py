@@ -69,7 +69,8 @@ class ApiError(serializers.Serializer):
 
 _ERRORS = {
     400: "The request is invalid: `malformed_json`, `invalid_request` (`fields` or `param` names what), "
-    "`out_of_range` (`param`, `max`), `idempotency_key_mismatch`, `invalid_batch`.",
+    "`out_of_range` (`param`, `max`), `idempotency_key_mismatch`, `invalid_batch`, `invalid_cost`, "
+    "`invalid_period`, `invalid_group_by`.",
     401: "`authentication_required` (no key) or `invalid_api_key` (a wrong or revoked key).",
     402: "The customer may not use this now: `hard_limit_reached`, `insufficient_balance`, "
     "`account_frozen`, `not_entitled`, `entitlement_limit_reached`.",

@@ -607,6 +607,7 @@ class OperatorAlertKind(models.TextChoices):
     TOO_OLD_USAGE = "too_old_usage", "Usage too old for Stripe"
     STRIPE_REFUSED = "stripe_refused", "Stripe refused usage"
     OUTBOX_STUCK = "outbox_stuck", "Usage waiting for Stripe"
+    MARGIN_NEGATIVE = "margin_negative", "Negative margin"
 
 
 class OperatorAlert(models.Model):

@@ -38,6 +38,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 5 * MINUTE,
         "options": {"expires": 5 * MINUTE},
     },
+    "margins-negative": {
+        "task": "billing_app.tasks.margins_negative_task",
+        "schedule": 15 * MINUTE,
+        "options": {"expires": 15 * MINUTE},
+    },
     "reservations-expire": {
         "task": "usage.tasks.reservations_expire_task",
         "schedule": MINUTE,

@@ -163,6 +163,9 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="billing@localhost")
 # Who hears about circuit breakers, invoice spikes and reconciliation divergences.
 OPERATOR_EMAILS = env.list("OPERATOR_EMAILS", default=[])
 OPERATOR_SLACK_WEBHOOK_URL = env.str("OPERATOR_SLACK_WEBHOOK_URL", default="")
+# The currency serving costs are recorded in (the catalog's "cost" rates, events' properties.cost) and the
+# margin report sets against revenue in the same currency.
+OPERATOR_CURRENCY = env.str("OPERATOR_CURRENCY", default="usd").lower()
 
 REDIS_URL = env.str("REDIS_URL", default="")
 # The API rate limit counts requests in the cache (billing_app/throttling.py). Without Redis each process

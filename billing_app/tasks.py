@@ -22,6 +22,7 @@ from billing_app.auto_top_up import (
 from billing_app.circuit_breaker import circuit_breaker_check
 from billing_app.customer_emails import customer_emails_send
 from billing_app.idempotency import idempotency_keys_prune
+from billing_app.margin_alerts import margins_negative_check
 from billing_app.models import AutoTopUpCharge
 from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.checkout import checkout_sessions_sweep
@@ -100,6 +101,12 @@ def spend_alerts_task() -> int:
 @shared_task
 def circuit_breaker_task() -> list[int]:
     return [customer.pk for customer in circuit_breaker_check()]
+
+
+@shared_task
+def margins_negative_task() -> list[int]:
+    """Alert operators, once per billing period, about each customer whose margin turned negative."""
+    return [alert.pk for alert in margins_negative_check()]
 
 
 @shared_task

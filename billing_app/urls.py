@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from billing_app import login_protection, payment_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
-from usage.admin_views import price_research
+from usage.admin_views import margin_report_page, price_research
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
@@ -17,6 +17,8 @@ urlpatterns = [
         admin.site.admin_view(price_research),
         name="price-research",
     ),
+    # Staff-only: revenue against serving cost (linked from the admin index).
+    path("admin/margins/", admin.site.admin_view(margin_report_page), name="margin-report"),
     path("admin/", admin.site.urls),
     # Before Django's own: the password-reset views that brute-force protection wraps.
     path("accounts/password_reset/", login_protection.PasswordResetView.as_view(), name="password_reset"),

@@ -27,6 +27,7 @@ from plans.models import (
     DimensionRate,
     Entitlement,
     Meter,
+    MeterServingCost,
     Plan,
     PlanVersion,
     Price,
@@ -256,9 +257,34 @@ class _ReadOnlyNotice(_VersionGuard):
 # --- Meters and plans ---
 
 
+class MeterServingCostInline(admin.TabularInline):
+    """The meter's dated serving costs. A rate already in the schedule is never edited: a provider's price change
+    is a new row with its own ``effective_from``, so the usage before it keeps the cost it was recorded with."""
+
+    model = MeterServingCost
+    fields = ("dimension_value", "unit_amount", "currency", "effective_from", "created_at")
+    readonly_fields = ("currency", "created_at")
+    extra = 0
+    can_delete = False
+    verbose_name = "serving cost"
+    verbose_name_plural = "serving costs (what one unit costs us, in the operator's currency)"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
-    list_display = ("key", "name", "unit", "aggregation", "unique_property", "stripe_meter_id")
+    list_display = (
+        "key",
+        "name",
+        "unit",
+        "aggregation",
+        "unique_property",
+        "serving_cost_dimension",
+        "stripe_meter_id",
+    )
+    inlines = [MeterServingCostInline]
     list_filter = ("aggregation",)
     search_fields = ("key", "name")
     readonly_fields = ("stripe_meter_id", "created_at")

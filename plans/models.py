@@ -8,6 +8,7 @@ are migrated at renewal.
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -51,6 +52,13 @@ class Meter(models.Model):
         max_length=64, blank=True, help_text="For unique aggregation: the event property counted."
     )
     stripe_meter_id = models.CharField(max_length=64, blank=True)
+    serving_cost_dimension = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The event property whose value picks a serving-cost rate (e.g. model); empty: one rate.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -63,6 +71,46 @@ class Meter(models.Model):
         refusal = aggregation_refusal(self.aggregation)
         if refusal is not None:
             raise ValidationError({"aggregation": refusal})
+
+
+class MeterServingCost(models.Model):
+    """What one unit of a meter costs us to serve, from ``effective_from`` on, in the operator's currency.
+
+    ``dimension_value`` empty is the meter's default rate; otherwise the rate of events whose
+    ``Meter.serving_cost_dimension`` property has that value (a model). A provider's price change is a new row
+    with a later ``effective_from``, never an edit: usage keeps the cost of the rate in force at its timestamp.
+    """
+
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="serving_costs")
+    dimension_value = models.CharField(max_length=120, blank=True, help_text="Empty: the meter's default.")
+    unit_amount = models.DecimalField(**RATE, help_text="Cost of one unit, in the operator's currency.")
+    currency = models.CharField(max_length=3, help_text="The operator's currency (OPERATOR_CURRENCY).")
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["meter", "dimension_value", "effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["meter", "dimension_value", "effective_from"], name="meter_serving_cost_unique"
+            ),
+            models.CheckConstraint(condition=Q(unit_amount__gte=0), name="meter_serving_cost_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        value = self.dimension_value or "default"
+        return (
+            f"{self.meter_id} {value}: {self.unit_amount} {self.currency} from {self.effective_from:%Y-%m-%d}"
+        )
+
+    def clean(self) -> None:
+        operator_currency = settings.OPERATOR_CURRENCY
+        if self.currency and self.currency.lower() != operator_currency:
+            # Costs are summed with each other and set against revenue: one currency, or the sums are wrong.
+            raise ValidationError(
+                {"currency": f"Serving costs are in the operator's currency, {operator_currency}."}
+            )
+        self.currency = operator_currency
 
 
 class BillingInterval(models.TextChoices):

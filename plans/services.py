@@ -8,9 +8,11 @@ retired by hand; the pricing page shows only the latest.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
@@ -19,6 +21,7 @@ from django.utils import timezone
 from core.errors import Conflict, InvalidInput
 from core.money import CREDITS, format_money
 from plans.catalog import (
+    CatalogInvalid,
     CreditPackEntry,
     EntitlementEntry,
     PlanEntry,
@@ -28,6 +31,7 @@ from plans.catalog import (
     version_content,
     version_content_parse,
 )
+from plans.catalog.content import SERVING_COST_SINCE_ALWAYS, ServingCostEntry
 from plans.errors import PlanVersionInUse
 from plans.models import (
     ChangeEffect,
@@ -35,6 +39,7 @@ from plans.models import (
     DimensionRate,
     Entitlement,
     Meter,
+    MeterServingCost,
     Plan,
     PlanVersion,
     Price,
@@ -76,6 +81,58 @@ def meter_upsert(*, key: str, name: str, unit: str, aggregation: str, unique_pro
         raise InvalidInput(f"Meter {key!r}: {' '.join(error.messages)}", param="meter") from error
     meter.save()
     return meter
+
+
+# --- Serving costs ---
+
+
+def meter_serving_cost_import(
+    *, meter: Meter, entry: ServingCostEntry, now: datetime | None = None
+) -> tuple[list[str], list[str]]:
+    """Make the meter's cost schedule say what ``entry`` says, by adding dated rows, never editing one.
+
+    For each rate of the entry: unchanged when the rate in force at its date (the latest rate, without a date)
+    is the same; otherwise a new row from that date (without one: from now, or from always for a value the
+    meter never had). Returns (what changed, problems): a different rate already dated exactly then is a
+    problem, as history is not rewritten by a file; correct it in the admin.
+    """
+    now = now or timezone.now()
+    changes: list[str] = []
+    problems: list[str] = []
+    if meter.serving_cost_dimension != entry.dimension:
+        meter.serving_cost_dimension = entry.dimension
+        meter.save(update_fields=["serving_cost_dimension"])
+        changes.append(f"cost dimension {entry.dimension or 'none'}")
+    schedule: dict[str, list[MeterServingCost]] = {}
+    for row in MeterServingCost.objects.filter(meter=meter).order_by("effective_from"):
+        schedule.setdefault(row.dimension_value, []).append(row)
+    for value, unit_amount in sorted(entry.by_value().items()):
+        rows = schedule.get(value, [])
+        label = value or "default"
+        if entry.effective_from is None:
+            in_force = rows[-1] if rows else None
+            starts = now if rows else SERVING_COST_SINCE_ALWAYS
+        else:
+            in_force = next((r for r in reversed(rows) if r.effective_from <= entry.effective_from), None)
+            starts = entry.effective_from
+        if in_force is not None and in_force.unit_amount == unit_amount:
+            continue
+        if any(row.effective_from == starts for row in rows):
+            problems.append(
+                f'meter "{meter.key}", cost: the {label} rate from {starts:%Y-%m-%d %H:%M} is already '
+                f"{next(r.unit_amount for r in rows if r.effective_from == starts).normalize():f}; "
+                "give the new rate a later effective_from."
+            )
+            continue
+        MeterServingCost.objects.create(
+            meter=meter,
+            dimension_value=value,
+            unit_amount=unit_amount,
+            currency=settings.OPERATOR_CURRENCY,
+            effective_from=starts,
+        )
+        changes.append(f"cost {label} {unit_amount.normalize():f} from {starts:%Y-%m-%d}")
+    return changes, problems
 
 
 # --- Plan versions ---
@@ -392,23 +449,30 @@ def catalog_import(*, data: Any) -> CatalogImportReport:
     catalog = catalog_parse(data, known_meters=meters)
     lines = []
     changed = False
+    problems: list[str] = []
     for entry in catalog.meters:
         meter = meters.get(entry.key)
         current = (
             None if meter is None else (meter.name, meter.unit, meter.aggregation, meter.unique_property)
         )
-        if current == (entry.name, entry.unit, entry.aggregation, entry.unique_property):
-            lines.append(f"meter {entry.key}: unchanged")
-            continue
-        meter_upsert(
-            key=entry.key,
-            name=entry.name,
-            unit=entry.unit,
-            aggregation=entry.aggregation,
-            unique_property=entry.unique_property,
-        )
-        lines.append(f"meter {entry.key}: {'created' if meter is None else 'updated'}")
-        changed = True
+        what = []
+        if current != (entry.name, entry.unit, entry.aggregation, entry.unique_property):
+            what.append("created" if meter is None else "updated")
+            meter = meter_upsert(
+                key=entry.key,
+                name=entry.name,
+                unit=entry.unit,
+                aggregation=entry.aggregation,
+                unique_property=entry.unique_property,
+            )
+        if entry.cost is not None and meter is not None:
+            cost_changes, cost_problems = meter_serving_cost_import(meter=meter, entry=entry.cost)
+            what += cost_changes
+            problems += cost_problems
+        lines.append(f"meter {entry.key}: {', '.join(what) if what else 'unchanged'}")
+        changed = changed or bool(what)
+    if problems:
+        raise CatalogInvalid(problems)  # the transaction rolls back whatever was written before
     for plan_entry in catalog.plans:
         line, plan_changed = _catalog_plan_import(plan_entry)
         lines.append(line)

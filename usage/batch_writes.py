@@ -64,6 +64,7 @@ class NewUsageEvent:
     wallet_money: Decimal = ZERO  # what the wallet paid, in money (``UsageEvent.wallet_money``)
     money_grant_credits: Decimal = ZERO  # of credits_amount, paid by monetary grants
     money_grant_amount: Decimal = ZERO  # the money those grants gave
+    serving_cost: Decimal = ZERO  # what serving it cost us, in the operator's currency
     id: int | None = None
 
     def written_id(self) -> int:
@@ -150,6 +151,7 @@ PERIOD_TOTALS = (
     "credits_amount",
     "wallet_amount",
     "overage_amount",
+    "serving_cost",
 )
 
 
@@ -182,7 +184,15 @@ def period_totals_statement(rows: list[PeriodUsage]) -> list[Statement]:
 
 # A day can belong to two periods (a plan change opens a new one mid-day): the period is part of the key.
 ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "period_start", "day")
-ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
+ROLLUP_TOTALS = (
+    "quantity",
+    "billable_quantity",
+    "overage_quantity",
+    "event_count",
+    "cost",
+    "overage_amount",
+    "serving_cost",
+)
 
 
 def rollups_add_statement(events: list[NewUsageEvent]) -> list[Statement]:
@@ -212,6 +222,8 @@ def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[s
             add_event_count=Count("id"),
             add_cost=Coalesce(Sum("cost", filter=billable), ZERO),
             add_overage_amount=Coalesce(Sum("overage_amount", filter=billable), ZERO),
+            # Every event's serving cost, billable or not: a cache hit is free to the customer, not to us.
+            add_serving_cost=Coalesce(Sum("serving_cost"), ZERO),
         )
         .order_by()
     )

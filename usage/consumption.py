@@ -407,13 +407,19 @@ class ConsumptionEngine:
 
     # --- applying ------------------------------------------------------------------------------
 
-    def apply(self, coverage: Coverage, *, meter: Meter, timestamp: datetime) -> list[Draw]:
-        """Add a decided event to the totals, take its credits and wallet share; return the draws."""
+    def apply(
+        self, coverage: Coverage, *, meter: Meter, timestamp: datetime, serving_cost: Decimal = ZERO
+    ) -> list[Draw]:
+        """Add a decided event to the totals, take its credits and wallet share; return the draws.
+
+        ``serving_cost`` is what the event cost us (``plans.serving_costs``): a cache hit costs us too.
+        """
         period = self.period_for(timestamp)
         row = self.usage_row(meter_id=meter.pk, period=period)
         self.changed_keys.add((period[0], meter.pk))
         row.unit = coverage.unit
         row.event_count += 1
+        row.serving_cost += serving_cost
         if not coverage.billable:
             row.non_billable_quantity += coverage.quantity
             return []

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from core.errors import BillingError, Conflict
+from core.errors import BillingError, Conflict, InvalidInput
 
 
 class UsageRefused(BillingError):
@@ -49,6 +49,12 @@ class SubscriptionCanceled(UsageRefused):
 
 class ReservationNotHeld(Conflict):
     code = "reservation_not_held"
+
+
+class InvalidCost(InvalidInput):
+    """An event's or a reservation's ``properties.cost`` is not a serving cost: a non-negative decimal."""
+
+    code = "invalid_cost"
 
 
 class InvalidBatch(BillingError):

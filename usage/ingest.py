@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from customers.services import members_get_or_create
 from plans.models import Meter
+from plans.serving_costs import ServingCostRates, serving_cost_rates_read
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ConsumptionEngine
 from usage.errors import UsageRefused
@@ -64,7 +65,8 @@ def usage_events_ingest(*, raw_events: list[Any], now: datetime | None = None) -
     """Validate and record a batch. Raises ``InvalidBatch`` (nothing written) on any bad event.
 
     Whatever the number of customers in the batch, it reads with a fixed number of statements:
-    one locks every customer (in primary-key order), one finds the keys already recorded, three
+    one reads the serving-cost schedule of its meters, one locks every customer (in primary-key
+    order), one finds the keys already recorded, three
     load what the consumption engines of the customers with new events need, and one or two find
     their members.
     """
@@ -75,6 +77,8 @@ def usage_events_ingest(*, raw_events: list[Any], now: datetime | None = None) -
     for event in events:
         by_customer[named.customers[event.customer_id].pk].append(event)
     customers = sorted((named.customers[e[0].customer_id] for e in by_customer.values()), key=lambda c: c.pk)
+    # The catalog's cost schedule needs no lock: read once for the batch, before the customers' locks.
+    serving_costs = serving_cost_rates_read(meters=named.meters.values())
     results: dict[int, EventResult] = {}
     writes = BatchWrites()
     with transaction.atomic():
@@ -110,6 +114,7 @@ def usage_events_ingest(*, raw_events: list[Any], now: datetime | None = None) -
                     existing=existing,
                     members=members,
                     writes=writes,
+                    serving_costs=serving_costs,
                 )
             )
         writes.flush()
@@ -146,6 +151,7 @@ def events_record_for_customer(
     existing: dict[tuple[int, str], int],
     members: dict[tuple[int, str], int],
     writes: BatchWrites,
+    serving_costs: ServingCostRates | None = None,
 ) -> dict[int, EventResult]:
     """Record one customer's new events in batch order and add what must be written to ``writes``.
 
@@ -154,7 +160,7 @@ def events_record_for_customer(
     """
     customer = engine.customer
     check_dimensions(engine, events, meters)
-    recorder = UsageRecorder(engine=engine, writes=writes)
+    recorder = UsageRecorder(engine=engine, writes=writes, serving_costs=serving_costs)
     results: dict[int, EventResult] = {}
     recorded: dict[str, NewUsageEvent] = {}
     for event in events:

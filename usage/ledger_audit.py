@@ -107,11 +107,15 @@ def cached_total_mismatches(now: datetime | None = None) -> list[Mismatch]:
             credits_total=Sum("credits_amount"),
             wallet_total=Sum("wallet_amount"),
             overage_total=Sum("overage_amount"),
+            serving_cost_total=Sum("serving_cost"),
         )
     }
     rollup_totals: dict[tuple[int, int, Any], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for row in DailyUsageRollup.objects.values("customer_id", "meter_id", "period_start").annotate(
-        quantity_total=Sum("quantity"), events=Sum("event_count"), cost_total=Sum("cost")
+        quantity_total=Sum("quantity"),
+        events=Sum("event_count"),
+        cost_total=Sum("cost"),
+        serving_cost_total=Sum("serving_cost"),
     ):
         rollup_totals[(row["customer_id"], row["meter_id"], row["period_start"])].update(row)
 
@@ -136,6 +140,8 @@ def cached_total_mismatches(now: datetime | None = None) -> list[Mismatch]:
             ),
             ("rollup event count", Decimal(period.event_count), Decimal(rollups.get("events") or 0)),
             ("rollup cost", period.cost, rollups.get("cost_total") or ZERO),
+            ("serving cost", period.serving_cost, events.get("serving_cost_total") or ZERO),
+            ("rollup serving cost", period.serving_cost, rollups.get("serving_cost_total") or ZERO),
         ]
         mismatches.extend(
             Mismatch(f"{label} {name}", cached, summed)
@@ -414,7 +420,15 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
 
 
 ROLLUP_KEY = ("customer_id", "meter_id", "member_id", "action", "dimension_value", "day", "period_start")
-ROLLUP_TOTALS = ("quantity", "billable_quantity", "overage_quantity", "event_count", "cost", "overage_amount")
+ROLLUP_TOTALS = (
+    "quantity",
+    "billable_quantity",
+    "overage_quantity",
+    "event_count",
+    "cost",
+    "overage_amount",
+    "serving_cost",
+)
 
 
 def rollup_mismatches(now: datetime | None = None) -> list[Mismatch]:
@@ -433,6 +447,7 @@ def rollup_mismatches(now: datetime | None = None) -> list[Mismatch]:
             event_count_total=Count("id"),
             cost_total=Coalesce(Sum("cost", filter=billable), ZERO),
             overage_amount_total=Coalesce(Sum("overage_amount", filter=billable), ZERO),
+            serving_cost_total=Coalesce(Sum("serving_cost"), ZERO),
         )
         .order_by()
     )

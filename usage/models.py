@@ -235,6 +235,10 @@ class UsageEvent(models.Model):
     # Of ``credits_amount`` on a credit-priced event, the credits monetary grants paid for, and their money.
     money_grant_credits = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
     money_grant_amount = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
+    # What serving the event cost us, in the operator's currency (``OPERATOR_CURRENCY``): its
+    # ``properties.cost`` when sent, else quantity × the rate in force at ``timestamp``
+    # (``plans.serving_costs``). Not ``cost``, which is what the customer is charged.
+    serving_cost = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
 
     class Meta:
         ordering = ["-timestamp", "-id"]
@@ -275,6 +279,8 @@ class PeriodUsage(models.Model):
     credits_amount = models.DecimalField(**RATE, default=ZERO)
     wallet_amount = models.DecimalField(**RATE, default=ZERO)
     overage_amount = models.DecimalField(**RATE, default=ZERO)
+    # The serving cost of all the period's events, cache hits included, in the operator's currency.
+    serving_cost = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
 
     class Meta:
         constraints = [
@@ -300,6 +306,8 @@ class DailyUsageRollup(models.Model):
     event_count = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(**RATE, default=ZERO)
     overage_amount = models.DecimalField(**RATE, default=ZERO)
+    # The serving cost of the day's events, cache hits included, in the operator's currency.
+    serving_cost = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
 
     class Meta:
         constraints = [

@@ -16,6 +16,7 @@ from typing import Any
 from core.money import CREDITS, ledger_amount
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from plans.models import Aggregation, Meter
+from plans.serving_costs import ServingCostRates, serving_cost_of, serving_cost_rates_read
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, Draw
 from usage.models import (
@@ -35,9 +36,15 @@ ONE = Decimal(1)
 class UsageRecorder:
     """Records one customer's usage in order, then gathers what it changed into ``writes``."""
 
-    def __init__(self, *, engine: ConsumptionEngine, writes: BatchWrites) -> None:
+    def __init__(
+        self, *, engine: ConsumptionEngine, writes: BatchWrites, serving_costs: ServingCostRates | None = None
+    ) -> None:
+        """``serving_costs`` is the cost schedule of the batch's meters, read once for the whole batch;
+        without it the recorder reads a meter's schedule the first time it records one of its events."""
         self.engine = engine
         self.writes = writes
+        self.serving_costs = serving_costs or ServingCostRates()
+        self._costs_read: set[int] = set() if serving_costs is None else set(serving_costs.dimensions)
         self.period_start = engine.subscription.current_period_start
         self.spend_before = engine.period_spend(self.period_start)
         self.events: list[NewUsageEvent] = []
@@ -72,7 +79,14 @@ class UsageRecorder:
                 meter=meter, quantity=quantity, properties=properties, timestamp=timestamp
             )
         reservation_id = hold.pk if hold is not None else None
-        draws = engine.apply(coverage, meter=meter, timestamp=timestamp)
+        serving_cost = serving_cost_of(
+            rates=self._serving_costs_of(meter),
+            meter_id=meter.pk,
+            quantity=quantity,
+            properties=properties,
+            at=timestamp,
+        )
+        draws = engine.apply(coverage, meter=meter, timestamp=timestamp, serving_cost=serving_cost)
         self.draws.append(draws)
         action = properties.get("action")
         event = NewUsageEvent(
@@ -98,9 +112,16 @@ class UsageRecorder:
             wallet_money=-sum((draw.amount for draw in draws if draw.grant is None), ZERO),
             money_grant_credits=sum((draw.credits_covered for draw in draws), ZERO),
             money_grant_amount=-sum((draw.amount for draw in draws if draw.credits_covered), ZERO),
+            serving_cost=serving_cost,
         )
         self.events.append(event)
         return event
+
+    def _serving_costs_of(self, meter: Meter) -> ServingCostRates:
+        if meter.pk not in self._costs_read:
+            self.serving_costs.merge(serving_cost_rates_read(meters=[meter]))
+            self._costs_read.add(meter.pk)
+        return self.serving_costs
 
     def finish(self) -> None:
         """Add the recorded events and what they changed to the writes; tell the limits they crossed."""

@@ -20,9 +20,10 @@ from core.sql_rows import rows_insert, rows_update, rows_update_statements
 from customers.models import Customer, Notification, NotificationKind, Subscription
 from customers.services import members_get_or_create, subscription_start
 from plans.models import RATE, CreditPack, Meter, PlanVersion, PricingUnit
+from plans.serving_costs import COST_PROPERTY, event_cost_parse
 from usage.batch_writes import BatchWrites
 from usage.consumption import ConsumptionEngine
-from usage.errors import NoSubscription, ReservationNotHeld
+from usage.errors import InvalidCost, NoSubscription, ReservationNotHeld
 from usage.locks import LockedCustomer, customer_balance_for_update, customer_consumption_for_update
 from usage.models import (
     CreditGrant,
@@ -155,6 +156,12 @@ def reservation_create(
     returns the first reservation unchanged.
     """
     now = now or timezone.now()
+    if properties and COST_PROPERTY in properties:
+        # The cost its commit records (``plans.serving_costs``): refused now, not when the work is done.
+        try:
+            event_cost_parse(properties[COST_PROPERTY])
+        except ValueError as error:
+            raise InvalidCost(str(error), param="properties.cost") from None
     subscription = _subscription_of(customer)
     locked = customer_consumption_for_update(
         customer=customer, subscription=subscription, now=now, reservation_key=idempotency_key

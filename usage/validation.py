@@ -20,6 +20,7 @@ from core.errors import BillingError, IdempotencyKeyReused
 from core.fingerprints import fingerprint
 from customers.models import Customer, Subscription
 from plans.models import QUANTITY, Meter
+from plans.serving_costs import COST_PROPERTY, event_cost_parse
 from usage.consumption import ConsumptionEngine
 from usage.errors import InvalidBatch
 from usage.models import PropertiesEncoder
@@ -209,6 +210,8 @@ def _parse_event(index: int, raw: Any, now: datetime) -> EventInput:
         raise ValueError("properties must be an object")
     if problem := properties_problem(properties):
         raise ValueError(problem)
+    if COST_PROPERTY in properties:
+        event_cost_parse(properties[COST_PROPERTY])  # the event's actual serving cost: refused when not one
     properties_json = json.dumps(properties, cls=PropertiesEncoder)
     if len(properties_json) > MAX_PROPERTIES_BYTES:
         raise ValueError(f"properties are larger than {MAX_PROPERTIES_BYTES} bytes")
@@ -252,6 +255,8 @@ _CODE_BY_FIELD = {
     "quantity": "invalid_quantity",
     "timestamp": "invalid_timestamp",
     "user": "invalid_user",
+    # Before "properties", which it starts with: a bad actual cost has its own code.
+    "properties.cost": "invalid_cost",
     "properties": "invalid_properties",
 }
 

@@ -1,11 +1,31 @@
 """A catalog's content (meters, plans, each version's pricing), and that content read from the database."""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from plans.models import Aggregation, Meter, Plan, PlanVersion
+from plans.models import Aggregation, Meter, MeterServingCost, Plan, PlanVersion
 from plans.pricing import PriceSpec
 from plans.selectors import plan_latest_published_version, version_spec
+
+
+@dataclass(frozen=True)
+class ServingCostEntry:
+    """A meter's ``"cost"``: what one unit costs us to serve, in the operator's currency, from a date.
+
+    ``unit_amount`` is the default rate; ``rates`` the rate of each value of the event property ``dimension``.
+    ``effective_from`` None: from the start for a rate the meter never had, from the import for a change.
+    """
+
+    unit_amount: Decimal | None = None
+    dimension: str = ""
+    rates: tuple[tuple[str, Decimal], ...] = ()
+    effective_from: datetime | None = None
+
+    def by_value(self) -> dict[str, Decimal]:
+        """Each rate by dimension value, the default under ""."""
+        default = {"": self.unit_amount} if self.unit_amount is not None else {}
+        return default | dict(self.rates)
 
 
 @dataclass(frozen=True)
@@ -15,6 +35,7 @@ class MeterEntry:
     unit: str
     aggregation: str = Aggregation.SUM
     unique_property: str = ""
+    cost: ServingCostEntry | None = None  # None: the file says nothing of the meter's cost
 
 
 @dataclass(frozen=True)
@@ -111,8 +132,36 @@ def catalog_current() -> Catalog:
         )
     meters = tuple(
         MeterEntry(
-            key=m.key, name=m.name, unit=m.unit, aggregation=m.aggregation, unique_property=m.unique_property
+            key=m.key,
+            name=m.name,
+            unit=m.unit,
+            aggregation=m.aggregation,
+            unique_property=m.unique_property,
+            cost=serving_cost_entry(m),
         )
         for m in Meter.objects.order_by("key")
     )
     return Catalog(meters=meters, plans=tuple(plans))
+
+
+# When a rate given without a date starts, for a meter (or value) that had none
+# (``plans.services.meter_serving_cost_import``): usage already recorded kept the cost it was recorded with, so
+# this only prices late events, which should cost what the rate says.
+SERVING_COST_SINCE_ALWAYS = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def serving_cost_entry(meter: Meter) -> ServingCostEntry | None:
+    """The meter's latest rate of each value, dated from the latest of them: importing it changes nothing."""
+    latest: dict[str, MeterServingCost] = {}
+    for row in MeterServingCost.objects.filter(meter=meter).order_by("effective_from"):
+        latest[row.dimension_value] = row
+    if not latest:
+        return None
+    starts = max(row.effective_from for row in latest.values())
+    default = latest.pop("", None)
+    return ServingCostEntry(
+        unit_amount=default.unit_amount if default is not None else None,
+        dimension=meter.serving_cost_dimension,
+        rates=tuple(sorted((value, row.unit_amount) for value, row in latest.items())),
+        effective_from=None if starts == SERVING_COST_SINCE_ALWAYS else starts,
+    )

@@ -3,6 +3,7 @@
 import json
 import re
 from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -14,6 +15,7 @@ from plans.catalog.content import (
     EntitlementEntry,
     MeterEntry,
     PlanEntry,
+    ServingCostEntry,
     VersionContent,
 )
 from plans.models import (
@@ -29,7 +31,8 @@ from plans.models import (
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
-_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property"])
+_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property", "cost"])
+_COST_KEYS = frozenset(["unit_amount", "dimension", "rates", "effective_from"])
 _PLAN_KEYS = frozenset(
     [
         "code",
@@ -131,13 +134,68 @@ def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEn
     refusal = aggregation_refusal(aggregation)
     if refusal is not None:
         reader.error(where, refusal)
+    cost = item.get("cost")
+    if cost is not None and not isinstance(cost, dict):
+        reader.error(where, '\'cost\' must be an object such as {"unit_amount": "0.002"}.')
+        cost = None
     return MeterEntry(
         key=key,
         name=reader.text(item, "name", where, max_length=120),
         unit=reader.text(item, "unit", where, max_length=40),
         aggregation=aggregation,
         unique_property=unique_property,
+        cost=None if cost is None else _serving_cost_parse(reader, cost, f"{where}, cost"),
     )
+
+
+def _serving_cost_parse(reader: "_Reader", item: dict[str, Any], where: str) -> ServingCostEntry:
+    """A meter's serving cost: a default `unit_amount`, and/or `rates` by the value of the property `dimension`."""
+    reader.check_keys(item, _COST_KEYS, where)
+    dimension = reader.optional_text(item, "dimension", where, max_length=64) or ""
+    rates = item.get("rates") or {}
+    if not isinstance(rates, dict):
+        reader.error(where, '\'rates\' must map dimension values to rates, like {"gpt-4o": "0.0000025"}.')
+        rates = {}
+    if rates and not dimension:
+        reader.error(where, "'rates' need a 'dimension': the event property whose value picks the rate.")
+    for value in rates:
+        if not 0 < len(value) <= 120:
+            reader.error(where, f"the dimension value {value!r} must be 1 to 120 characters long.")
+    unit_amount = reader.decimal(item, "unit_amount", where, RATE, required=False)
+    parsed_rates = tuple(
+        sorted((value, reader.decimal(rates, value, where, RATE) or ZERO) for value in rates)
+    )
+    if unit_amount is None and not parsed_rates:
+        reader.error(where, "give a 'unit_amount', or a 'dimension' with 'rates', or both.")
+    for label, amount in (("unit_amount", unit_amount), *parsed_rates):
+        if amount is not None and amount < 0:
+            reader.error(where, f"the cost of {label!r} cannot be negative.")
+    return ServingCostEntry(
+        unit_amount=unit_amount,
+        dimension=dimension,
+        rates=parsed_rates,
+        effective_from=_moment_parse(reader, item.get("effective_from"), where),
+    )
+
+
+def _moment_parse(reader: "_Reader", value: Any, where: str) -> datetime | None:
+    """`effective_from`: a date ("2025-03-01", midnight UTC) or a date and time with its offset."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            if len(value) == 10:
+                return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None
+        if moment is not None and moment.utcoffset() is not None:
+            return moment.astimezone(UTC)
+    reader.error(
+        where,
+        f"'effective_from' must be a date such as \"2025-03-01\" or a time with its offset, not {value!r}.",
+    )
+    return None
 
 
 def _plan_parse(reader: "_Reader", item: dict[str, Any], where: str) -> PlanEntry:

@@ -68,9 +68,25 @@ def content_hash(content: VersionContent) -> str:
 
 
 def _meter_data(meter: MeterEntry) -> dict[str, Any]:
-    data = {"key": meter.key, "name": meter.name, "unit": meter.unit, "aggregation": meter.aggregation}
+    data: dict[str, Any] = {
+        "key": meter.key,
+        "name": meter.name,
+        "unit": meter.unit,
+        "aggregation": meter.aggregation,
+    }
     if meter.unique_property:
         data["unique_property"] = meter.unique_property
+    if meter.cost is not None:
+        cost: dict[str, Any] = {}
+        if meter.cost.unit_amount is not None:
+            cost["unit_amount"] = _decimal_text(meter.cost.unit_amount)
+        if meter.cost.dimension:
+            cost["dimension"] = meter.cost.dimension
+        if meter.cost.rates:
+            cost["rates"] = {value: _decimal_text(rate) for value, rate in meter.cost.rates}
+        if meter.cost.effective_from is not None:
+            cost["effective_from"] = meter.cost.effective_from.isoformat()
+        data["cost"] = cost
     return data
 
 

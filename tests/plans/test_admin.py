@@ -388,7 +388,15 @@ def test_meter_keys_are_fixed_once_created(admin_client):
     meter = MeterFactory(key="ai_action")
     response = admin_client.post(
         url("meter_change", meter.pk),
-        {"key": "renamed", "name": "AI", "unit": "action", "aggregation": "sum"},
+        {
+            "key": "renamed",
+            "name": "AI",
+            "unit": "action",
+            "aggregation": "sum",
+            # The serving-cost inline's management form, with no new rate.
+            "serving_costs-TOTAL_FORMS": "0",
+            "serving_costs-INITIAL_FORMS": "0",
+        },
     )
     assert response.status_code == 302
     assert Meter.objects.get().key == "ai_action"

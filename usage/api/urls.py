@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage.api import customer_views, plan_views, price_change_views, views
+from usage.api import customer_views, plan_views, price_change_views, report_views, views
 
 urlpatterns = [
     path("customers", customer_views.CustomersView.as_view(), name="api-customers"),
@@ -26,6 +26,7 @@ urlpatterns = [
         "plans/<str:code>/versions/<int:number>/migration-preview",
         price_change_views.MigrationPreviewView.as_view(),
     ),
+    path("reports/margins", report_views.MarginReportView.as_view(), name="api-reports-margins"),
     path("events", views.EventsView.as_view(), name="api-events"),
     path("check", views.CheckView.as_view(), name="api-check"),
     path("estimate", views.EstimateView.as_view(), name="api-estimate"),

@@ -184,8 +184,28 @@ class Command(BaseCommand):
             day += timedelta(days=1)
 
     def _small_customers(self) -> None:
-        """A customer on Free and one on prepaid credits, a few days in, so scoping has something to show."""
+        """A customer on Free and one on prepaid credits, a few days in, so scoping has something to show; and
+        one on pay-as-you-go whose long-context calls cost more than the catalog's rate, a thin margin."""
         now = timezone.now()
+        umbrella = customer_create(external_id="umbrella", name="Umbrella Labs", email="ops@umbrella.example")
+        subscription_start(customer=umbrella, plan_version=self._version("payg"), at=now - timedelta(days=2))
+        usage_events_ingest(
+            raw_events=[
+                {
+                    "idempotency_key": f"umbrella-{i}",
+                    "customer": "umbrella",
+                    "meter": "llm_tokens",
+                    "user": "uma",
+                    "quantity": 200_000,
+                    # Every other call is long-context: the provider's bill for it, sent as properties.cost,
+                    # is more than the catalog's per-token rate and more than the customer pays for it.
+                    "properties": {"model": "claude-sonnet", "action": "analyze_contract"}
+                    | ({"cost": "3.40"} if i % 2 else {}),
+                    "timestamp": (now - timedelta(hours=2 * i)).isoformat(),
+                }
+                for i in range(20)
+            ]
+        )
         globex = customer_create(external_id="globex", name="Globex", email="ops@globex.example")
         subscription_start(customer=globex, plan_version=self._version("free"), at=now - timedelta(days=3))
         usage_events_ingest(

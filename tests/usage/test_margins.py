@@ -263,3 +263,38 @@ def test_a_negative_margin_is_alerted_once_per_period_by_email_and_slack(
     assert len(mail.outbox) == 1
     assert "Alpha" in mail.outbox[0].subject and "margin -$0.07" in mail.outbox[0].body
     assert len(slack.received) == 1 and "Negative margin: Alpha" in slack.received[0]["text"]
+
+
+@pytest.fixture
+def hybrid(make_plan, make_customer):
+    """delta pays a $20 base fee for 1,000 included actions, then $0.05 each; an action costs us $0.005.
+    In March they use 600 actions: all included, so no usage charge, and $3.00 of serving cost."""
+    with time_machine.travel(MARCH, tick=False):
+        make_plan(
+            "hybrid",
+            base_fee="20",
+            prices=[{"meter": "ai_action", "model": "per_unit", "unit_amount": "0.05", "included": "1000"}],
+        )
+        rate("ai_action", "", "0.005")
+        customer = make_customer("hybrid", "delta")
+    with time_machine.travel(IN_MARCH, tick=False):
+        usage_events_ingest(raw_events=[event("d1", customer="delta", meter="ai_action", quantity=600)])
+    return customer
+
+
+def test_the_current_period_counts_the_base_fee_that_pays_for_the_allowance(hybrid):
+    with time_machine.travel(IN_MARCH, tick=False):
+        by_customer = margin_report(period=report_period_parse(None), group_by=MarginGroup.CUSTOMER)
+        by_meter = margin_report(period=report_period_parse(None), group_by=MarginGroup.METER, sort="label")
+        assert margins_negative_check() == []
+
+    assert table(by_customer) == [("delta", "usd", D("20"), D("3.000"), D("17.000"), D("85.00"))]
+    # Grouped by meter, the base fee belongs to no meter: it is a row of its own, and the totals agree.
+    assert [(row.key, row.revenue, row.cost) for row in by_meter.rows] == [
+        ("ai_action", D("0"), D("3.000")),
+        ("base_fee", D("20"), D("0")),
+    ]
+    assert [(t.revenue, t.cost) for t in by_meter.totals] == [(D("20"), D("3.000"))]
+    # A calendar month holds the usage charges only.
+    month = margin_report(period=report_period_parse("2025-03"), group_by=MarginGroup.CUSTOMER)
+    assert table(month) == [("delta", "usd", D("0"), D("3.000"), D("-3.000"), None)]

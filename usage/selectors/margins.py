@@ -5,7 +5,12 @@ price's unit) and what serving its events cost us (``serving_cost``, in ``OPERAT
 
 - Revenue is the usage charges rated, whatever paid for them (allowance aside: included usage is rated at 0),
   in the customer's plan currency; credits become money at the current plan's credit-pack rate
-  (``PlanTerms.to_money``), as the usage page shows them. Base fees and top-ups are not usage revenue.
+  (``PlanTerms.to_money``), as the usage page shows them. For the current billing period it also holds each
+  customer's base fee for the period (``Subscription.period_base_fee``): the fee pays for the included
+  allowance, whose serving cost is in the cost, so leaving it out would show a customer using their allowance
+  as unprofitable. Grouped by meter or model, the base fees are a row of their own (``base_fee``): they belong
+  to no meter. A calendar month holds usage charges only: the base fee of a past period is not kept locally.
+  Top-ups are money paid in, not revenue earned.
 - Cost is the serving cost of every event, cache hits included.
 - Margin is revenue − cost, and only where the plan currency is the operator's: amounts in two currencies are
   never subtracted. Rows are per (group, plan currency), so a euro customer's revenue stays in euros with
@@ -26,7 +31,7 @@ from django.db import models
 from django.db.models import F, Sum
 
 from core.errors import InvalidInput
-from customers.models import Customer, Subscription
+from customers.models import Customer, Subscription, SubscriptionStatus
 from plans.models import Meter
 from plans.terms import PlanTerms, plan_terms_cached
 from usage.models import DailyUsageRollup
@@ -157,6 +162,8 @@ def margin_report(
         ):
             target.revenue += revenue
             target.cost += row["cost"]
+    if period.is_current:
+        _add_base_fees(rows, totals, group_by=group_by, customer_ids=customer_ids)
     return MarginReport(
         period=period,
         group_by=group_by,
@@ -164,6 +171,40 @@ def margin_report(
         rows=margin_rows_sorted(rows.values(), sort),
         totals=sorted(totals.values(), key=lambda total: total.currency),
     )
+
+
+BASE_FEE_KEY = "base_fee"
+
+
+def _add_base_fees(
+    rows: dict[tuple[str, str], MarginRow],
+    totals: dict[str, MarginRow],
+    *,
+    group_by: MarginGroup,
+    customer_ids: Iterable[int] | None,
+) -> None:
+    """Add each live subscription's base fee for its current period to its customer's row (or, grouped by
+    meter or model, to a ``base_fee`` row) and to the totals."""
+    subscriptions = Subscription.objects.exclude(status=SubscriptionStatus.CANCELED).select_related(
+        "customer", "plan_version"
+    )
+    if customer_ids is not None:
+        subscriptions = subscriptions.filter(customer_id__in=list(customer_ids))
+    for subscription in subscriptions:
+        fee = subscription.period_base_fee(subscription.plan_version.base_fee)
+        if fee <= 0:
+            continue
+        currency = subscription.plan_version.currency
+        customer = subscription.customer
+        if group_by == MarginGroup.CUSTOMER:
+            key, label = customer.external_id, customer.name
+        else:
+            key, label = BASE_FEE_KEY, "Base fees"
+        for target in (
+            rows.setdefault((key, currency), MarginRow(key=key, label=label, currency=currency)),
+            totals.setdefault(currency, MarginRow(key=currency, label="Total", currency=currency)),
+        ):
+            target.revenue += fee
 
 
 def margin_rows_sorted(rows: Iterable[MarginRow], sort: str) -> list[MarginRow]:

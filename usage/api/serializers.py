@@ -148,6 +148,11 @@ class LimitsOutput(serializers.Serializer):
     soft_limit = DecimalString(allow_null=True)
     hard_limit = DecimalString(allow_null=True)
     block_overage = serializers.BooleanField()
+    meter_limits = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="The customer's stops in units a period, by meter key, as decimal strings: past one, usage of "
+        "that meter is refused with `402 hard_limit_reached`.",
+    )
 
 
 class CustomerOutput(serializers.Serializer):

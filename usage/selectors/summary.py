@@ -1,7 +1,7 @@
 """The period summary: usage per meter, spend against limits, projection, balances."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -45,6 +45,8 @@ class SpendStatus:
     # The plan's policy alone (a prepaid plan): the customer's own switch changes nothing.
     plan_blocks_overage: bool
     level: UsageLevel
+    # The customer's stops in units a period, by meter key, as stored (decimal strings).
+    meter_limits: dict[str, str] = field(default_factory=dict)
 
     @property
     def limit_for_bar(self) -> Decimal | None:
@@ -231,6 +233,7 @@ def usage_period_summary(
         block_overage=overage_blocked(terms=terms, controls=controls),
         plan_blocks_overage=terms.overage_blocked,
         level=_spend_level(spend + held, soft=controls.soft_limit, hard=controls.hard_limit),
+        meter_limits=dict(controls.meter_limits or {}),
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()
     wallet = balance.wallet_balance if balance else ZERO

@@ -33,6 +33,7 @@ from plans.models import (
     PriceTier,
     PricingChangelogEntry,
     PricingUnit,
+    RateLimitScope,
     VersionStatus,
 )
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
@@ -320,9 +321,25 @@ class CreditPackInline(_InlineVersionGuard, admin.TabularInline):
         return obj
 
 
+class EntitlementForm(forms.ModelForm):
+    """A rate limit's scope may be left empty: it is then per customer, as in the catalog file."""
+
+    class Meta:
+        model = Entitlement
+        fields = ("feature", "enabled", "limit", "rate_limit_per_minute", "rate_limit_per")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["rate_limit_per"].required = False
+
+    def clean_rate_limit_per(self) -> str:
+        return self.cleaned_data.get("rate_limit_per") or RateLimitScope.CUSTOMER
+
+
 class EntitlementInline(_InlineVersionGuard, admin.TabularInline):
     model = Entitlement
-    fields = ("feature", "enabled", "limit")
+    form = EntitlementForm
+    fields = ("feature", "enabled", "limit", "rate_limit_per_minute", "rate_limit_per")
     extra = 0
 
     def version_of(self, obj: PlanVersion) -> PlanVersion:

@@ -222,14 +222,28 @@ class CreditPack(models.Model):
         ]
 
 
+class RateLimitScope(models.TextChoices):
+    CUSTOMER = "customer", "Per customer: all its users together"
+    USER = "user", "Per user: each member of the customer on its own"
+
+
 class Entitlement(models.Model):
-    """A feature gate (enabled on/off) or a per-period cap on a meter (limit; feature = meter key)."""
+    """A feature gate (enabled on/off), a per-period cap on a meter (limit; feature = meter key), and how
+    fast the meter may be used (rate_limit_per_minute, per customer or per user)."""
 
     plan_version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="entitlements")
     feature = models.SlugField(max_length=64)
     enabled = models.BooleanField(default=True)
     limit = models.DecimalField(
         **QUANTITY, null=True, blank=True, help_text="Units per period; empty = no cap."
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests (checks, reservations, events) of the meter a minute; empty = no rate limit.",
+    )
+    rate_limit_per = models.CharField(
+        max_length=8, choices=RateLimitScope.choices, default=RateLimitScope.CUSTOMER
     )
 
     class Meta:
@@ -238,6 +252,10 @@ class Entitlement(models.Model):
             models.UniqueConstraint(fields=["plan_version", "feature"], name="entitlement_feature_unique"),
             models.CheckConstraint(
                 condition=Q(limit__isnull=True) | Q(limit__gte=0), name="entitlement_limit_ok"
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_per_minute__isnull=True) | Q(rate_limit_per_minute__gt=0),
+                name="entitlement_rate_limit_positive",
             ),
         ]
 

@@ -266,7 +266,14 @@ def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: 
             DimensionRate(price=price, value=value, unit_amount=rate) for value, rate in spec.rates
         )
     Entitlement.objects.bulk_create(
-        Entitlement(plan_version=version, feature=entry.feature, enabled=entry.enabled, limit=entry.limit)
+        Entitlement(
+            plan_version=version,
+            feature=entry.feature,
+            enabled=entry.enabled,
+            limit=entry.limit,
+            rate_limit_per_minute=entry.rate_limit_per_minute,
+            rate_limit_per=entry.rate_limit_per,
+        )
         for entry in content.entitlements
     )
     CreditPack.objects.bulk_create(
@@ -359,7 +366,10 @@ def _price_text(spec: PriceSpec) -> str:
 def _entitlement_text(entry: EntitlementEntry) -> str:
     if not entry.enabled:
         return "off"
-    return "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
+    text = "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
+    if entry.rate_limit_per_minute is not None:
+        text += f", at most {entry.rate_limit_per_minute} a minute per {entry.rate_limit_per}"
+    return text
 
 
 def _pack_text(pack: CreditPackEntry, currency: str) -> str:

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from decimal import Decimal
 
-from plans.models import Aggregation, Meter, Plan, PlanVersion
+from plans.models import Aggregation, Meter, Plan, PlanVersion, RateLimitScope
 from plans.pricing import PriceSpec
 from plans.selectors import plan_latest_published_version, version_spec
 
@@ -24,6 +24,8 @@ class EntitlementEntry:
     feature: str
     enabled: bool = True
     limit: Decimal | None = None  # meter units per period; None = no cap
+    rate_limit_per_minute: int | None = None  # requests of the meter a minute; None = no rate limit
+    rate_limit_per: str = RateLimitScope.CUSTOMER  # counted per customer, or per member ("user")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,13 @@ def version_content(plan_version: PlanVersion) -> VersionContent:
         overage=plan_version.overage_policy,
         prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
         entitlements=tuple(
-            EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)
+            EntitlementEntry(
+                feature=e.feature,
+                enabled=e.enabled,
+                limit=e.limit,
+                rate_limit_per_minute=e.rate_limit_per_minute,
+                rate_limit_per=e.rate_limit_per,
+            )
             for e in plan_version.entitlements.order_by("feature")
         ),
         credit_packs=tuple(

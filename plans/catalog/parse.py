@@ -24,6 +24,7 @@ from plans.models import (
     BillingInterval,
     OveragePolicy,
     PricingUnit,
+    RateLimitScope,
     aggregation_refusal,
 )
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
@@ -64,8 +65,11 @@ _PRICE_KEYS = frozenset(
     ]
 )
 _TIER_KEYS = frozenset(["up_to", "unit_amount", "flat_amount"])
-_ENTITLEMENT_KEYS = frozenset(["feature", "enabled", "limit"])
+_ENTITLEMENT_KEYS = frozenset(["feature", "enabled", "limit", "rate_limit"])
+_RATE_LIMIT_KEYS = frozenset(["per_minute", "per"])
 _CREDIT_PACK_KEYS = frozenset(["price", "credits"])
+# A PositiveIntegerField holds up to 2**31 - 1; no plan needs more requests a minute than a million.
+MAX_RATE_LIMIT = 1_000_000
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 
@@ -263,7 +267,37 @@ def _entitlement_parse(reader: "_Reader", item: dict[str, Any], where: str) -> E
     limit = reader.decimal(item, "limit", where, QUANTITY, required=False)
     if limit is not None and limit < 0:
         reader.error(where, "'limit' cannot be negative.")
-    return EntitlementEntry(feature=feature, enabled=enabled is not False, limit=limit)
+    per_minute, per = _rate_limit_parse(reader, item.get("rate_limit"), where)
+    return EntitlementEntry(
+        feature=feature,
+        enabled=enabled is not False,
+        limit=limit,
+        rate_limit_per_minute=per_minute,
+        rate_limit_per=per,
+    )
+
+
+def _rate_limit_parse(reader: "_Reader", value: Any, where: str) -> tuple[int | None, str]:
+    """`{"per_minute": 10, "per": "customer" | "user"}` (per defaults to customer), or absent/null."""
+    if value is None:
+        return None, RateLimitScope.CUSTOMER
+    if not isinstance(value, dict):
+        reader.error(where, '\'rate_limit\' must be an object like {"per_minute": 10, "per": "customer"}.')
+        return None, RateLimitScope.CUSTOMER
+    at = f"{where}, rate_limit"
+    reader.check_keys(value, _RATE_LIMIT_KEYS, at)
+    per_minute = value.get("per_minute")
+    if (
+        isinstance(per_minute, bool)
+        or not isinstance(per_minute, int)
+        or not 0 < per_minute <= MAX_RATE_LIMIT
+    ):
+        reader.error(
+            at, f"'per_minute' must be a whole number from 1 to {MAX_RATE_LIMIT}, not {per_minute!r}."
+        )
+        per_minute = None
+    per = reader.choice(value, "per", at, RateLimitScope.values, default=RateLimitScope.CUSTOMER)
+    return per_minute, per or RateLimitScope.CUSTOMER
 
 
 def _credit_pack_parse(reader: "_Reader", item: dict[str, Any], where: str) -> CreditPackEntry:

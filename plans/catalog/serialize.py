@@ -122,6 +122,9 @@ def _entitlement_data(entry: EntitlementEntry) -> dict[str, Any]:
         data["enabled"] = entry.enabled
     if entry.limit is not None:
         data["limit"] = _decimal_text(entry.limit)
+    # Only when set, so that a version stored before rate limits existed keeps its content hash.
+    if entry.rate_limit_per_minute is not None:
+        data["rate_limit"] = {"per_minute": entry.rate_limit_per_minute, "per": entry.rate_limit_per}
     return data
 
 

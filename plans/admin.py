@@ -7,6 +7,7 @@ version from this". Prices are checked by the rating engine's `validate_price` a
 """
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -25,6 +26,7 @@ from core.money import CREDITS
 from plans.models import (
     CreditPack,
     DimensionRate,
+    DisplayMode,
     Entitlement,
     Meter,
     Plan,
@@ -257,9 +259,47 @@ class _ReadOnlyNotice(_VersionGuard):
 # --- Meters and plans ---
 
 
+class MeterForm(forms.ModelForm):
+    """How customers see the meter may be left out: raw units, as in the catalog file."""
+
+    class Meta:
+        model = Meter
+        fields = (
+            "key",
+            "name",
+            "unit",
+            "aggregation",
+            "unique_property",
+            "display_mode",
+            "display_unit",
+            "display_divisor",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("display_mode", "display_divisor"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean_display_mode(self) -> str:
+        return self.cleaned_data.get("display_mode") or DisplayMode.UNITS
+
+    def clean_display_divisor(self) -> Decimal:
+        return self.cleaned_data.get("display_divisor") or Decimal(1)
+
+
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
-    list_display = ("key", "name", "unit", "aggregation", "unique_property", "stripe_meter_id")
+    form = MeterForm
+    list_display = (
+        "key",
+        "name",
+        "unit",
+        "aggregation",
+        "display_mode",
+        "unique_property",
+        "stripe_meter_id",
+    )
     list_filter = ("aggregation",)
     search_fields = ("key", "name")
     readonly_fields = ("stripe_meter_id", "created_at")

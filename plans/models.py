@@ -42,10 +42,27 @@ def aggregation_refusal(aggregation: str) -> str | None:
     )
 
 
+class DisplayMode(models.TextChoices):
+    UNITS = "units", "Raw units, as recorded"
+    MONEY = "money", "Money only: what the usage costs"
+    UNIT = "unit", "A product unit: the quantity divided by a divisor"
+
+
 class Meter(models.Model):
     key = models.SlugField(max_length=64, unique=True, help_text="The event name backends send.")
     name = models.CharField(max_length=120)
     unit = models.CharField(max_length=40, help_text="What one unit is called: call, token, credits.")
+    # How customers see the meter on their pages and in notifications (``plans.display``); the API keeps
+    # raw quantities and adds the displayed ones.
+    display_mode = models.CharField(max_length=5, choices=DisplayMode.choices, default=DisplayMode.UNITS)
+    display_unit = models.CharField(
+        max_length=40, blank=True, help_text='With a product unit: its name, plural ("messages").'
+    )
+    display_divisor = models.DecimalField(
+        **QUANTITY,
+        default=Decimal(1),
+        help_text="With a product unit: recorded units per product unit (1000 tokens = 1 message).",
+    )
     aggregation = models.CharField(max_length=10, choices=Aggregation.choices, default=Aggregation.SUM)
     unique_property = models.CharField(
         max_length=64, blank=True, help_text="For unique aggregation: the event property counted."
@@ -55,6 +72,9 @@ class Meter(models.Model):
 
     class Meta:
         ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(condition=Q(display_divisor__gt=0), name="meter_display_divisor_positive"),
+        ]
 
     def __str__(self) -> str:
         return self.key
@@ -63,6 +83,10 @@ class Meter(models.Model):
         refusal = aggregation_refusal(self.aggregation)
         if refusal is not None:
             raise ValidationError({"aggregation": refusal})
+        if self.display_mode == DisplayMode.UNIT and not self.display_unit.strip():
+            raise ValidationError({"display_unit": "A product unit needs its name, such as messages."})
+        if self.display_divisor is not None and self.display_divisor <= 0:
+            raise ValidationError({"display_divisor": "The divisor must be greater than zero."})
 
 
 class BillingInterval(models.TextChoices):

@@ -33,6 +33,7 @@ from plans.models import (
     ChangeEffect,
     CreditPack,
     DimensionRate,
+    DisplayMode,
     Entitlement,
     Meter,
     Plan,
@@ -63,13 +64,27 @@ class PlanVersionNotPublished(Conflict):
 
 
 @transaction.atomic
-def meter_upsert(*, key: str, name: str, unit: str, aggregation: str, unique_property: str = "") -> Meter:
-    """Create the meter `key`, or update its name, unit and aggregation. Checked like the admin form."""
+def meter_upsert(
+    *,
+    key: str,
+    name: str,
+    unit: str,
+    aggregation: str,
+    unique_property: str = "",
+    display_mode: str = DisplayMode.UNITS,
+    display_unit: str = "",
+    display_divisor: Decimal = Decimal(1),
+) -> Meter:
+    """Create the meter `key`, or update its name, unit, aggregation and how customers see it. Checked like
+    the admin form."""
     meter = Meter.objects.select_for_update().filter(key=key).first() or Meter(key=key)
     meter.name = name
     meter.unit = unit
     meter.aggregation = aggregation
     meter.unique_property = unique_property
+    meter.display_mode = display_mode
+    meter.display_unit = display_unit
+    meter.display_divisor = display_divisor
     try:
         meter.full_clean()
     except ValidationError as error:
@@ -405,9 +420,28 @@ def catalog_import(*, data: Any) -> CatalogImportReport:
     for entry in catalog.meters:
         meter = meters.get(entry.key)
         current = (
-            None if meter is None else (meter.name, meter.unit, meter.aggregation, meter.unique_property)
+            None
+            if meter is None
+            else (
+                meter.name,
+                meter.unit,
+                meter.aggregation,
+                meter.unique_property,
+                meter.display_mode,
+                meter.display_unit,
+                meter.display_divisor,
+            )
         )
-        if current == (entry.name, entry.unit, entry.aggregation, entry.unique_property):
+        wanted = (
+            entry.name,
+            entry.unit,
+            entry.aggregation,
+            entry.unique_property,
+            entry.display_mode,
+            entry.display_unit,
+            entry.display_divisor,
+        )
+        if current == wanted:
             lines.append(f"meter {entry.key}: unchanged")
             continue
         meter_upsert(
@@ -416,6 +450,9 @@ def catalog_import(*, data: Any) -> CatalogImportReport:
             unit=entry.unit,
             aggregation=entry.aggregation,
             unique_property=entry.unique_property,
+            display_mode=entry.display_mode,
+            display_unit=entry.display_unit,
+            display_divisor=entry.display_divisor,
         )
         lines.append(f"meter {entry.key}: {'created' if meter is None else 'updated'}")
         changed = True

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from decimal import Decimal
 
-from plans.models import Aggregation, Meter, Plan, PlanVersion, RateLimitScope
+from plans.models import Aggregation, DisplayMode, Meter, Plan, PlanVersion, RateLimitScope
 from plans.pricing import PriceSpec
 from plans.selectors import plan_latest_published_version, version_spec
 
@@ -15,6 +15,9 @@ class MeterEntry:
     unit: str
     aggregation: str = Aggregation.SUM
     unique_property: str = ""
+    display_mode: str = DisplayMode.UNITS  # how customers see it (``plans.display``)
+    display_unit: str = ""  # with a product unit: its plural name
+    display_divisor: Decimal = Decimal(1)  # with a product unit: recorded units per product unit
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,14 @@ def catalog_current() -> Catalog:
         )
     meters = tuple(
         MeterEntry(
-            key=m.key, name=m.name, unit=m.unit, aggregation=m.aggregation, unique_property=m.unique_property
+            key=m.key,
+            name=m.name,
+            unit=m.unit,
+            aggregation=m.aggregation,
+            unique_property=m.unique_property,
+            display_mode=m.display_mode,
+            display_unit=m.display_unit,
+            display_divisor=m.display_divisor.normalize(),
         )
         for m in Meter.objects.order_by("key")
     )

@@ -22,6 +22,7 @@ from plans.models import (
     RATE,
     Aggregation,
     BillingInterval,
+    DisplayMode,
     OveragePolicy,
     PricingUnit,
     RateLimitScope,
@@ -30,7 +31,8 @@ from plans.models import (
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
-_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property"])
+_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property", "display"])
+_DISPLAY_KEYS = frozenset(["unit", "divisor"])
 _PLAN_KEYS = frozenset(
     [
         "code",
@@ -135,13 +137,39 @@ def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEn
     refusal = aggregation_refusal(aggregation)
     if refusal is not None:
         reader.error(where, refusal)
+    display_mode, display_unit, display_divisor = _display_parse(reader, item.get("display"), where)
     return MeterEntry(
         key=key,
         name=reader.text(item, "name", where, max_length=120),
         unit=reader.text(item, "unit", where, max_length=40),
         aggregation=aggregation,
         unique_property=unique_property,
+        display_mode=display_mode,
+        display_unit=display_unit,
+        display_divisor=display_divisor,
     )
+
+
+def _display_parse(reader: "_Reader", value: Any, where: str) -> tuple[str, str, Decimal]:
+    """`"units"` (the default), `"money"`, or a product unit `{"unit": "messages", "divisor": "1000"}`."""
+    one = Decimal(1)
+    if value is None or value == DisplayMode.UNITS:
+        return DisplayMode.UNITS, "", one
+    if value == DisplayMode.MONEY:
+        return DisplayMode.MONEY, "", one
+    if not isinstance(value, dict):
+        reader.error(
+            where, '\'display\' must be "units", "money" or {"unit": "messages", "divisor": "1000"}.'
+        )
+        return DisplayMode.UNITS, "", one
+    at = f"{where}, display"
+    reader.check_keys(value, _DISPLAY_KEYS, at)
+    unit = reader.text(value, "unit", at, max_length=40)
+    divisor = reader.decimal(value, "divisor", at, QUANTITY, required=False)
+    if divisor is not None and divisor <= 0:
+        reader.error(at, "'divisor' must be greater than 0.")
+        divisor = None
+    return DisplayMode.UNIT, unit, (divisor or one).normalize()
 
 
 def _plan_parse(reader: "_Reader", item: dict[str, Any], where: str) -> PlanEntry:

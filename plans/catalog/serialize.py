@@ -68,9 +68,18 @@ def content_hash(content: VersionContent) -> str:
 
 
 def _meter_data(meter: MeterEntry) -> dict[str, Any]:
-    data = {"key": meter.key, "name": meter.name, "unit": meter.unit, "aggregation": meter.aggregation}
+    data: dict[str, Any] = {
+        "key": meter.key,
+        "name": meter.name,
+        "unit": meter.unit,
+        "aggregation": meter.aggregation,
+    }
     if meter.unique_property:
         data["unique_property"] = meter.unique_property
+    if meter.display_mode == "money":
+        data["display"] = "money"
+    elif meter.display_mode == "unit":
+        data["display"] = {"unit": meter.display_unit, "divisor": _decimal_text(meter.display_divisor)}
     return data
 
 

@@ -11,7 +11,9 @@ from core.money import CREDITS, format_money, round_money
 from customers.models import Customer
 from customers.selectors import customer_subscription_terms, spend_controls_of
 from customers.spend_limits import overage_blocked
+from plans.display import DisplayUnit, allowance_value
 from plans.models import Meter
+from plans.pricing import PriceSpec
 from plans.terms import PlanTerms
 from usage.consumption import Holds
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage
@@ -375,7 +377,21 @@ def _meter_line(
         projected_quantity=quantity + projected_add,
         projected_cost=projected_cost,
         level=level,
+        display=DisplayUnit.of(meter),
+        currency=terms.currency,
+        money_cost=terms.to_money(cost, unit),
+        projected_money_cost=terms.to_money(projected_cost, unit),
+        included_value=_included_value(spec, included=included, terms=terms),
     )
+
+
+def _included_value(spec: PriceSpec | None, *, included: Decimal, terms: PlanTerms) -> Decimal:
+    """A money meter's allowance as what it is worth, in money; 0 (not shown) when it is free or its worth
+    depends on the dimension (the model), which the page cannot say in one amount."""
+    if spec is None:
+        return ZERO
+    low, high = allowance_value(spec, included)
+    return terms.to_money(low, spec.unit) if low == high else ZERO
 
 
 def _spend_level(spend: Decimal, *, soft: Decimal | None, hard: Decimal | None) -> UsageLevel:

@@ -19,6 +19,7 @@ from billing_app.throttling import api_key_rate_limit
 from core.errors import BillingError
 from usage.api.fields import amount_string
 from usage.errors import UsageRefused
+from usage.rate_limits import RateLimited
 from usage.selectors.upgrades import upgrade_for_refusal
 
 
@@ -52,6 +53,10 @@ def _error_response_for(exc: Exception, context: dict[str, Any]) -> Response | N
         return error_response(
             exc.code, exc.message, exc.http_status, **exc.details, upgrade=_upgrade(exc, context)
         )
+    if isinstance(exc, RateLimited):
+        refusal = error_response(exc.code, exc.message, exc.http_status, **exc.details)
+        refusal["Retry-After"] = str(exc.retry_after)
+        return refusal
     if isinstance(exc, BillingError):
         return error_response(exc.code, exc.message, exc.http_status, **exc.details)
     if isinstance(exc, NumericValueOutOfRange) or (

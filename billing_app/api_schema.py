@@ -51,7 +51,16 @@ class ApiErrorDetail(serializers.Serializer):
         "`{index, code, message}` for each event at fault.",
     )
     limit = serializers.CharField(
-        required=False, help_text="With `entitlement_limit_reached`: the plan's cap."
+        required=False,
+        help_text="With `entitlement_limit_reached`: the plan's cap; with `hard_limit_reached` for a meter: the "
+        "customer's limit in units; with `rate_limited` by the plan: its requests a minute.",
+    )
+    meter = serializers.CharField(
+        required=False,
+        help_text="With `hard_limit_reached` for a meter's own limit, and `rate_limited` by the plan: the meter.",
+    )
+    retry_after = serializers.IntegerField(
+        required=False, help_text="With `rate_limited` by the plan: whole seconds until the next minute."
     )
     upgrade = ApiUpgradeOffer(
         required=False,
@@ -80,7 +89,8 @@ _ERRORS = {
     "`idempotency_key_reused`: the `Idempotency-Key` answered a different request; nothing was done.",
     413: "`request_too_large`: the body is over 10 MB.",
     415: "`unsupported_media_type`: the body must be `application/json`.",
-    429: "`rate_limited`: over the key's requests per minute; `Retry-After` says when to try again.",
+    429: "`rate_limited`: over the key's requests per minute, or over the plan's rate limit on the meter "
+    "(`meter`, `limit`, `retry_after`); `Retry-After` says when to try again.",
     503: "`payments_unavailable`: Stripe is not connected or did not answer; nothing was charged.",
 }
 _ALWAYS = (400, 401, 403, 429)
@@ -112,7 +122,12 @@ _RESPONSE_HEADERS = [
         "When the minute's count starts again, in Unix seconds.",
         kind=OpenApiTypes.INT,
     ),
-    _header("Retry-After", "Whole seconds until the key may make requests again.", [429], OpenApiTypes.INT),
+    _header(
+        "Retry-After",
+        "Whole seconds until the key (or the plan's rate limit) allows requests again.",
+        [429],
+        OpenApiTypes.INT,
+    ),
 ]
 _IDEMPOTENCY_HEADERS = [
     OpenApiParameter(

@@ -17,41 +17,21 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from django.conf import settings
-from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
-from django.core.cache.backends.redis import RedisCache
-from redis import Redis, RedisError
-from redis.commands.core import Script
+from redis import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from billing_app.models import ApiKey
+from core.rate_windows import COUNTER_TIMEOUT_SECONDS as COUNTER_TIMEOUT_SECONDS  # the tests read it here
+from core.rate_windows import WINDOW_SECONDS, window_count, window_of
 
 if TYPE_CHECKING:
     # rest_framework.views imports this module while it defines APIView (DEFAULT_THROTTLE_CLASSES).
     from rest_framework.views import APIView
 
 logger = logging.getLogger(__name__)
-
-WINDOW_SECONDS = 60
-# A window's counter outlives its minute, so that an app server whose clock is a little behind still counts
-# in it rather than in a new counter. Once its minute is over nobody counts in it any more (unless app
-# servers' clocks differ by more than a minute).
-COUNTER_TIMEOUT_SECONDS = 2 * WINDOW_SECONDS
-
-# Count and, on the window's first request, set the expiry: one round trip, atomic, so a counter can never
-# be left without an expiry (Django's RedisCache ``incr`` is EXISTS then INCRBY, two trips, and the counter
-# could expire between them and come back with none).
-_COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-# One Redis client and script per cache backend (Django keeps one backend per thread): Django's RedisCache
-# builds a new client for every call, which cost more CPU than the round trip itself.
-_count_scripts: "WeakKeyDictionary[RedisCache, Script]" = WeakKeyDictionary()
 
 RATE_LIMIT_HEADER = "X-RateLimit-Limit"
 RATE_LIMIT_REMAINING_HEADER = "X-RateLimit-Remaining"
@@ -90,33 +70,9 @@ def api_key_rate_limit(*, api_key: ApiKey) -> int | None:
     return limit or None
 
 
-def _count_script(backend: RedisCache) -> Script:
-    script = _count_scripts.get(backend)
-    if script is None:
-        pool = backend._cache._get_connection_pool(write=True)  # type: ignore[attr-defined]
-        script = _count_scripts[backend] = Redis(connection_pool=pool).register_script(_COUNT_SCRIPT)
-    return script
-
-
 def rate_window_count(*, api_key_id: int, window: int) -> int:
-    """Count one request of the key in the window, and return how many the window has counted so far.
-
-    On Redis, one round trip (``_COUNT_SCRIPT``). Other caches (the in-process one used without Redis)
-    count through the cache API.
-    """
-    counter = f"api-rate:{api_key_id}:{window}"
-    backend = caches[DEFAULT_CACHE_ALIAS]
-    if isinstance(backend, RedisCache):
-        key = backend.make_and_validate_key(counter)
-        return int(_count_script(backend)(keys=[key], args=[COUNTER_TIMEOUT_SECONDS]))
-    try:
-        return cache.incr(counter)
-    except ValueError:
-        # No counter yet: this is the window's first request, unless another worker creates it first.
-        pass
-    if cache.add(counter, 1, timeout=COUNTER_TIMEOUT_SECONDS):
-        return 1
-    return cache.incr(counter)
+    """Count one request of the key in the window, and return how many the window has counted so far."""
+    return window_count(counter=f"api-rate:{api_key_id}", window=window)
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -136,10 +92,9 @@ class ApiKeyRateThrottle(BaseThrottle):
         limit = api_key_rate_limit(api_key=api_key)
         if limit is None:
             return True
-        now = time.time()
-        window, elapsed = divmod(now, WINDOW_SECONDS)
+        window, seconds_left = window_of(time.time())
         try:
-            count = rate_window_count(api_key_id=api_key.pk, window=int(window))
+            count = rate_window_count(api_key_id=api_key.pk, window=window)
         except RedisError as error:
             # The limit protects the service; an unreachable cache must not take the metering API down with
             # it. One line a request, no traceback: an outage would otherwise bury the log.
@@ -153,7 +108,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         )
         if count <= limit:
             return True
-        self.seconds_until_next_window = WINDOW_SECONDS - elapsed
+        self.seconds_until_next_window = seconds_left
         return False
 
     def wait(self) -> float | None:

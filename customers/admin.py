@@ -65,7 +65,7 @@ class SubscriptionInline(admin.StackedInline):
 class SpendControlsInline(admin.StackedInline):
     model = SpendControls
     verbose_name = verbose_name_plural = "Spend limits the customer set"
-    fields = (("soft_limit", "hard_limit"), "block_overage")
+    fields = (("soft_limit", "hard_limit"), "block_overage", "meter_limits")
     can_delete = False
     max_num = 1
     extra = 0

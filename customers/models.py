@@ -193,6 +193,13 @@ class SpendControls(models.Model):
     block_overage = models.BooleanField(
         default=False, help_text="Use only the included quota, credits and wallet; never bill overage."
     )
+    # Stops in meter units, per meter key: {"llm_tokens": "5000000"}. Decimal strings, as the API writes
+    # quantities, so that JSON never carries a float; validated by ``spend_controls_update``.
+    meter_limits = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Refuse usage of a meter past this many units a period: {"key": "5000000"}.',
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -216,6 +223,11 @@ class SpendControls(models.Model):
 
     def __str__(self) -> str:
         return f"Spend limits of {self.customer_id}"
+
+    def meter_limit(self, meter_key: str) -> Decimal | None:
+        """The customer's stop for ``meter_key`` in units a period, or None when they set none."""
+        value = (self.meter_limits or {}).get(meter_key)
+        return Decimal(value) if value is not None else None
 
 
 class NotificationKind(models.TextChoices):

@@ -1,5 +1,6 @@
 """Writes for customers, members, subscriptions, spend controls and notifications."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -7,8 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.errors import Conflict, InvalidInput, NotFound
-from core.money import ISO_4217_CURRENCIES, LEDGER_PLACES
+from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
+from core.money import ISO_4217_CURRENCIES, LEDGER_PLACES, QUANTITY_PLACES
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -21,8 +22,12 @@ from customers.models import (
     external_id_validator,
 )
 from customers.periods import period_bounds
-from plans.models import BillingInterval, Plan, PlanVersion
+from plans.errors import UnknownMeter
+from plans.models import QUANTITY, BillingInterval, Meter, Plan, PlanVersion
 from plans.selectors import plan_latest_published_version
+
+# A meter limit is compared with a period's quantity column (24 digits, 6 places): it must fit one.
+MAX_METER_LIMIT = Decimal(10) ** (QUANTITY["max_digits"] - QUANTITY["decimal_places"]) - QUANTITY_PLACES
 
 
 def customer_create(
@@ -160,8 +165,13 @@ def spend_controls_update(
     soft_limit: Decimal | None,
     hard_limit: Decimal | None,
     block_overage: bool,
+    meter_limits: Mapping[str, Decimal | None] | None = None,
 ) -> SpendControls:
-    """Save the customer's own limits. They apply to the next check, reservation or event at once."""
+    """Save the customer's own limits. They apply to the next check, reservation or event at once.
+
+    ``meter_limits`` changes the stops in units of the meters it names: a quantity sets one, None removes
+    it; meters it does not name keep theirs, and leaving it out keeps them all.
+    """
     errors = {}
     for field, value in (("soft_limit", soft_limit), ("hard_limit", hard_limit)):
         if value is not None and value < 0:
@@ -171,11 +181,50 @@ def spend_controls_update(
     if errors:
         field, message = next(iter(errors.items()))
         raise InvalidInput(f"{field.replace('_', ' ').capitalize()} {message}.", param=field, fields=errors)
-    controls, _ = SpendControls.objects.update_or_create(
-        customer=customer,
-        defaults={"soft_limit": soft_limit, "hard_limit": hard_limit, "block_overage": block_overage},
-    )
+    if meter_limits:
+        _meter_limits_check(meter_limits)
+    with transaction.atomic():
+        # Locked, so that two saves naming different meters both keep what the other set.
+        controls = SpendControls.objects.select_for_update().filter(customer=customer).first()
+        if controls is None:
+            controls = SpendControls(customer=customer)
+        controls.soft_limit, controls.hard_limit, controls.block_overage = (
+            soft_limit,
+            hard_limit,
+            block_overage,
+        )
+        if meter_limits:
+            stops = dict(controls.meter_limits or {})
+            for key, quantity in meter_limits.items():
+                if quantity is None:
+                    stops.pop(key, None)
+                else:
+                    stops[key] = f"{quantity.normalize():f}"
+            controls.meter_limits = dict(sorted(stops.items()))
+        controls.save()
     return controls
+
+
+def _meter_limits_check(meter_limits: Mapping[str, Decimal | None]) -> None:
+    """Stops name meters of the catalog and are quantities the usage columns can hold, above zero."""
+    known = set(Meter.objects.filter(key__in=list(meter_limits)).values_list("key", flat=True))
+    for key, quantity in meter_limits.items():
+        if key not in known:
+            raise UnknownMeter(f"No meter with key {key!r}.", param=f"meter_limits.{key}")
+        if quantity is None:
+            continue
+        if not quantity.is_finite() or quantity <= 0:
+            raise InvalidInput(
+                f"The limit for {key} must be a quantity above zero (null removes it).",
+                param=f"meter_limits.{key}",
+            )
+        if quantity > MAX_METER_LIMIT or quantity != quantity.quantize(QUANTITY_PLACES):
+            raise OutOfRange(
+                f"The limit for {key} must be at most {MAX_METER_LIMIT:f}, with at most "
+                f"{QUANTITY['decimal_places']} decimal places.",
+                param=f"meter_limits.{key}",
+                max=f"{MAX_METER_LIMIT:f}",
+            )
 
 
 def customer_freeze(*, customer: Customer, reason: str, period_start: datetime) -> None:

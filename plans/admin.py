@@ -7,6 +7,7 @@ version from this". Prices are checked by the rating engine's `validate_price` a
 """
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -25,6 +26,7 @@ from core.money import CREDITS
 from plans.models import (
     CreditPack,
     DimensionRate,
+    DisplayMode,
     Entitlement,
     Meter,
     MeterServingCost,
@@ -34,6 +36,7 @@ from plans.models import (
     PriceTier,
     PricingChangelogEntry,
     PricingUnit,
+    RateLimitScope,
     VersionStatus,
 )
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
@@ -273,13 +276,44 @@ class MeterServingCostInline(admin.TabularInline):
         return False
 
 
+class MeterForm(forms.ModelForm):
+    """How customers see the meter may be left out: raw units, as in the catalog file."""
+
+    class Meta:
+        model = Meter
+        fields = (
+            "key",
+            "name",
+            "unit",
+            "aggregation",
+            "unique_property",
+            "display_mode",
+            "display_unit",
+            "display_divisor",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("display_mode", "display_divisor"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean_display_mode(self) -> str:
+        return self.cleaned_data.get("display_mode") or DisplayMode.UNITS
+
+    def clean_display_divisor(self) -> Decimal:
+        return self.cleaned_data.get("display_divisor") or Decimal(1)
+
+
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
+    form = MeterForm
     list_display = (
         "key",
         "name",
         "unit",
         "aggregation",
+        "display_mode",
         "unique_property",
         "serving_cost_dimension",
         "stripe_meter_id",
@@ -346,9 +380,25 @@ class CreditPackInline(_InlineVersionGuard, admin.TabularInline):
         return obj
 
 
+class EntitlementForm(forms.ModelForm):
+    """A rate limit's scope may be left empty: it is then per customer, as in the catalog file."""
+
+    class Meta:
+        model = Entitlement
+        fields = ("feature", "enabled", "limit", "rate_limit_per_minute", "rate_limit_per")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["rate_limit_per"].required = False
+
+    def clean_rate_limit_per(self) -> str:
+        return self.cleaned_data.get("rate_limit_per") or RateLimitScope.CUSTOMER
+
+
 class EntitlementInline(_InlineVersionGuard, admin.TabularInline):
     model = Entitlement
-    fields = ("feature", "enabled", "limit")
+    form = EntitlementForm
+    fields = ("feature", "enabled", "limit", "rate_limit_per_minute", "rate_limit_per")
     extra = 0
 
     def version_of(self, obj: PlanVersion) -> PlanVersion:

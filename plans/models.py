@@ -43,10 +43,27 @@ def aggregation_refusal(aggregation: str) -> str | None:
     )
 
 
+class DisplayMode(models.TextChoices):
+    UNITS = "units", "Raw units, as recorded"
+    MONEY = "money", "Money only: what the usage costs"
+    UNIT = "unit", "A product unit: the quantity divided by a divisor"
+
+
 class Meter(models.Model):
     key = models.SlugField(max_length=64, unique=True, help_text="The event name backends send.")
     name = models.CharField(max_length=120)
     unit = models.CharField(max_length=40, help_text="What one unit is called: call, token, credits.")
+    # How customers see the meter on their pages and in notifications (``plans.display``); the API keeps
+    # raw quantities and adds the displayed ones.
+    display_mode = models.CharField(max_length=5, choices=DisplayMode.choices, default=DisplayMode.UNITS)
+    display_unit = models.CharField(
+        max_length=40, blank=True, help_text='With a product unit: its name, plural ("messages").'
+    )
+    display_divisor = models.DecimalField(
+        **QUANTITY,
+        default=Decimal(1),
+        help_text="With a product unit: recorded units per product unit (1000 tokens = 1 message).",
+    )
     aggregation = models.CharField(max_length=10, choices=Aggregation.choices, default=Aggregation.SUM)
     unique_property = models.CharField(
         max_length=64, blank=True, help_text="For unique aggregation: the event property counted."
@@ -63,6 +80,9 @@ class Meter(models.Model):
 
     class Meta:
         ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(condition=Q(display_divisor__gt=0), name="meter_display_divisor_positive"),
+        ]
 
     def __str__(self) -> str:
         return self.key
@@ -71,6 +91,10 @@ class Meter(models.Model):
         refusal = aggregation_refusal(self.aggregation)
         if refusal is not None:
             raise ValidationError({"aggregation": refusal})
+        if self.display_mode == DisplayMode.UNIT and not self.display_unit.strip():
+            raise ValidationError({"display_unit": "A product unit needs its name, such as messages."})
+        if self.display_divisor is not None and self.display_divisor <= 0:
+            raise ValidationError({"display_divisor": "The divisor must be greater than zero."})
 
 
 class MeterServingCost(models.Model):
@@ -270,14 +294,28 @@ class CreditPack(models.Model):
         ]
 
 
+class RateLimitScope(models.TextChoices):
+    CUSTOMER = "customer", "Per customer: all its users together"
+    USER = "user", "Per user: each member of the customer on its own"
+
+
 class Entitlement(models.Model):
-    """A feature gate (enabled on/off) or a per-period cap on a meter (limit; feature = meter key)."""
+    """A feature gate (enabled on/off), a per-period cap on a meter (limit; feature = meter key), and how
+    fast the meter may be used (rate_limit_per_minute, per customer or per user)."""
 
     plan_version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="entitlements")
     feature = models.SlugField(max_length=64)
     enabled = models.BooleanField(default=True)
     limit = models.DecimalField(
         **QUANTITY, null=True, blank=True, help_text="Units per period; empty = no cap."
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests (checks, reservations, events) of the meter a minute; empty = no rate limit.",
+    )
+    rate_limit_per = models.CharField(
+        max_length=8, choices=RateLimitScope.choices, default=RateLimitScope.CUSTOMER
     )
 
     class Meta:
@@ -286,6 +324,10 @@ class Entitlement(models.Model):
             models.UniqueConstraint(fields=["plan_version", "feature"], name="entitlement_feature_unique"),
             models.CheckConstraint(
                 condition=Q(limit__isnull=True) | Q(limit__gte=0), name="entitlement_limit_ok"
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_per_minute__isnull=True) | Q(rate_limit_per_minute__gt=0),
+                name="entitlement_rate_limit_positive",
             ),
         ]
 

@@ -37,6 +37,7 @@ from plans.models import (
     ChangeEffect,
     CreditPack,
     DimensionRate,
+    DisplayMode,
     Entitlement,
     Meter,
     MeterServingCost,
@@ -68,13 +69,27 @@ class PlanVersionNotPublished(Conflict):
 
 
 @transaction.atomic
-def meter_upsert(*, key: str, name: str, unit: str, aggregation: str, unique_property: str = "") -> Meter:
-    """Create the meter `key`, or update its name, unit and aggregation. Checked like the admin form."""
+def meter_upsert(
+    *,
+    key: str,
+    name: str,
+    unit: str,
+    aggregation: str,
+    unique_property: str = "",
+    display_mode: str = DisplayMode.UNITS,
+    display_unit: str = "",
+    display_divisor: Decimal = Decimal(1),
+) -> Meter:
+    """Create the meter `key`, or update its name, unit, aggregation and how customers see it. Checked like
+    the admin form."""
     meter = Meter.objects.select_for_update().filter(key=key).first() or Meter(key=key)
     meter.name = name
     meter.unit = unit
     meter.aggregation = aggregation
     meter.unique_property = unique_property
+    meter.display_mode = display_mode
+    meter.display_unit = display_unit
+    meter.display_divisor = display_divisor
     try:
         meter.full_clean()
     except ValidationError as error:
@@ -323,7 +338,14 @@ def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: 
             DimensionRate(price=price, value=value, unit_amount=rate) for value, rate in spec.rates
         )
     Entitlement.objects.bulk_create(
-        Entitlement(plan_version=version, feature=entry.feature, enabled=entry.enabled, limit=entry.limit)
+        Entitlement(
+            plan_version=version,
+            feature=entry.feature,
+            enabled=entry.enabled,
+            limit=entry.limit,
+            rate_limit_per_minute=entry.rate_limit_per_minute,
+            rate_limit_per=entry.rate_limit_per,
+        )
         for entry in content.entitlements
     )
     CreditPack.objects.bulk_create(
@@ -416,7 +438,10 @@ def _price_text(spec: PriceSpec) -> str:
 def _entitlement_text(entry: EntitlementEntry) -> str:
     if not entry.enabled:
         return "off"
-    return "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
+    text = "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
+    if entry.rate_limit_per_minute is not None:
+        text += f", at most {entry.rate_limit_per_minute} a minute per {entry.rate_limit_per}"
+    return text
 
 
 def _pack_text(pack: CreditPackEntry, currency: str) -> str:
@@ -453,10 +478,29 @@ def catalog_import(*, data: Any) -> CatalogImportReport:
     for entry in catalog.meters:
         meter = meters.get(entry.key)
         current = (
-            None if meter is None else (meter.name, meter.unit, meter.aggregation, meter.unique_property)
+            None
+            if meter is None
+            else (
+                meter.name,
+                meter.unit,
+                meter.aggregation,
+                meter.unique_property,
+                meter.display_mode,
+                meter.display_unit,
+                meter.display_divisor,
+            )
         )
         what = []
-        if current != (entry.name, entry.unit, entry.aggregation, entry.unique_property):
+        wanted = (
+            entry.name,
+            entry.unit,
+            entry.aggregation,
+            entry.unique_property,
+            entry.display_mode,
+            entry.display_unit,
+            entry.display_divisor,
+        )
+        if current != wanted:
             what.append("created" if meter is None else "updated")
             meter = meter_upsert(
                 key=entry.key,
@@ -464,6 +508,9 @@ def catalog_import(*, data: Any) -> CatalogImportReport:
                 unit=entry.unit,
                 aggregation=entry.aggregation,
                 unique_property=entry.unique_property,
+                display_mode=entry.display_mode,
+                display_unit=entry.display_unit,
+                display_divisor=entry.display_divisor,
             )
         if entry.cost is not None and meter is not None:
             cost_changes, cost_problems = meter_serving_cost_import(meter=meter, entry=entry.cost)

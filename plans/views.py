@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from core.money import format_money, round_money
+from plans.display import DisplayUnit, allowance_value
 from plans.models import (
     BillingInterval,
     ChangeEffect,
@@ -24,7 +25,7 @@ from plans.models import (
     PriceModel,
     PricingUnit,
 )
-from plans.selectors import prices_with_rates, published_plans
+from plans.selectors import price_spec, prices_with_rates, published_plans
 
 # Token-sized rates read better per thousand or per million units, as AI consoles post them.
 _RATE_SCALES = ((1, ""), (1_000, "1K"), (1_000_000, "1M"), (1_000_000_000, "1B"))
@@ -146,7 +147,9 @@ def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> 
 def _cap_text(feature: str, limit: Decimal | None, meter: Meter | None, interval: str) -> str:
     if meter is None:
         return f"{feature.replace('_', ' ')}: up to {_count(limit)} per {interval}"
-    return f"{meter.name}: up to {_count(limit)} {_plural(meter.unit)} per {interval}"
+    display = DisplayUnit.of(meter)
+    shown = display.quantity(limit) if limit is not None else None
+    return f"{meter.name}: up to {_count(shown)} {display.label()} per {interval}"
 
 
 def _interval(version: PlanVersion) -> str:
@@ -156,18 +159,23 @@ def _interval(version: PlanVersion) -> str:
 def _price_row(
     price: Price, currency: str, *, cap: Decimal | None = None, interval: str = "month"
 ) -> PriceRow:
-    unit = price.meter.unit
+    display = DisplayUnit.of(price.meter)
+    # A product unit is priced per product unit ("$0.02 per message" for 1,000 tokens at $0.00002): its rates
+    # and quantities are the meter's times and over the divisor. A money meter keeps its rates as they are
+    # (money per tokens is what the usage costs) and shows its allowance as money.
+    per_unit, unit = display.rate_basis()
     in_credits = price.pricing_unit == PricingUnit.CREDITS
     tiers = list(price.tiers.all())
     dimension_rates = list(price.dimension_rates.all())
     # One scale for all of a price's rates, so they compare at a glance ("per 1M tokens" throughout).
     amounts = [price.unit_amount, price.default_rate, *(t.unit_amount for t in tiers)]
     amounts += [rate.unit_amount for rate in dimension_rates]
-    scale, label = _rate_scale([a for a in amounts if a], currency=currency, in_credits=in_credits)
+    scale, label = _rate_scale([a * per_unit for a in amounts if a], currency=currency, in_credits=in_credits)
 
     def rate(amount: Decimal | None) -> str:
         if not amount:
             return "free"
+        amount *= per_unit
         if in_credits:
             return f"{_count(amount)} credits per {unit}"
         per = f"{label} {_plural(unit)}" if label else unit
@@ -196,11 +204,11 @@ def _price_row(
                 tiers = tiers[1:]
             for tier in tiers:
                 if tier.up_to is None:
-                    span = f"above {_count(lower)}"
+                    span = f"above {_count(display.quantity(lower))}"
                 elif lower == 0:
-                    span = f"first {_count(tier.up_to)}"
+                    span = f"first {_count(display.quantity(tier.up_to))}"
                 else:
-                    span = f"{_count(lower + 1)}–{_count(tier.up_to)}"
+                    span = f"{_count(display.quantity(lower + 1))}–{_count(display.quantity(tier.up_to))}"
                 text = f"{span}: {rate(tier.unit_amount)}"
                 if tier.flat_amount:
                     text += f" + {_amount(tier.flat_amount, currency=currency, in_credits=in_credits)} flat"
@@ -220,13 +228,23 @@ def _price_row(
                 rates.append(f"any other: {rate(price.default_rate)}")
         case _:
             rates = []
-    cap_text = f"stops at {_count(cap)} a {interval}" if cap is not None else ""
+    cap_text = f"stops at {_count(display.quantity(cap))} a {interval}" if cap is not None else ""
     if cap is not None and included >= cap:
         rates = []  # nothing past the allowance can be used: no rate to show
+    if display.in_money:
+        low, high = allowance_value(price_spec(price), included)
+        worth = (
+            format_money(low, currency)
+            if low == high
+            else f"{format_money(low, currency)}–{format_money(high, currency)}"
+        )
+        included_text = f"{worth} of usage" if high > 0 and not in_credits else ""
+    else:
+        included_text = f"{_count(display.quantity(included))} {display.label()}" if included else ""
     return PriceRow(
         meter=price.meter.name,
-        unit=_plural(unit),
-        included=f"{_count(included)} {_plural(unit)}" if included else "",
+        unit=display.label(),
+        included=included_text,
         model=price.get_model_display(),
         rates=tuple(rates),
         heading=heading,

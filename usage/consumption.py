@@ -223,6 +223,7 @@ class ConsumptionEngine:
                 f"{used_or_held.normalize():f} are used or held.",
                 limit=f"{limit.limit.normalize():f}",
             ).liftable_by("cap", customer=self.customer, meter=meter)
+        self._check_meter_limit(meter=meter, used_or_held=used_or_held, quantity=quantity)
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
         dimension_value = self._dimension_value(spec, properties)
@@ -345,6 +346,18 @@ class ConsumptionEngine:
                 hard_limit=f"{hard_limit.normalize():f}",
             )
 
+    def _check_meter_limit(self, *, meter: Meter, used_or_held: Decimal, quantity: Decimal) -> None:
+        """The customer's own stop in units ("stop at 5,000,000 tokens this period"): like the plan's cap,
+        usage and open holds count, so concurrent holds under the customer's lock never pass it."""
+        limit = self.controls.meter_limit(meter.key)
+        if limit is not None and used_or_held + quantity > limit:
+            raise HardLimitReached(
+                f"Your limit for {meter.name} is {limit.normalize():f} {meter.unit} per period; "
+                f"{used_or_held.normalize():f} are used or held.",
+                meter=meter.key,
+                limit=f"{limit.normalize():f}",
+            )
+
     def _cover(self, coverage: Coverage, *, period_row: PeriodUsage) -> None:
         """Split the cost over grants, wallet and overage, in that order."""
         unit, remaining = coverage.unit, coverage.cost
@@ -397,13 +410,19 @@ class ConsumptionEngine:
         coverage.overage, coverage.wallet, coverage.credits = -overage, -wallet, -credits
 
     def remaining_quantity(self, meter: Meter) -> Decimal | None:
-        """Units of ``meter`` still usable this period under the plan's cap, or None when uncapped."""
-        limit = self.entitlements.get(meter.key)
-        if limit is None or limit.limit is None:
+        """Units of ``meter`` still usable this period under the plan's cap and the customer's own limit for
+        it (the tighter), or None when neither bounds it."""
+        entitlement = self.entitlements.get(meter.key)
+        bounds = [
+            limit
+            for limit in (entitlement.limit if entitlement else None, self.controls.meter_limit(meter.key))
+            if limit is not None
+        ]
+        if not bounds:
             return None
         row = self.usage_row(meter_id=meter.pk, period=self.period_for(self.now))
         used = row.quantity + self.holds.quantity_by_meter.get(meter.pk, ZERO)
-        return max(limit.limit - used, ZERO)
+        return max(min(bounds) - used, ZERO)
 
     # --- applying ------------------------------------------------------------------------------
 

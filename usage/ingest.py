@@ -19,6 +19,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from customers.models import Customer
 from customers.services import members_get_or_create
 from plans.models import Meter
 from plans.serving_costs import ServingCostRates, serving_cost_rates_read
@@ -27,6 +28,7 @@ from usage.consumption import ConsumptionEngine
 from usage.errors import UsageRefused
 from usage.locks import customer_balances_for_update
 from usage.models import UsageEvent
+from usage.rate_limits import RateLimitedEvent, rate_limit_events
 from usage.recording import UsageRecorder
 from usage.sql_reads import consumption_rows_read
 from usage.validation import EventInput, check_dimensions, check_reused_keys, events_parse, resolve_names
@@ -163,6 +165,12 @@ def events_record_for_customer(
     recorder = UsageRecorder(engine=engine, writes=writes, serving_costs=serving_costs)
     results: dict[int, EventResult] = {}
     recorded: dict[str, NewUsageEvent] = {}
+    rate_limited = rate_limit_events(
+        terms=engine.terms,
+        customer=customer,
+        events=_new_events(events, customer=customer, meters=meters, existing=existing),
+        now=engine.now,
+    )
     for event in events:
         key = event.idempotency_key
         if (customer.pk, key) in existing:
@@ -170,6 +178,10 @@ def events_record_for_customer(
             continue
         if key in recorded:  # a duplicate within the batch points at the event recorded first
             results[event.index] = EventResult(key, "duplicate", new_event=recorded[key])
+            continue
+        if event.index in rate_limited:
+            refusal = rate_limited[event.index]
+            results[event.index] = EventResult(key, "refused", code=refusal.code, message=refusal.message)
             continue
         try:
             new_event = recorder.record(
@@ -189,3 +201,26 @@ def events_record_for_customer(
         results[event.index] = EventResult(key, "accepted", new_event=new_event)
     recorder.finish()
     return results
+
+
+def _new_events(
+    events: list[EventInput],
+    *,
+    customer: Customer,
+    meters: dict[str, Meter],
+    existing: dict[tuple[int, str], int],
+) -> list[RateLimitedEvent]:
+    """The events of the batch a plan's rate limit counts: not replays, each key once."""
+    seen: set[str] = set()
+    new = []
+    for event in events:
+        key = event.idempotency_key
+        if (customer.pk, key) in existing or key in seen:
+            continue
+        seen.add(key)
+        new.append(
+            RateLimitedEvent(
+                index=event.index, meter=meters[event.meter_key], user=event.user, timestamp=event.timestamp
+            )
+        )
+    return new

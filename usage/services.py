@@ -35,6 +35,7 @@ from usage.models import (
     ReservationStatus,
     UsageEvent,
 )
+from usage.rate_limits import rate_limit_take
 from usage.recording import UsageRecorder
 from usage.sql_reads import reservation_for_settling
 from usage.validation import decimal_column_max
@@ -152,8 +153,8 @@ def reservation_create(
 ) -> tuple[Reservation, bool]:
     """Hold what ``quantity`` of ``meter`` would use. Returns (reservation, created).
 
-    Raises a ``UsageRefused`` (402) when the customer may not use it. A repeated idempotency key
-    returns the first reservation unchanged.
+    Raises a ``UsageRefused`` (402) when the customer may not use it, ``RateLimited`` (429) past the
+    plan's rate limit on the meter. A repeated idempotency key returns the first reservation unchanged.
     """
     now = now or timezone.now()
     if properties and COST_PROPERTY in properties:
@@ -175,6 +176,8 @@ def reservation_create(
     engine = ConsumptionEngine(
         customer=customer, balance=locked.balance, subscription=subscription, now=now, rows=locked.rows
     )
+    # Counted after the replay check, so that a client retrying a reservation does not use up its rate.
+    rate_limit_take(terms=engine.terms, customer=customer, meter=meter, user=user, now=now)
     coverage = engine.quote(meter=meter, quantity=quantity, properties=properties, timestamp=now)
     member_id = members_get_or_create({(customer.pk, user)})[customer.pk, user] if user else None
     ttl = ttl_seconds if ttl_seconds is not None else settings.RESERVATION_DEFAULT_TTL_SECONDS

@@ -226,7 +226,7 @@ def limits_update(request: HtmxHttpRequest, member: Member) -> HttpResponse:
         return HttpResponseForbidden("Only an admin of the account can change its limits.")
     customer = member.customer
     summary = usage_period_summary(customer=customer)
-    form = SpendLimitsForm(request.POST, currency=summary.currency)
+    form = SpendLimitsForm(request.POST, currency=summary.currency, meters=summary.meters)
     saved = False
     if form.is_valid():
         try:
@@ -235,6 +235,7 @@ def limits_update(request: HtmxHttpRequest, member: Member) -> HttpResponse:
                 soft_limit=form.cleaned_data["soft_limit"],
                 hard_limit=form.cleaned_data["hard_limit"],
                 block_overage=form.cleaned_data["block_overage"],
+                meter_limits=form.meter_limits(),
             )
             saved = True
         except InvalidInput as error:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from plans.models import Aggregation, Meter, MeterServingCost, Plan, PlanVersion
+from plans.models import Aggregation, DisplayMode, Meter, MeterServingCost, Plan, PlanVersion, RateLimitScope
 from plans.pricing import PriceSpec
 from plans.selectors import plan_latest_published_version, version_spec
 
@@ -36,6 +36,9 @@ class MeterEntry:
     aggregation: str = Aggregation.SUM
     unique_property: str = ""
     cost: ServingCostEntry | None = None  # None: the file says nothing of the meter's cost
+    display_mode: str = DisplayMode.UNITS  # how customers see it (``plans.display``)
+    display_unit: str = ""  # with a product unit: its plural name
+    display_divisor: Decimal = Decimal(1)  # with a product unit: recorded units per product unit
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class EntitlementEntry:
     feature: str
     enabled: bool = True
     limit: Decimal | None = None  # meter units per period; None = no cap
+    rate_limit_per_minute: int | None = None  # requests of the meter a minute; None = no rate limit
+    rate_limit_per: str = RateLimitScope.CUSTOMER  # counted per customer, or per member ("user")
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,13 @@ def version_content(plan_version: PlanVersion) -> VersionContent:
         overage=plan_version.overage_policy,
         prices=tuple(sorted(spec.prices, key=lambda p: p.meter)),
         entitlements=tuple(
-            EntitlementEntry(feature=e.feature, enabled=e.enabled, limit=e.limit)
+            EntitlementEntry(
+                feature=e.feature,
+                enabled=e.enabled,
+                limit=e.limit,
+                rate_limit_per_minute=e.rate_limit_per_minute,
+                rate_limit_per=e.rate_limit_per,
+            )
             for e in plan_version.entitlements.order_by("feature")
         ),
         credit_packs=tuple(
@@ -138,6 +149,9 @@ def catalog_current() -> Catalog:
             aggregation=m.aggregation,
             unique_property=m.unique_property,
             cost=serving_cost_entry(m),
+            display_mode=m.display_mode,
+            display_unit=m.display_unit,
+            display_divisor=m.display_divisor.normalize(),
         )
         for m in Meter.objects.order_by("key")
     )

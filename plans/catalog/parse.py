@@ -24,15 +24,18 @@ from plans.models import (
     RATE,
     Aggregation,
     BillingInterval,
+    DisplayMode,
     OveragePolicy,
     PricingUnit,
+    RateLimitScope,
     aggregation_refusal,
 )
 from plans.pricing import ZERO, PriceModel, PriceSpec, Tier, validate_price
 
 # The keys each object may carry; anything else is a typo worth reporting ("unit_price").
-_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property", "cost"])
+_METER_KEYS = frozenset(["key", "name", "unit", "aggregation", "unique_property", "cost", "display"])
 _COST_KEYS = frozenset(["unit_amount", "dimension", "rates", "effective_from"])
+_DISPLAY_KEYS = frozenset(["unit", "divisor"])
 _PLAN_KEYS = frozenset(
     [
         "code",
@@ -67,8 +70,11 @@ _PRICE_KEYS = frozenset(
     ]
 )
 _TIER_KEYS = frozenset(["up_to", "unit_amount", "flat_amount"])
-_ENTITLEMENT_KEYS = frozenset(["feature", "enabled", "limit"])
+_ENTITLEMENT_KEYS = frozenset(["feature", "enabled", "limit", "rate_limit"])
+_RATE_LIMIT_KEYS = frozenset(["per_minute", "per"])
 _CREDIT_PACK_KEYS = frozenset(["price", "credits"])
+# A PositiveIntegerField holds up to 2**31 - 1; no plan needs more requests a minute than a million.
+MAX_RATE_LIMIT = 1_000_000
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 
@@ -138,6 +144,7 @@ def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEn
     if cost is not None and not isinstance(cost, dict):
         reader.error(where, '\'cost\' must be an object such as {"unit_amount": "0.002"}.')
         cost = None
+    display_mode, display_unit, display_divisor = _display_parse(reader, item.get("display"), where)
     return MeterEntry(
         key=key,
         name=reader.text(item, "name", where, max_length=120),
@@ -145,6 +152,9 @@ def _meter_parse(reader: "_Reader", item: dict[str, Any], where: str) -> MeterEn
         aggregation=aggregation,
         unique_property=unique_property,
         cost=None if cost is None else _serving_cost_parse(reader, cost, f"{where}, cost"),
+        display_mode=display_mode,
+        display_unit=display_unit,
+        display_divisor=display_divisor,
     )
 
 
@@ -196,6 +206,28 @@ def _moment_parse(reader: "_Reader", value: Any, where: str) -> datetime | None:
         f"'effective_from' must be a date such as \"2025-03-01\" or a time with its offset, not {value!r}.",
     )
     return None
+
+
+def _display_parse(reader: "_Reader", value: Any, where: str) -> tuple[str, str, Decimal]:
+    """`"units"` (the default), `"money"`, or a product unit `{"unit": "messages", "divisor": "1000"}`."""
+    one = Decimal(1)
+    if value is None or value == DisplayMode.UNITS:
+        return DisplayMode.UNITS, "", one
+    if value == DisplayMode.MONEY:
+        return DisplayMode.MONEY, "", one
+    if not isinstance(value, dict):
+        reader.error(
+            where, '\'display\' must be "units", "money" or {"unit": "messages", "divisor": "1000"}.'
+        )
+        return DisplayMode.UNITS, "", one
+    at = f"{where}, display"
+    reader.check_keys(value, _DISPLAY_KEYS, at)
+    unit = reader.text(value, "unit", at, max_length=40)
+    divisor = reader.decimal(value, "divisor", at, QUANTITY, required=False)
+    if divisor is not None and divisor <= 0:
+        reader.error(at, "'divisor' must be greater than 0.")
+        divisor = None
+    return DisplayMode.UNIT, unit, (divisor or one).normalize()
 
 
 def _plan_parse(reader: "_Reader", item: dict[str, Any], where: str) -> PlanEntry:
@@ -321,7 +353,37 @@ def _entitlement_parse(reader: "_Reader", item: dict[str, Any], where: str) -> E
     limit = reader.decimal(item, "limit", where, QUANTITY, required=False)
     if limit is not None and limit < 0:
         reader.error(where, "'limit' cannot be negative.")
-    return EntitlementEntry(feature=feature, enabled=enabled is not False, limit=limit)
+    per_minute, per = _rate_limit_parse(reader, item.get("rate_limit"), where)
+    return EntitlementEntry(
+        feature=feature,
+        enabled=enabled is not False,
+        limit=limit,
+        rate_limit_per_minute=per_minute,
+        rate_limit_per=per,
+    )
+
+
+def _rate_limit_parse(reader: "_Reader", value: Any, where: str) -> tuple[int | None, str]:
+    """`{"per_minute": 10, "per": "customer" | "user"}` (per defaults to customer), or absent/null."""
+    if value is None:
+        return None, RateLimitScope.CUSTOMER
+    if not isinstance(value, dict):
+        reader.error(where, '\'rate_limit\' must be an object like {"per_minute": 10, "per": "customer"}.')
+        return None, RateLimitScope.CUSTOMER
+    at = f"{where}, rate_limit"
+    reader.check_keys(value, _RATE_LIMIT_KEYS, at)
+    per_minute = value.get("per_minute")
+    if (
+        isinstance(per_minute, bool)
+        or not isinstance(per_minute, int)
+        or not 0 < per_minute <= MAX_RATE_LIMIT
+    ):
+        reader.error(
+            at, f"'per_minute' must be a whole number from 1 to {MAX_RATE_LIMIT}, not {per_minute!r}."
+        )
+        per_minute = None
+    per = reader.choice(value, "per", at, RateLimitScope.values, default=RateLimitScope.CUSTOMER)
+    return per_minute, per or RateLimitScope.CUSTOMER
 
 
 def _credit_pack_parse(reader: "_Reader", item: dict[str, Any], where: str) -> CreditPackEntry:

@@ -87,6 +87,10 @@ def _meter_data(meter: MeterEntry) -> dict[str, Any]:
         if meter.cost.effective_from is not None:
             cost["effective_from"] = meter.cost.effective_from.isoformat()
         data["cost"] = cost
+    if meter.display_mode == "money":
+        data["display"] = "money"
+    elif meter.display_mode == "unit":
+        data["display"] = {"unit": meter.display_unit, "divisor": _decimal_text(meter.display_divisor)}
     return data
 
 
@@ -138,6 +142,9 @@ def _entitlement_data(entry: EntitlementEntry) -> dict[str, Any]:
         data["enabled"] = entry.enabled
     if entry.limit is not None:
         data["limit"] = _decimal_text(entry.limit)
+    # Only when set, so that a version stored before rate limits existed keeps its content hash.
+    if entry.rate_limit_per_minute is not None:
+        data["rate_limit"] = {"per_minute": entry.rate_limit_per_minute, "per": entry.rate_limit_per}
     return data
 
 

@@ -51,7 +51,9 @@ def test_pricing_shows_included_quantities_and_posted_rates(client, demo_catalog
     assert "By model" in hybrid
     assert "claude-sonnet: $15.00 per 1M tokens" in hybrid
     assert "gpt-4o: $10.00 per 1M tokens" in hybrid  # the same scale for every rate of a price
-    assert "5,000,000 tokens" in hybrid
+    # LLM usage is shown to customers as money: its 5M included tokens as what they are worth by model.
+    assert "$3.00–$75.00 of usage" in hybrid
+    assert "5,000,000 tokens" not in hybrid
 
 
 def test_pricing_shows_tiers_and_credit_packs(client, demo_catalog):

@@ -29,7 +29,12 @@ def test_create_customer_subscribes_to_the_latest_published_version(acme):
     assert acme["currency"] == "usd"
     assert acme["subscription"]["plan"] == "pro"
     assert acme["subscription"]["plan_version"] == 1
-    assert acme["limits"] == {"soft_limit": None, "hard_limit": None, "block_overage": False}
+    assert acme["limits"] == {
+        "soft_limit": None,
+        "hard_limit": None,
+        "block_overage": False,
+        "meter_limits": {},
+    }
     assert acme["wallet_balance"] == "0.00"  # a balance: the currency's minor-unit places
 
 
@@ -129,7 +134,12 @@ def test_limits_are_saved_and_apply_to_the_next_check(api, acme):
         {"soft_limit": "5", "hard_limit": "10", "block_overage": False},
         format="json",
     )
-    assert response.json() == {"soft_limit": "5", "hard_limit": "10", "block_overage": False}
+    assert response.json() == {
+        "soft_limit": "5",
+        "hard_limit": "10",
+        "block_overage": False,
+        "meter_limits": {},
+    }
     # 100 calls are included; 201 more at $0.10 would take usage charges to $20.10.
     check = api.post(
         "/api/v1/check", {"customer": "acme", "meter": "api_call", "quantity": 301}, format="json"

@@ -114,14 +114,19 @@ def test_after_a_plan_change_units_billed_before_it_are_not_taken_from_the_new_a
 
 
 def test_limits_are_the_customers_spend_limits(api, acme):
-    assert _usage(api)["limits"] == {"soft_limit": None, "hard_limit": None, "block_overage": False}
+    assert _usage(api)["limits"] == {
+        "soft_limit": None,
+        "hard_limit": None,
+        "block_overage": False,
+        "meter_limits": {},
+    }
     api.put(
         "/api/v1/customers/acme/limits",
         {"soft_limit": "50", "hard_limit": "100", "block_overage": True},
         format="json",
     )
     limits = api.get("/api/v1/customers/acme/limits").json()
-    assert limits == {"soft_limit": "50", "hard_limit": "100", "block_overage": True}
+    assert limits == {"soft_limit": "50", "hard_limit": "100", "block_overage": True, "meter_limits": {}}
     assert _usage(api)["limits"] == limits
 
 

@@ -19,7 +19,13 @@ from customers.services import (
     spend_controls_update,
 )
 from plans.models import MONEY
-from usage.api.fields import AwareDateTimeField, CurrencyField, LedgerAmountField, MoneyField
+from usage.api.fields import (
+    AwareDateTimeField,
+    CurrencyField,
+    LedgerAmountField,
+    MoneyField,
+    QuantityField,
+)
 from usage.api.pagination import ListQuery, list_query, list_response
 from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
@@ -188,6 +194,12 @@ class LimitsView(CustomerEndpoint):
         soft_limit = MoneyField(required=False, allow_null=True, default=None)
         hard_limit = MoneyField(required=False, allow_null=True, default=None)
         block_overage = serializers.BooleanField(required=False, default=False)
+        meter_limits = serializers.DictField(
+            child=QuantityField(allow_null=True),
+            required=False,
+            help_text="Stops in units a period, by meter key: a quantity above zero sets one, null removes it. "
+            "Meters left out keep theirs; leaving the field out keeps them all.",
+        )
 
     @extend_schema(responses={200: LimitsOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:

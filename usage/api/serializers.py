@@ -12,11 +12,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from customers.models import CustomerStatus, SubscriptionStatus
-from usage.api.fields import AmountString, DecimalString, Timestamp, decimal_string
+from usage.api.fields import AmountString, DecimalString, Timestamp, amount_string, decimal_string
 from usage.api.pagination import ListOutput
 from usage.models import CreditGrant, GrantKind, LedgerEntryKind, Reservation, ReservationStatus
 from usage.selectors.breakdowns import MemberTotal
-from usage.selectors.meter_lines import UsageLevel
+from usage.selectors.meter_lines import MeterLine, UsageLevel
 
 # --- events and reservations ---------------------------------------------------------------------
 
@@ -148,6 +148,11 @@ class LimitsOutput(serializers.Serializer):
     soft_limit = DecimalString(allow_null=True)
     hard_limit = DecimalString(allow_null=True)
     block_overage = serializers.BooleanField()
+    meter_limits = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="The customer's stops in units a period, by meter key, as decimal strings: past one, usage of "
+        "that meter is refused with `402 hard_limit_reached`.",
+    )
 
 
 class CustomerOutput(serializers.Serializer):
@@ -265,6 +270,21 @@ class UsageMeterOutput(serializers.Serializer):
     overage = DecimalString(
         source="overage_quantity", help_text="Units past the allowance: billed, whatever paid for them."
     )
+    display_quantity = serializers.SerializerMethodField(
+        help_text="What the customer is shown: for a meter shown in money, its cost in `display_unit` (the "
+        "currency, with its minor-unit places); for a product unit, `quantity` divided by the meter's divisor "
+        "(exact); else `quantity`."
+    )
+    display_unit = serializers.CharField(
+        help_text='The currency code (upper case) for a meter shown in money, else the unit shown ("messages", '
+        '"tokens").'
+    )
+
+    @extend_schema_field(DecimalString())
+    def get_display_quantity(self, line: MeterLine) -> str | None:
+        if line.in_money:
+            return amount_string(line.money_cost, line.currency)
+        return decimal_string(line.display_quantity)
 
 
 class UsageSpendOutput(serializers.Serializer):

@@ -28,6 +28,7 @@ from usage.api.serializers import (
 from usage.consumption import usage_decide
 from usage.ingest import usage_events_ingest
 from usage.models import Reservation
+from usage.rate_limits import rate_limit_peek
 from usage.selectors.listings import reservation_by_id
 from usage.services import reservation_commit, reservation_create, reservation_release
 from usage.sql_reads import customer_and_meter
@@ -77,17 +78,23 @@ class UsageQuestionInput(serializers.Serializer):
     properties = PropertiesField()
 
 
-def _decide(request: Request) -> tuple[Any, dict[str, Any]]:
-    data = UsageQuestionInput(data=request.data)
+def _decide(
+    request: Request,
+    question: type[UsageQuestionInput] = UsageQuestionInput,
+    *,
+    peek_rate_limit: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """The decision for the question asked. With ``peek_rate_limit`` (``/check``: may it run now?), past the
+    plan's rate limit on the meter it is ``429 rate_limited``; ``/estimate`` asks what it would cost."""
+    data = question(data=request.data)
     data.is_valid(raise_exception=True)
     values = data.validated_data
     customer, meter = customer_and_meter(values["customer"], values["meter"])
+    now = timezone.now()
+    if peek_rate_limit:
+        rate_limit_peek(customer=customer, meter=meter, user=values.get("user"), now=now)
     decision = usage_decide(
-        customer=customer,
-        meter=meter,
-        quantity=values["quantity"],
-        properties=values["properties"],
-        now=timezone.now(),
+        customer=customer, meter=meter, quantity=values["quantity"], properties=values["properties"], now=now
     )
     return decision, values
 
@@ -95,9 +102,16 @@ def _decide(request: Request) -> tuple[Any, dict[str, Any]]:
 class CheckView(APIView):
     """May this customer do this now? Ask before costly work; nothing is held."""
 
-    @extend_schema(request=UsageQuestionInput, responses={200: CheckOutput, **errors(404)})
+    class CheckInput(UsageQuestionInput):
+        user = serializers.CharField(
+            max_length=MAX_NAME_LENGTH,
+            required=False,
+            help_text="The member who would do the work, for a plan that rate-limits each user.",
+        )
+
+    @extend_schema(request=CheckInput, responses={200: CheckOutput, **errors(404)})
     def post(self, request: Request) -> Response:
-        decision, _ = _decide(request)
+        decision, _ = _decide(request, self.CheckInput, peek_rate_limit=True)
         return Response(CheckOutput(decision).data)
 
 

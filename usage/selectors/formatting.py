@@ -3,6 +3,7 @@
 from decimal import ROUND_FLOOR, Decimal
 
 from core.money import CREDITS, format_money
+from plans.display import plural
 from usage.selectors.units import QUANTITY_PLACES
 
 
@@ -25,11 +26,7 @@ def format_quantity_short(value: Decimal) -> str:
 
 def unit_label(unit: str, quantity: Decimal | None = None) -> str:
     """The meter's unit, plural unless exactly one: "token" -> "tokens"; "GB-hours" stays."""
-    if quantity is not None and quantity == 1:
-        return unit
-    if not unit or unit.endswith("s") or not unit[-1].isalpha():
-        return unit
-    return f"{unit}s"
+    return plural(unit, quantity)
 
 
 def format_amount(amount: Decimal, unit: str) -> str:

@@ -1,10 +1,13 @@
 """One meter's line of the period summary, and how close something is to its limit."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import models
 
+from core.money import format_money
+from plans.display import DisplayUnit
+from plans.models import DisplayMode
 from usage.selectors.formatting import format_amount, format_quantity, format_quantity_short, unit_label
 
 # The included-quota bar turns amber here (percent of the allowance), red at 100.
@@ -43,10 +46,51 @@ class MeterLine:
     projected_quantity: Decimal
     projected_cost: Decimal
     level: UsageLevel  # of the included allowance
+    # How the customer sees the meter (``plans.display``): the quantities below turn into its unit, or for a
+    # money meter the page shows costs instead of quantities.
+    display: DisplayUnit = field(default_factory=lambda: DisplayUnit(mode=DisplayMode.UNITS, meter_unit=""))
+    currency: str = "usd"
+    money_cost: Decimal = Decimal(0)  # ``cost`` in money (credits at the plan's pack rate)
+    projected_money_cost: Decimal = Decimal(0)
+    included_value: Decimal = Decimal(0)  # what the allowance is worth in money at the plan's prices
+
+    @property
+    def in_money(self) -> bool:
+        return self.display.in_money
 
     @property
     def unit_plural(self) -> str:
-        return unit_label(self.unit, self.quantity)
+        """The unit the page shows quantities in: the product unit, or the meter's own made plural."""
+        return self.display.label(self.display.quantity(self.quantity))
+
+    @property
+    def raw_unit_plural(self) -> str:
+        """The meter's own unit, which limits in units are set in: "tokens"."""
+        return unit_label(self.unit)
+
+    @property
+    def display_quantity(self) -> Decimal:
+        """What the API's ``display_quantity`` says: the cost in money for a money meter, else the quantity in
+        the displayed unit."""
+        return self.money_cost if self.in_money else self.display.quantity(self.quantity)
+
+    @property
+    def display_unit(self) -> str:
+        """What the API's ``display_unit`` says: the currency code for a money meter, else the unit."""
+        return self.currency.upper() if self.in_money else self.unit_plural
+
+    @property
+    def money_cost_display(self) -> str:
+        return format_money(self.money_cost, self.currency)
+
+    @property
+    def projected_money_cost_display(self) -> str:
+        return format_money(self.projected_money_cost, self.currency)
+
+    @property
+    def included_value_display(self) -> str:
+        """The allowance as money for a money meter; "" when it is worth nothing (then it is not shown)."""
+        return format_money(self.included_value, self.currency) if self.included_value > 0 else ""
 
     @property
     def percent_of_included(self) -> int | None:
@@ -59,21 +103,24 @@ class MeterLine:
         percent = self.percent_of_included
         return 0 if percent is None else min(percent, 100)
 
+    def _shown(self, quantity: Decimal) -> Decimal:
+        return self.display.quantity(quantity)
+
     @property
     def quantity_display(self) -> str:
-        return format_quantity(self.quantity)
+        return format_quantity(self._shown(self.quantity))
 
     @property
     def quantity_short(self) -> str:
-        return format_quantity_short(self.quantity)
+        return format_quantity_short(self._shown(self.quantity))
 
     @property
     def included_display(self) -> str:
-        return format_quantity(self.included)
+        return format_quantity(self._shown(self.included))
 
     @property
     def projected_quantity_display(self) -> str:
-        return format_quantity_short(self.projected_quantity)
+        return format_quantity_short(self._shown(self.projected_quantity))
 
     @property
     def cost_display(self) -> str:
@@ -85,8 +132,8 @@ class MeterLine:
 
     @property
     def non_billable_display(self) -> str:
-        return format_quantity(self.non_billable_quantity)
+        return format_quantity(self._shown(self.non_billable_quantity))
 
     @property
     def cap_display(self) -> str:
-        return format_quantity(self.cap) if self.cap is not None else ""
+        return format_quantity(self._shown(self.cap)) if self.cap is not None else ""

@@ -1,7 +1,7 @@
 """The period summary: usage per meter, spend against limits, projection, balances."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -11,7 +11,9 @@ from core.money import CREDITS, format_money, round_money
 from customers.models import Customer
 from customers.selectors import customer_subscription_terms, spend_controls_of
 from customers.spend_limits import overage_blocked
+from plans.display import DisplayUnit, allowance_value
 from plans.models import Meter
+from plans.pricing import PriceSpec
 from plans.terms import PlanTerms
 from usage.consumption import Holds
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage
@@ -45,6 +47,8 @@ class SpendStatus:
     # The plan's policy alone (a prepaid plan): the customer's own switch changes nothing.
     plan_blocks_overage: bool
     level: UsageLevel
+    # The customer's stops in units a period, by meter key, as stored (decimal strings).
+    meter_limits: dict[str, str] = field(default_factory=dict)
 
     @property
     def limit_for_bar(self) -> Decimal | None:
@@ -231,6 +235,7 @@ def usage_period_summary(
         block_overage=overage_blocked(terms=terms, controls=controls),
         plan_blocks_overage=terms.overage_blocked,
         level=_spend_level(spend + held, soft=controls.soft_limit, hard=controls.hard_limit),
+        meter_limits=dict(controls.meter_limits or {}),
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()
     wallet = balance.wallet_balance if balance else ZERO
@@ -372,7 +377,21 @@ def _meter_line(
         projected_quantity=quantity + projected_add,
         projected_cost=projected_cost,
         level=level,
+        display=DisplayUnit.of(meter),
+        currency=terms.currency,
+        money_cost=terms.to_money(cost, unit),
+        projected_money_cost=terms.to_money(projected_cost, unit),
+        included_value=_included_value(spec, included=included, terms=terms),
     )
+
+
+def _included_value(spec: PriceSpec | None, *, included: Decimal, terms: PlanTerms) -> Decimal:
+    """A money meter's allowance as what it is worth, in money; 0 (not shown) when it is free or its worth
+    depends on the dimension (the model), which the page cannot say in one amount."""
+    if spec is None:
+        return ZERO
+    low, high = allowance_value(spec, included)
+    return terms.to_money(low, spec.unit) if low == high else ZERO
 
 
 def _spend_level(spend: Decimal, *, soft: Decimal | None, hard: Decimal | None) -> UsageLevel:

@@ -157,6 +157,7 @@ class Limits(TypedDict):
     soft_limit: str | None
     hard_limit: str | None
     block_overage: bool
+    meter_limits: dict[str, str]  # the customer's stops in units a period, by meter key
 
 
 class Customer(TypedDict):
@@ -233,6 +234,8 @@ class UsageMeter(TypedDict):
     percent_of_included: int | None
     remaining: str  # units of the allowance left (usage taken and open holds counted)
     overage: str  # units past the allowance
+    display_quantity: str  # what the customer is shown: money for a meter shown in money, else units
+    display_unit: str  # the currency code (upper case) for a money meter, else the unit shown ("messages")
 
 
 class UsageSpend(TypedDict):

@@ -367,7 +367,10 @@ def webhook_deliveries_send(*, limit: int = SWEEP_LIMIT) -> SendReport:
         else:
             failed += 1
             logger.info(
-                "Webhook %s to %s failed: %s", delivery.event.event_id, delivery.endpoint.url, result.error
+                "Webhook %s to %s failed: %s",
+                delivery.event.event_id,
+                delivery.endpoint.url,
+                delivery.last_error,
             )
     return SendReport(delivered=delivered, failed_attempts=failed)
 

@@ -306,6 +306,7 @@ class StripeMeterEventAdmin(_ReadOnlyAdmin):
 
 
 class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https", help_text="http:// or https://")
     events = forms.MultipleChoiceField(
         choices=CustomerEventType.choices, widget=forms.CheckboxSelectMultiple, help_text="What it receives."
     )

@@ -1,6 +1,7 @@
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -15,10 +16,20 @@ from billing_app.models import (
     StripeInvoice,
     StripeMeterEvent,
     StripeWebhookEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from billing_app.stripe.client import stripe_connected
 from billing_app.stripe.outbox import outbox_backlog
 from billing_app.stripe.reconciliation import meter_label
+from billing_app.webhooks_out import (
+    webhook_deliveries_resend,
+    webhook_deliveries_send_queue,
+    webhook_endpoint_create,
+    webhook_url_problem,
+)
+from customers.events import CustomerEventType
 from customers.services import customer_unfreeze
 
 # The index links the staff pages that live beside the admin (the margin report).
@@ -289,3 +300,132 @@ class StripeMeterEventAdmin(_ReadOnlyAdmin):
                 f"waiting for Stripe (oldest queued {backlog['oldest_pending']:%Y-%m-%d %H:%M} UTC).",
             )
         return super().changelist_view(request, extra_context)
+
+
+# --- webhooks to the operator's backend ------------------------------------------------------------------
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https", help_text="http:// or https://")
+    events = forms.MultipleChoiceField(
+        choices=CustomerEventType.choices, widget=forms.CheckboxSelectMultiple, help_text="What it receives."
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("url", "events", "description", "enabled")
+
+    def clean_url(self) -> str:
+        url: str = self.cleaned_data["url"]
+        if problem := webhook_url_problem(url):
+            raise forms.ValidationError(f"The URL {problem}.")
+        return url
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """The operator's receivers. The signing secret is shown once, when one is added."""
+
+    form = WebhookEndpointForm
+    list_display = ("url", "event_list", "enabled", "failing_since", "disabled_reason", "created_at")
+    list_filter = ("enabled",)
+    search_fields = ("url", "description")
+    readonly_fields = ("failing_since", "disabled_reason", "created_at")
+    actions = ("enable", "disable")
+
+    @admin.display(description="Events")
+    def event_list(self, endpoint: WebhookEndpoint) -> str:
+        return ", ".join(endpoint.events)
+
+    def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        endpoint = webhook_endpoint_create(url=obj.url, events=obj.events, description=obj.description)
+        obj.pk, obj.secret, obj.created_at = endpoint.pk, endpoint.secret, endpoint.created_at
+        messages.warning(
+            request,
+            f"The signing secret of {obj.url} is {endpoint.secret}. Copy it now: it will not be shown again.",
+        )
+
+    @admin.action(description="Enable (pending deliveries are sent again)")
+    def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        count = queryset.update(enabled=True, failing_since=None, disabled_reason="")
+        webhook_deliveries_send_queue()
+        messages.success(request, f"{count} endpoint(s) enabled.")
+
+    @admin.action(description="Disable")
+    def disable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        count = queryset.update(enabled=False, disabled_reason="Turned off in admin.")
+        messages.success(request, f"{count} endpoint(s) disabled.")
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ("attempted_at", "status_code", "duration_ms", "response_body", "error", "succeeded")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(_ReadOnlyAdmin):
+    """Each event owed to an endpoint, with every attempt and what the endpoint answered."""
+
+    list_display = (
+        "created_at",
+        "event_type",
+        "event_id",
+        "customer",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    )
+    list_filter = ("status", "event__type", "endpoint")
+    list_select_related = ("event", "customer", "endpoint")
+    search_fields = ("event__event_id", "customer__external_id", "endpoint__url")
+    readonly_fields = (
+        "event_id",
+        "event_type",
+        "endpoint",
+        "customer",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+        "delivered_at",
+        "created_at",
+        "body",
+    )
+    fields = readonly_fields
+    inlines = (WebhookAttemptInline,)
+    actions = ("resend",)
+
+    @admin.display(description="Event id", ordering="event__event_id")
+    def event_id(self, delivery: WebhookDelivery) -> str:
+        return delivery.event.event_id
+
+    @admin.display(description="Type", ordering="event__type")
+    def event_type(self, delivery: WebhookDelivery) -> str:
+        return delivery.event.type
+
+    @admin.display(description="Body posted")
+    def body(self, delivery: WebhookDelivery) -> str:
+        return delivery.event.body
+
+    @admin.action(description="Resend (the same event id)")
+    def resend(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        count = webhook_deliveries_resend(deliveries=queryset)
+        disabled = queryset.filter(endpoint__enabled=False).count()
+        note = f" {disabled} wait for their endpoint to be enabled." if disabled else ""
+        messages.success(
+            request, f"{count} deliver{'y' if count == 1 else 'ies'} queued to be sent again.{note}"
+        )

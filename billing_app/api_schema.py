@@ -62,6 +62,11 @@ class ApiErrorDetail(serializers.Serializer):
     retry_after = serializers.IntegerField(
         required=False, help_text="With `rate_limited` by the plan: whole seconds until the next minute."
     )
+    valid_events = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="With `unknown_event_type`: the event types a webhook endpoint may subscribe to.",
+    )
     upgrade = ApiUpgradeOffer(
         required=False,
         allow_null=True,
@@ -79,12 +84,12 @@ class ApiError(serializers.Serializer):
 _ERRORS = {
     400: "The request is invalid: `malformed_json`, `invalid_request` (`fields` or `param` names what), "
     "`out_of_range` (`param`, `max`), `idempotency_key_mismatch`, `invalid_batch`, `invalid_cost`, "
-    "`invalid_period`, `invalid_group_by`.",
+    "`invalid_period`, `invalid_group_by`, `unknown_event_type` (`valid_events`).",
     401: "`authentication_required` (no key) or `invalid_api_key` (a wrong or revoked key).",
     402: "The customer may not use this now: `hard_limit_reached`, `insufficient_balance`, "
     "`account_frozen`, `not_entitled`, `entitlement_limit_reached`.",
     403: "`forbidden`: a publishable key asked for something outside its customer's usage and checks.",
-    404: "`not_found`: no such customer, plan, meter, reservation or period.",
+    404: "`not_found`: no such customer, plan, meter, reservation, period or webhook endpoint.",
     409: "A conflict with the current state (`conflict`, `reservation_not_held`, `no_subscription`), or "
     "`idempotency_key_reused`: the `Idempotency-Key` answered a different request; nothing was done.",
     413: "`request_too_large`: the body is over 10 MB.",

@@ -14,6 +14,7 @@ from django.db import transaction
 from billing_app.models import OperatorAlert, OperatorAlertKind
 from billing_app.operator_alerts import operator_alert_raise
 from core.money import format_money
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.models import Customer, Subscription
 from usage.selectors.margins import MarginGroup, MarginRow, ReportPeriod, margin_report
 
@@ -50,7 +51,7 @@ def margin_negative_alert_raise(
     margin = row.margin
     if margin is None:
         return None
-    return operator_alert_raise(
+    alert = operator_alert_raise(
         kind=OperatorAlertKind.MARGIN_NEGATIVE,
         customer=customer,
         message=(
@@ -68,3 +69,17 @@ def margin_negative_alert_raise(
         },
         dedupe_key=f"margin-negative-{customer.pk}-{period_start:%Y%m%dT%H%M%S}",
     )
+    if alert is not None:
+        customer_event_announce(
+            event_type=CustomerEventType.MARGIN_NEGATIVE,
+            customer=customer,
+            data={
+                "customer": customer.external_id,
+                "period_start": instant(period_start),
+                "revenue": exact(row.revenue),
+                "cost": exact(row.cost),
+                "margin": exact(margin),
+                "currency": currency,
+            },
+        )
+    return alert

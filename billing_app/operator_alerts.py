@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from billing_app.models import OperatorAlert, OperatorAlertKind, StripeInvoice, StripeInvoiceStatus
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.models import Customer
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def operator_alert_raise(
 
 
 def invoice_spike_check(*, invoice: StripeInvoice) -> OperatorAlert | None:
-    """Alert operators when ``invoice`` is over ``INVOICE_SPIKE_RATIO`` × the customer's previous invoice."""
+    """Alert operators (and announce ``invoice.spike_flagged``, once per invoice) when ``invoice`` is over
+    ``INVOICE_SPIKE_RATIO`` × the customer's previous invoice."""
     if invoice.customer is None:
         return None
     previous = (
@@ -112,7 +114,7 @@ def invoice_spike_check(*, invoice: StripeInvoice) -> OperatorAlert | None:
         return None
     increase = (invoice.total - previous.total) * 100 / previous.total
     currency = invoice.currency.upper()
-    return operator_alert_raise(
+    alert = operator_alert_raise(
         kind=OperatorAlertKind.INVOICE_SPIKE,
         customer=invoice.customer,
         message=(
@@ -129,3 +131,17 @@ def invoice_spike_check(*, invoice: StripeInvoice) -> OperatorAlert | None:
         },
         dedupe_key=f"invoice-spike-{invoice.stripe_invoice_id}",
     )
+    if alert is not None:
+        customer_event_announce(
+            event_type=CustomerEventType.INVOICE_SPIKE_FLAGGED,
+            customer=invoice.customer,
+            data={
+                "invoice": invoice.stripe_invoice_id,
+                "total": exact(invoice.total),
+                "previous_invoice": previous.stripe_invoice_id,
+                "previous_total": exact(previous.total),
+                "currency": invoice.currency,
+                "period_start": instant(invoice.period_start),
+            },
+        )
+    return alert

@@ -73,6 +73,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 5 * MINUTE,
         "options": {"expires": 5 * MINUTE},
     },
+    "webhook-deliveries-send": {
+        "task": "billing_app.tasks.webhook_deliveries_send_task",
+        "schedule": MINUTE,
+        "options": {"expires": MINUTE},
+    },
     "checkout-sessions-sweep": {
         "task": "billing_app.tasks.checkout_sessions_sweep_task",
         "schedule": 5 * MINUTE,

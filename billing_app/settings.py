@@ -236,6 +236,17 @@ AUTO_TOP_UP_RETRY_MINUTES = env.int("AUTO_TOP_UP_RETRY_MINUTES", default=60)
 # Opening /settings/usage queues a reconciliation of the customer at most once per this many minutes.
 USAGE_PAGE_RECONCILE_MINUTES = env.int("USAGE_PAGE_RECONCILE_MINUTES", default=10)
 
+# Webhooks to the operator's backend (docs/webhooks.md): each POST waits this many seconds for an answer; a
+# failing delivery is retried with backoff for WEBHOOK_RETRY_HOURS, then given up; an endpoint whose
+# deliveries have all failed for WEBHOOK_DISABLE_AFTER_HOURS is turned off and operators are told.
+WEBHOOK_TIMEOUT_SECONDS = env.int("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_RETRY_HOURS = env.int("WEBHOOK_RETRY_HOURS", default=72)
+WEBHOOK_DISABLE_AFTER_HOURS = env.int("WEBHOOK_DISABLE_AFTER_HOURS", default=24)
+# wallet.low_balance: a draw took the wallet from at least this to below it (in the wallet's currency).
+WALLET_LOW_BALANCE = env.str("WALLET_LOW_BALANCE", default="10")
+# credits.expiring: a grant with credits left expires within this many days (announced once per grant).
+CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)
+
 # Requests a minute an API key may make, unless the key has its own limit (admin, API keys). 0 or empty: no
 # limit. 6,000 (100 a second) is far above what a backend that batches its events needs.
 API_RATE_LIMIT_PER_MINUTE = int(env.str("API_RATE_LIMIT_PER_MINUTE", default="6000") or 0)

@@ -30,6 +30,7 @@ from billing_app.stripe.client import stripe_client, stripe_connected
 from billing_app.stripe.outbox import outbox_drain
 from billing_app.stripe.reconciliation import customer_meters_reconcile, reconciliation_run
 from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_sync_pending, subscription_sync
+from billing_app.webhooks_out import webhook_deliveries_send
 from customers.models import Customer, Subscription
 from plans.models import PlanVersion
 
@@ -163,3 +164,10 @@ def customer_reconcile_task(customer_id: int) -> dict[str, Any]:
         return {"checked": 0, "diverged": []}
     report = customer_meters_reconcile(subscription=subscription, client=stripe_client(), now=timezone.now())
     return {"checked": report.checked, "diverged": [divergence.pk for divergence in report.diverged]}
+
+
+@shared_task
+def webhook_deliveries_send_task() -> dict[str, int]:
+    """Send the webhook deliveries that are due: queued when an event is recorded, and every minute by beat
+    (retries, and whatever a lost task or a dead worker left behind)."""
+    return asdict(webhook_deliveries_send())

@@ -4,7 +4,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from billing_app import login_protection, payment_api
+from billing_app import login_protection, payment_api, webhook_endpoints_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
 from usage.admin_views import margin_report_page, price_research
@@ -50,6 +50,16 @@ urlpatterns = [
         "api/v1/customers/<str:external_id>/upcoming-invoice",
         payment_api.UpcomingInvoiceView.as_view(),
         name="api-upcoming-invoice",
+    ),
+    path(
+        "api/v1/webhook-endpoints",
+        webhook_endpoints_api.WebhookEndpointsView.as_view(),
+        name="api-webhook-endpoints",
+    ),
+    path(
+        "api/v1/webhook-endpoints/<int:endpoint_id>",
+        webhook_endpoints_api.WebhookEndpointView.as_view(),
+        name="api-webhook-endpoint",
     ),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

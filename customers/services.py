@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
 from core.money import ISO_4217_CURRENCIES, LEDGER_PLACES, QUANTITY_PLACES
+from customers.events import CustomerEventType, customer_event_announce, instant
 from customers.models import (
     Customer,
     CustomerStatus,
@@ -228,8 +229,14 @@ def _meter_limits_check(meter_limits: Mapping[str, Decimal | None]) -> None:
 
 
 def customer_freeze(*, customer: Customer, reason: str, period_start: datetime) -> None:
-    """Refuse the customer's further billable usage until an operator unfreezes them."""
-    Customer.objects.filter(pk=customer.pk).update(status=CustomerStatus.FROZEN, frozen_reason=reason)
+    """Refuse the customer's further billable usage until an operator unfreezes them; announce the freeze
+    when the customer was not frozen already."""
+    customers = Customer.objects.filter(pk=customer.pk)
+    newly_frozen = customers.exclude(status=CustomerStatus.FROZEN).update(
+        status=CustomerStatus.FROZEN, frozen_reason=reason
+    )
+    if not newly_frozen:
+        customers.update(frozen_reason=reason)
     customer.status, customer.frozen_reason = CustomerStatus.FROZEN, reason
     # Once per hour frozen in: a freeze, an unfreeze and a freeze again within it tell the customer once.
     Notification.objects.get_or_create(
@@ -239,6 +246,12 @@ def customer_freeze(*, customer: Customer, reason: str, period_start: datetime) 
         frozen_hour=timezone.now().replace(minute=0, second=0, microsecond=0),
         defaults={"message": f"Billable usage is paused: {reason}"},
     )
+    if newly_frozen:
+        customer_event_announce(
+            event_type=CustomerEventType.FROZEN,
+            customer=customer,
+            data={"reason": reason, "frozen_at": instant(timezone.now())},
+        )
 
 
 def customer_unfreeze(*, customer: Customer) -> None:

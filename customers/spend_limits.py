@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.models import Customer, Notification, NotificationKind, SpendControls
 from plans.terms import PlanTerms
 
@@ -28,6 +29,12 @@ class LimitCrossing:
     @property
     def label(self) -> str:
         return "soft" if self.kind == NotificationKind.SOFT_LIMIT_CROSSED else "hard"
+
+    @property
+    def event_type(self) -> CustomerEventType:
+        if self.kind == NotificationKind.SOFT_LIMIT_CROSSED:
+            return CustomerEventType.SOFT_LIMIT_CROSSED
+        return CustomerEventType.HARD_LIMIT_REACHED
 
 
 def spend_limit_crossings(
@@ -53,7 +60,8 @@ def limit_crossing_record(
     spend: Decimal,
     currency: str,
 ) -> Notification | None:
-    """Record the crossing for the customer once per limit amount and period; None if it already was."""
+    """Record the crossing for the customer once per limit amount and period, and announce it (the
+    operator's webhooks); None if it already was."""
     code = currency.upper()
     notification, created = Notification.objects.get_or_create(
         customer=customer,
@@ -65,4 +73,16 @@ def limit_crossing_record(
             f"{period_start:%b} {period_start.day} ({crossing.label} limit {crossing.limit:.2f} {code}).",
         },
     )
-    return notification if created else None
+    if not created:
+        return None
+    customer_event_announce(
+        event_type=crossing.event_type,
+        customer=customer,
+        data={
+            "limit": exact(crossing.limit),
+            "spend": exact(spend),
+            "currency": currency,
+            "period_start": instant(period_start),
+        },
+    )
+    return notification

@@ -109,6 +109,9 @@ class CreditGrant(models.Model):
     expired_at = models.DateTimeField(
         null=True, blank=True, help_text="When the unused remainder was voided."
     )
+    expiry_announced_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its coming expiry was announced (credits.expiring)."
+    )
     description = models.CharField(max_length=200, blank=True)
     # NULL, not "", when absent: grants without a key must not collide on the unique constraint.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001

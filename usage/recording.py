@@ -13,7 +13,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from core.money import CREDITS, ledger_amount
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from plans.models import Aggregation, Meter
 from plans.serving_costs import ServingCostRates, serving_cost_of, serving_cost_rates_read
@@ -47,6 +50,9 @@ class UsageRecorder:
         self._costs_read: set[int] = set() if serving_costs is None else set(serving_costs.dimensions)
         self.period_start = engine.subscription.current_period_start
         self.spend_before = engine.period_spend(self.period_start)
+        self.wallet_before = engine.balance.wallet_balance
+        # Meters with a plan cap this usage records, with the cap and the period's use before it.
+        self.capped_before: dict[int, tuple[Meter, Decimal, Decimal]] = {}
         self.events: list[NewUsageEvent] = []
         self.draws: list[list[Draw]] = []
 
@@ -72,6 +78,7 @@ class UsageRecorder:
         if meter.aggregation == Aggregation.COUNT and hold is None:
             # A count meter counts events: each is one unit, whatever quantity it reports.
             quantity = ONE
+        self._note_cap(meter=meter, timestamp=timestamp)
         if hold is not None:
             coverage = engine.hold_settled(hold, quantity=quantity)
         else:
@@ -130,6 +137,8 @@ class UsageRecorder:
         self.writes.period_rows.extend(self.engine.changed_period_usage())
         self._collect_outbox()
         self._record_limit_crossings()
+        self._announce_cap_reached()
+        self._announce_wallet_low()
 
     def _collect_ledger(self) -> None:
         """One draw-down row per grant and one for the wallet, pointing at the last event drawn.
@@ -222,4 +231,53 @@ class UsageRecorder:
                 period_start=self.period_start,
                 spend=spend_after,
                 currency=engine.currency,
+            )
+
+    def _note_cap(self, *, meter: Meter, timestamp: datetime) -> None:
+        """Remember the period's use of a capped meter before this usage adds to it (current period only)."""
+        engine = self.engine
+        if meter.pk in self.capped_before:
+            return
+        entitlement = engine.entitlements.get(meter.key)
+        if entitlement is None or entitlement.limit is None:
+            return
+        period = engine.period_for(timestamp)
+        if period[0] != self.period_start:
+            return
+        used = engine.usage_row(meter_id=meter.pk, period=period).quantity
+        self.capped_before[meter.pk] = (meter, entitlement.limit, used)
+
+    def _announce_cap_reached(self) -> None:
+        """A plan cap this usage reached (the next unit will be refused) is announced once: when the period's
+        use goes from under the cap to at or over it."""
+        engine = self.engine
+        period = (engine.subscription.current_period_start, engine.subscription.current_period_end)
+        for meter, cap, before in self.capped_before.values():
+            after = engine.usage_row(meter_id=meter.pk, period=period).quantity
+            if before < cap <= after:
+                customer_event_announce(
+                    event_type=CustomerEventType.ENTITLEMENT_LIMIT_REACHED,
+                    customer=engine.customer,
+                    data={
+                        "meter": meter.key,
+                        "limit": exact(cap),
+                        "used": exact(after),
+                        "period_start": instant(period[0]),
+                    },
+                )
+
+    def _announce_wallet_low(self) -> None:
+        """A draw that took the wallet from at least ``WALLET_LOW_BALANCE`` to below it is announced."""
+        engine = self.engine
+        threshold = Decimal(str(settings.WALLET_LOW_BALANCE))
+        after = engine.balance.wallet_balance
+        if self.wallet_before >= threshold > after:
+            customer_event_announce(
+                event_type=CustomerEventType.WALLET_LOW_BALANCE,
+                customer=engine.customer,
+                data={
+                    "balance": exact(after),
+                    "threshold": exact(threshold),
+                    "currency": engine.balance.currency,
+                },
             )

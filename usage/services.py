@@ -17,6 +17,7 @@ from django.utils import timezone
 from core.errors import Conflict, InvalidInput, NotFound, OutOfRange
 from core.money import CREDITS, format_money
 from core.sql_rows import rows_insert, rows_update, rows_update_statements
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.models import Customer, Notification, NotificationKind, Subscription
 from customers.services import members_get_or_create, subscription_start
 from plans.models import RATE, CreditPack, Meter, PlanVersion, PricingUnit
@@ -463,6 +464,49 @@ def wallet_top_up(
         note=note or "Top-up",
         reference=reference or None,
     )
+
+
+def credit_grants_expiring_announce(*, now: datetime | None = None) -> int:
+    """Announce (``credits.expiring``) each grant with credits left that expires within
+    ``CREDITS_EXPIRING_DAYS``, once per grant. Returns how many were announced.
+
+    Each grant is claimed by a conditional update of ``expiry_announced_at``, so two runs at once announce it
+    once; the claim and the announcement commit together.
+    """
+    now = now or timezone.now()
+    horizon = now + timedelta(days=settings.CREDITS_EXPIRING_DAYS)
+    expiring = (
+        CreditGrant.objects.filter(
+            expires_at__gt=now,
+            expires_at__lte=horizon,
+            expired_at__isnull=True,
+            expiry_announced_at__isnull=True,
+            remaining__gt=0,
+        )
+        .select_related("customer")
+        .order_by("expires_at", "pk")
+    )
+    announced = 0
+    for grant in expiring:
+        with transaction.atomic():
+            claimed = CreditGrant.objects.filter(pk=grant.pk, expiry_announced_at__isnull=True).update(
+                expiry_announced_at=now
+            )
+            if not claimed:
+                continue
+            expires_at = grant.expires_at or horizon  # filtered above: never None here
+            customer_event_announce(
+                event_type=CustomerEventType.CREDITS_EXPIRING,
+                customer=grant.customer,
+                data={
+                    "grant": grant.pk,
+                    "remaining": exact(grant.remaining),
+                    "unit": grant.unit,
+                    "expires_at": instant(expires_at),
+                },
+            )
+            announced += 1
+    return announced
 
 
 def credit_grants_expire(*, now: datetime | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from usage.services import credit_grants_expire, reservations_expire
+from usage.services import credit_grants_expire, credit_grants_expiring_announce, reservations_expire
 
 
 @shared_task
@@ -12,4 +12,6 @@ def reservations_expire_task() -> int:
 
 @shared_task
 def credit_grants_expire_task() -> int:
+    """Announce the grants about to expire (``credits.expiring``), then void those past their expiry."""
+    credit_grants_expiring_announce()
     return credit_grants_expire()

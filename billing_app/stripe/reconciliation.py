@@ -42,6 +42,7 @@ from billing_app.stripe.client import stripe_client, stripe_connected
 from billing_app.stripe.meters import StripeMeterRoute, StripeMeterRoutes
 from billing_app.stripe.outbox import minor_units, outbox_period_lines
 from core.money import currency_exponent, round_money
+from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.models import Customer, Subscription
 from plans.models import Meter
 from plans.terms import PlanTerms
@@ -161,6 +162,19 @@ def divergence_check(
                 ),
                 data={"divergence": divergence.pk, "local": str(local), "stripe": str(remote)},
                 dedupe_key=f"divergence-{divergence.pk}",
+            )
+            customer_event_announce(
+                event_type=CustomerEventType.RECONCILIATION_DIVERGENCE,
+                customer=customer,
+                data={
+                    "divergence": divergence.pk,
+                    "kind": kind,
+                    "subject": subject,
+                    "period_start": instant(period[0]),
+                    "local": exact(local),
+                    "stripe": exact(remote),
+                    "percent": exact(percent),
+                },
             )
     return divergence
 

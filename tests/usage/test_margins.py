@@ -1,5 +1,6 @@
 """The margin report and the negative-margin alert, against numbers worked out by hand."""
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -8,8 +9,10 @@ import time_machine
 from django.core import mail
 
 from billing_app.margin_alerts import margins_negative_check
-from billing_app.models import OperatorAlert, OperatorAlertKind
+from billing_app.models import OperatorAlert, OperatorAlertKind, WebhookEvent
 from billing_app.tasks import margins_negative_task
+from billing_app.webhooks_out import webhook_endpoint_create
+from customers.events import CustomerEventType
 from plans.models import Meter, MeterServingCost
 from plans.services import SERVING_COST_SINCE_ALWAYS
 from tests.billing_app.test_alerts import slack  # noqa: F401 - the Slack-compatible receiver fixture
@@ -298,3 +301,32 @@ def test_the_current_period_counts_the_base_fee_that_pays_for_the_allowance(hybr
     # A calendar month holds the usage charges only.
     month = margin_report(period=report_period_parse("2025-03"), group_by=MarginGroup.CUSTOMER)
     assert table(month) == [("delta", "usd", D("0"), D("3.000"), D("-3.000"), None)]
+
+
+def test_a_negative_margin_is_sent_to_the_operators_webhooks_once(usage):
+    webhook_endpoint_create(url="http://127.0.0.1:9/hooks", events=[CustomerEventType.MARGIN_NEGATIVE])
+    with time_machine.travel(IN_MARCH, tick=False):
+        usage_events_ingest(
+            raw_events=[
+                event(
+                    "a5",
+                    customer="alpha",
+                    meter="llm_tokens",
+                    quantity=200_000,
+                    properties={"model": "mini", "cost": "0.4"},
+                )
+            ]
+        )
+        margins_negative_check()
+        margins_negative_check()
+
+    [sent] = [json.loads(row.body) for row in WebhookEvent.objects.filter(type="margin.negative")]
+    assert sent["customer"] == "alpha"
+    assert sent["data"] | {"period_start": None} == {
+        "customer": "alpha",
+        "period_start": None,
+        "revenue": "1.35",
+        "cost": "1.42",
+        "margin": "-0.07",
+        "currency": "usd",
+    }

@@ -49,6 +49,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "billing_app.api_requests.ApiRequestMiddleware",
+    # Inside the API's transaction for writes, so that the reads of a write stay on the primary.
+    "billing_app.db_routers.ReplicaReadsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -115,6 +117,23 @@ DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
     1 if DATABASE_PREPARED_STATEMENTS else None
 )
+# DATABASE_REPLICA_URL: a streaming replica of DATABASE_URL. The customer pages, the API's GET requests,
+# reconciliation and reports read it; writes, and every read inside a transaction (money), go to the
+# primary (billing_app/db_routers.py). A client that wrote reads the primary for REPLICA_PIN_SECONDS after,
+# which should exceed the replica's usual replay lag.
+DATABASE_REPLICA_URL = env.str("DATABASE_REPLICA_URL", default="")
+REPLICA_PIN_SECONDS = env.int("REPLICA_PIN_SECONDS", default=5)
+DATABASE_ROUTERS: list[str] = []
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = {
+        **env.db_url_config(DATABASE_REPLICA_URL),
+        "CONN_MAX_AGE": DATABASES["default"]["CONN_MAX_AGE"],
+        "DISABLE_SERVER_SIDE_CURSORS": BEHIND_TRANSACTION_POOLER,
+        "OPTIONS": dict(DATABASES["default"]["OPTIONS"]),
+        # A test run has no replica of its test database: the replica's alias reads the primary's.
+        "TEST": {"MIRROR": "default"},
+    }
+    DATABASE_ROUTERS = ["billing_app.db_routers.PrimaryReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -245,3 +246,53 @@ def primary_with_replica(directory: Path) -> Iterator[tuple[Cluster, Cluster]]:
     finally:
         for cluster in reversed(started):
             cluster.stop()
+
+
+# --- the app's own processes -----------------------------------------------------------------------
+
+
+def app_env(**values: str) -> dict[str, str]:
+    """The environment of an app process of the suite's settings, without the parent pytest's own."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+    env.update(DJANGO_SETTINGS_MODULE="tests.settings", CELERY_TASK_ALWAYS_EAGER="true", LOG_LEVEL="WARNING")
+    env.update(values)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 120) -> str:
+    """``manage.py <args>`` in a subprocess; its standard output."""
+    run = subprocess.run(
+        [str(Path(sys.executable)), str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return run.stdout
+
+
+@contextmanager
+def app_server(env: dict[str, str], log: Path, *, workers: int = 2) -> Iterator[str]:
+    """The web process of the Procfile (gunicorn) on a free port; yields its base URL."""
+    port = free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    command = [gunicorn, "billing_app.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*command, "--graceful-timeout", "5"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: port_answers(port) or process.poll() is not None, what="gunicorn", timeout=30)
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process_stop(process)

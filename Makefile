@@ -38,6 +38,7 @@ run-stripe: install-dev
 # answer on 127.0.0.1, on embedded ones otherwise.
 test: install-dev lint typecheck
 	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_pgbouncer.sh
 	$(STACK) exec -- $(MAKE) --no-print-directory pytest demo-check
 
 lint: install-dev

@@ -40,6 +40,11 @@ _QUESTIONS = frozenset({"/api/v1/check", "/api/v1/estimate"})
 _IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+def request_may_write(request: HttpRequest) -> bool:
+    """Whether the request is one that may write: not a read, and not one of the questions asked by POST."""
+    return not (request.method in _READ_METHODS or request.path in _QUESTIONS)
+
+
 def request_id_of(request: HttpRequest) -> str | None:
     return getattr(request, "request_id", None)
 
@@ -57,8 +62,7 @@ class ApiRequestMiddleware:
             return self.get_response(request)
         request.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
         started = time.monotonic()
-        reads = request.method in _READ_METHODS or request.path in _QUESTIONS
-        response = self.get_response(request) if reads else self._write(request)
+        response = self._write(request) if request_may_write(request) else self.get_response(request)
         response[REQUEST_ID_HEADER] = request.request_id  # type: ignore[attr-defined]
         if rate_limit := rate_limit_status_of(request):
             for header, value in rate_limit.headers().items():

@@ -49,6 +49,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "billing_app.api_requests.ApiRequestMiddleware",
+    # Inside the API's transaction for writes, so that the reads of a write stay on the primary.
+    "billing_app.db_routers.ReplicaReadsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,15 +96,44 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         f"DATABASE_URL must name a PostgreSQL database (postgres://…), not {DATABASE_URL.split(':', 1)[0]}://…."
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# DATABASE_POOLER=transaction: DATABASE_URL is a pooler in transaction mode (PgBouncer's pool_mode =
+# transaction), which gives each transaction, or each statement outside one, whichever server connection is
+# free. Nothing may then outlive a transaction on the server: no server-side cursor held across
+# transactions (Django's .iterator() opens one WITH HOLD outside atomic blocks) and no prepared statement
+# (psycopg names it on one server connection and runs it later on another). The app takes no session-level
+# advisory lock, runs no SET outside a transaction and does not LISTEN; the time zone Django sets on connect
+# is one of the parameters PgBouncer tracks and restores per client.
+DATABASE_POOLER = env.str("DATABASE_POOLER", default="")
+if DATABASE_POOLER not in ("", "transaction"):
+    raise ImproperlyConfigured('DATABASE_POOLER must be "transaction" or empty (a direct connection).')
+BEHIND_TRANSACTION_POOLER = DATABASE_POOLER == "transaction"
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = BEHIND_TRANSACTION_POOLER
 # The API's hot statements (core/sql_rows.py) are prepared once per connection instead of planned on every
-# call; the ORM's queries are not. Turn off behind a pooler in transaction mode that cannot keep prepared
-# statements (PgBouncer before 1.21, or without max_prepared_statements).
-DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+# call; the ORM's queries are not. Off behind a transaction pooler unless said otherwise: PgBouncer 1.21+
+# with max_prepared_statements keeps them per client, and DATABASE_PREPARED_STATEMENTS=true turns them on.
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=not BEHIND_TRANSACTION_POOLER)
 # psycopg prepares nothing while this is None (Django's default); only the cursors of core/sql_rows.py ask
 # it to, and Django's own cursors bind client-side, which never prepares.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
     1 if DATABASE_PREPARED_STATEMENTS else None
 )
+# DATABASE_REPLICA_URL: a streaming replica of DATABASE_URL. The customer pages, the API's GET requests,
+# reconciliation and reports read it; writes, and every read inside a transaction (money), go to the
+# primary (billing_app/db_routers.py). A client that wrote reads the primary for REPLICA_PIN_SECONDS after,
+# which should exceed the replica's usual replay lag.
+DATABASE_REPLICA_URL = env.str("DATABASE_REPLICA_URL", default="")
+REPLICA_PIN_SECONDS = env.int("REPLICA_PIN_SECONDS", default=5)
+DATABASE_ROUTERS: list[str] = []
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = {
+        **env.db_url_config(DATABASE_REPLICA_URL),
+        "CONN_MAX_AGE": DATABASES["default"]["CONN_MAX_AGE"],
+        "DISABLE_SERVER_SIDE_CURSORS": BEHIND_TRANSACTION_POOLER,
+        "OPTIONS": dict(DATABASES["default"]["OPTIONS"]),
+        # A test run has no replica of its test database: the replica's alias reads the primary's.
+        "TEST": {"MIRROR": "default"},
+    }
+    DATABASE_ROUTERS = ["billing_app.db_routers.PrimaryReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -29,6 +29,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
 
+from billing_app.db_routers import replica_reads
 from billing_app.models import (
     DivergenceKind,
     MeterEventStatus,
@@ -188,24 +189,29 @@ def customer_meters_reconcile(
     current = (subscription.current_period_start, subscription.current_period_end)
     previous = subscription.period_containing(current[0] - timedelta(microseconds=1))
     for period in (previous, current):
-        sent = StripeMeterEvent.objects.filter(
-            customer=customer, period_start=period[0], status=MeterEventStatus.SENT
-        )
-        subjects = (
-            StripeMeterRoutes(PlanTerms.of_version(subscription.plan_version)).all()
-            if period == current
-            else set()
-        )
-        subjects |= {
-            StripeMeterRoute(
-                row["event_name"], row["stripe_meter_id"], row["meter_id"], row["dimension_value"]
+        # What we sent is read from the replica when there is one (billing_app/db_routers.py); the
+        # divergences below are written to the primary.
+        with replica_reads():
+            sent = StripeMeterEvent.objects.filter(
+                customer=customer, period_start=period[0], status=MeterEventStatus.SENT
             )
-            for row in sent.values("event_name", "stripe_meter_id", "meter_id", "dimension_value").distinct()
-        }
-        totals = {
-            name: minor_units(total, subscription.plan_version.currency)
-            for name, total in sent.values_list("event_name").annotate(total=Sum("amount"))
-        }
+            subjects = (
+                StripeMeterRoutes(PlanTerms.of_version(subscription.plan_version)).all()
+                if period == current
+                else set()
+            )
+            subjects |= {
+                StripeMeterRoute(
+                    row["event_name"], row["stripe_meter_id"], row["meter_id"], row["dimension_value"]
+                )
+                for row in sent.values(
+                    "event_name", "stripe_meter_id", "meter_id", "dimension_value"
+                ).distinct()
+            }
+            totals = {
+                name: minor_units(total, subscription.plan_version.currency)
+                for name, total in sent.values_list("event_name").annotate(total=Sum("amount"))
+            }
         # Events may be dated up to five minutes ahead (Stripe's limit), e.g. at the first whole minute of a
         # period that has just begun.
         end = min(period[1], now + STRIPE_MAX_LEAD)

@@ -14,7 +14,7 @@ from tests.catalog_fixtures import event
 from usage.corrections import usage_event_correct
 from usage.errors import CorrectionUncovered, PeriodClosed
 from usage.ingest import usage_events_ingest
-from usage.ledger_audit import ledger_mismatches
+from usage.ledger_audit import correction_mismatches, ledger_mismatches
 from usage.models import (
     CorrectionFlag,
     CreditGrant,
@@ -410,3 +410,23 @@ def test_a_cache_hit_is_corrected_without_charge(pro_plan, make_customer):
     assert (correction.billable, correction.quantity, correction.cost) == (False, -3, 0)
     assert period().non_billable_quantity == 2
     assert not ledger_mismatches()
+
+
+def test_ledger_check_finds_an_event_corrected_below_zero(pro_plan, make_customer):
+    make_customer("pro")
+    over = record("b", 150)
+    # Written past the service, as a bug or a hand-written query could.
+    UsageEvent.objects.create(
+        customer=over.customer,
+        meter=over.meter,
+        idempotency_key="by-hand",
+        quantity=Decimal(-151),
+        timestamp=over.timestamp,
+        received_at=over.received_at,
+        period_start=over.period_start,
+        corrects=over,
+    )
+
+    found = [str(mismatch) for mismatch in correction_mismatches()]
+
+    assert found == [f"event {over.pk} with its corrections: counts -1.000000, must count at least 0"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -39,6 +39,12 @@ KEY_PREFIX = "correction:"
 MAX_REASON_LENGTH = 500
 
 
+class CorrectionStatus(models.TextChoices):
+    RECORDED = "recorded", "Recorded"
+    UNCHANGED = "unchanged", "Nothing to change"
+    PREVIEW = "preview", "Preview (dry run)"
+
+
 @dataclass(frozen=True)
 class CorrectionResult:
     """What a correction did (or, in a preview, would do).
@@ -58,6 +64,12 @@ class CorrectionResult:
     @property
     def dry_run(self) -> bool:
         return self.before is not None
+
+    @property
+    def status(self) -> CorrectionStatus:
+        if self.dry_run:
+            return CorrectionStatus.PREVIEW
+        return CorrectionStatus.UNCHANGED if self.correction is None else CorrectionStatus.RECORDED
 
 
 class _Preview(Exception):

@@ -7,16 +7,22 @@ customer's page use ``credit_grant_create`` and ``wallet_top_up``). Amounts show
 a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on each row's own page.
 """
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from core.errors import BillingError
+from usage.corrections import CorrectionResult, usage_event_correct
+from usage.forms import EventCorrectionForm
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -184,10 +190,93 @@ class UsageEventAdmin(_ReadOnly):
         "billable",
         "ledger",
     )
-    list_filter = ("billable", "meter", "period_start")
+    list_filter = ("billable", "meter", "period_start", ("corrects", admin.EmptyFieldListFilter))
     list_select_related = ("customer", "meter", "member")
-    search_fields = ("customer__external_id", "idempotency_key", "action")
+    search_fields = ("customer__external_id", "idempotency_key", "action", "correction_reason")
     date_hierarchy = "timestamp"
+    readonly_fields = ("correct_link",)
+
+    def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
+        return (*self.list_display, "correction")
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:event_id>/correct/",
+                self.admin_site.admin_view(self.correct_view),
+                name="usage_usageevent_correct",
+            ),
+            *super().get_urls(),
+        ]
+
+    def correct_view(self, request: HttpRequest, event_id: int) -> HttpResponse:
+        """Correct one event: a form, a preview of the period's charges before and after, then confirm.
+
+        Both go through ``usage_event_correct`` (the API's service), the preview as its dry run. Staff who may
+        add usage events (superusers) may correct them.
+        """
+        if not request.user.has_perm("usage.add_usageevent"):
+            raise PermissionDenied
+        event = get_object_or_404(UsageEvent.objects.select_related("customer", "meter"), pk=event_id)
+        preview: CorrectionResult | None = None
+        if request.method == "POST":
+            form = EventCorrectionForm(request.POST)
+            if form.is_valid():
+                values = form.cleaned_data
+                try:
+                    result = usage_event_correct(
+                        event_id=event.pk,
+                        quantity=values["quantity"],
+                        reason=values["reason"],
+                        idempotency_key=values["idempotency_key"],
+                        by=f"staff {request.user.get_username()}",
+                        dry_run="confirm" not in request.POST,
+                    )
+                except BillingError as error:
+                    form.add_error(None, error.message)
+                else:
+                    if not result.dry_run:
+                        self.message_user(request, _correction_message(result), messages.SUCCESS)
+                        return HttpResponseRedirect(reverse("admin:usage_usageevent_change", args=[event.pk]))
+                    preview = result
+        else:
+            form = EventCorrectionForm(
+                initial={"quantity": event.quantity, "idempotency_key": uuid.uuid4().hex}
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Correct event {event.pk}",
+            "opts": self.model._meta,
+            "event": event,
+            "form": form,
+            "preview": preview,
+            "corrections": list(event.corrections.order_by("received_at", "id")),
+        }
+        return TemplateResponse(request, "admin/usage/correct_event.html", context)
+
+    @admin.display(description="Correction")
+    def correct_link(self, obj: UsageEvent) -> str:
+        if obj.corrects_id is not None:
+            return format_html(
+                "Corrects {}: {} (by {})",
+                _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+                obj.correction_reason,
+                obj.corrected_by,
+            )
+        return format_html(
+            '<a class="button" href="{}">Correct this event</a>',
+            reverse("admin:usage_usageevent_correct", args=[obj.pk]),
+        )
+
+    @admin.display(description="Correction")
+    def correction(self, obj: UsageEvent) -> str:
+        if obj.corrects_id is None:
+            return "—"
+        return format_html(
+            "of {}: {}",
+            _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+            obj.correction_reason,
+        )
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: UsageEvent) -> str:
@@ -301,3 +390,13 @@ class StripeUsageOutboxAdmin(_ReadOnly):
     @admin.display(description="Latest event")
     def event(self, obj: StripeUsageOutbox) -> str:
         return _link("usageevent", obj.last_event_id, f"event {obj.last_event_id}")
+
+
+def _correction_message(result: CorrectionResult) -> str:
+    if result.correction is None:
+        return f"Event {result.event.pk} already counts {format_quantity(result.corrected_quantity)}: nothing changed."
+    flags = f" Flagged: {', '.join(result.flags)}." if result.flags else ""
+    return (
+        f"Event {result.event.pk} corrected to {format_quantity(result.corrected_quantity)} "
+        f"(correction {result.correction.pk}: {format_quantity(result.correction.quantity)}).{flags}"
+    )

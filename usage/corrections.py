@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from core.errors import IdempotencyKeyReused, InvalidInput, NotFound
 from core.fingerprints import fingerprint
-from customers.models import Customer, Subscription
+from customers.models import Subscription
 from plans.models import Aggregation
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, EventShares
@@ -288,13 +288,4 @@ def _result(
         flags=flags,
         before=before,
         after=after,
-    )
-
-
-def corrections_of_customer(*, customer: Customer, period_start: datetime) -> list[UsageEvent]:
-    """The corrections of a customer's usage in a period, newest first: what the usage page lists."""
-    return list(
-        UsageEvent.objects.filter(customer=customer, period_start=period_start, corrects__isnull=False)
-        .select_related("meter", "corrects")
-        .order_by("-received_at", "-id")
     )

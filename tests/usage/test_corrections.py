@@ -430,3 +430,29 @@ def test_ledger_check_finds_an_event_corrected_below_zero(pro_plan, make_custome
     found = [str(mismatch) for mismatch in correction_mismatches()]
 
     assert found == [f"event {over.pk} with its corrections: counts -1.000000, must count at least 0"]
+
+
+def test_the_usage_page_lists_corrections_with_their_reason_to_whom_they_concern(
+    client, pro_plan, make_customer
+):
+    from customers.models import Member, MemberRole
+    from tests.customers.factories import UserFactory
+
+    make_customer("pro")
+    mine = record("m", 150, user="maya")
+    theirs = record("r", 10, user="raj")
+    correct(mine, 120, key="one", reason="retries were counted twice")
+    correct(theirs, 12, key="two", reason="a late export")
+    Member.objects.filter(external_id="maya").update(user=UserFactory(username="maya"), role=MemberRole.ADMIN)
+    Member.objects.filter(external_id="raj").update(user=UserFactory(username="raj"))
+
+    client.force_login(Member.objects.get(external_id="maya").user)
+    page = client.get("/settings/usage").content.decode()
+
+    assert 'id="corrections-table"' in page
+    assert "30 unit removed" in page and "−$3.00" in page and "retries were counted twice" in page
+    assert "2 unit added" in page and "a late export" in page
+
+    client.force_login(Member.objects.get(external_id="raj").user)
+    page = client.get("/settings/usage").content.decode()
+    assert "a late export" in page and "retries were counted twice" not in page

@@ -398,8 +398,8 @@ class CustomerUsageOutput(UsageSummaryOutput):
 class CorrectionEventOutput(EventOutput):
     """The adjusting event a correction records: the signed difference, pointing at the event it corrects."""
 
-    id = serializers.IntegerField(allow_null=True, help_text="Null in a dry run: nothing was written.")  # type: ignore[assignment]
-    quantity = DecimalString(help_text="The difference: negative when units were taken back.")  # type: ignore[assignment]
+    id = serializers.IntegerField(allow_null=True, help_text="Null in a dry run: nothing was written.")
+    quantity = DecimalString(help_text="The difference: negative when units were taken back.")
     corrects = serializers.IntegerField(source="corrects_id", help_text="The event corrected.")
     reason = serializers.CharField(source="correction_reason")
     corrected_by = serializers.CharField(help_text="The API key (`api key <name> (<prefix>)`) or staff user.")

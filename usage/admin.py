@@ -2,15 +2,18 @@
 outbox (overage per customer, meter and hour), read-only and linked to one another.
 
 Rows here are facts: a balance changes by a new ledger row, never by an edit, so staff see but do not edit.
-What staff may do goes through the same services as the API (releasing a hold; grants and top-ups from the
-customer's page use ``credit_grant_create`` and ``wallet_top_up``). Amounts show with their unit at the places
+What staff may do goes through the same services as the API: releasing a hold (``reservation_release``),
+correcting an event (``usage_event_correct``, with a preview), granting credits and topping up a wallet from
+the wallets list (``credit_grant_create``, ``wallet_top_up``). Amounts show with their unit at the places
 a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on each row's own page.
 """
 
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -21,8 +24,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from core.errors import BillingError
+from customers.models import Customer
 from usage.corrections import CorrectionResult, usage_event_correct
-from usage.forms import EventCorrectionForm
+from usage.forms import CreditGrantForm, EventCorrectionForm, WalletTopUpForm
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -33,7 +37,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.selectors.formatting import format_amount, format_quantity
-from usage.services import reservation_release
+from usage.services import credit_grant_create, reservation_release, wallet_top_up
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -73,10 +77,97 @@ def _customer(obj: Any) -> str:
 class CustomerBalanceAdmin(_ReadOnly):
     """Each customer's wallet: the cached sum of its wallet ledger rows."""
 
-    list_display = ("customer_link", "wallet", "updated_at", "ledger")
+    list_display = ("customer_link", "wallet", "updated_at", "ledger", "money_actions")
     list_select_related = ("customer",)
     search_fields = ("customer__external_id", "customer__name")
     ordering = ("customer__external_id",)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:customer_id>/grant-credits/",
+                self.admin_site.admin_view(self.grant_view),
+                name="usage_customerbalance_grant",
+            ),
+            path(
+                "<int:customer_id>/top-up/",
+                self.admin_site.admin_view(self.top_up_view),
+                name="usage_customerbalance_top_up",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="Money")
+    def money_actions(self, obj: CustomerBalance) -> str:
+        return format_html(
+            '<a href="{}">Grant credits</a> · <a href="{}">Top up</a>',
+            reverse("admin:usage_customerbalance_grant", args=[obj.customer_id]),
+            reverse("admin:usage_customerbalance_top_up", args=[obj.customer_id]),
+        )
+
+    def grant_view(self, request: HttpRequest, customer_id: int) -> HttpResponse:
+        """Grant credits through ``credit_grant_create``, as ``POST /customers/{id}/credits`` does; the form's
+        idempotency key, made when it is shown, keeps a second click from granting twice."""
+
+        def grant(customer: Customer, values: dict[str, Any]) -> str:
+            created_grant, created = credit_grant_create(
+                customer=customer,
+                amount=values["amount"],
+                unit=values["unit"] or None,
+                expires_at=values["expires_at"],
+                description=f"{values['description']} (by staff {request.user.get_username()})",
+                idempotency_key=f"admin:{values['idempotency_key']}",
+            )
+            return f"Granted {created_grant}." if created else "This form already granted its credits."
+
+        return self._money_form(request, customer_id, CreditGrantForm, "Grant credits", grant)
+
+    def top_up_view(self, request: HttpRequest, customer_id: int) -> HttpResponse:
+        """Add money to the wallet through ``wallet_top_up``, as ``POST /customers/{id}/wallet/top-ups`` does.
+        The form's key is the ledger row's reference, so a second click tops up once."""
+
+        def top_up(customer: Customer, values: dict[str, Any]) -> str:
+            entry = wallet_top_up(
+                customer=customer,
+                amount=values["amount"],
+                note=f"{values['note']} (by staff {request.user.get_username()})",
+                reference=f"admin:{values['idempotency_key']}",
+            )
+            return f"Topped up {format_amount(entry.amount, entry.unit)}."
+
+        return self._money_form(request, customer_id, WalletTopUpForm, "Top up the wallet", top_up)
+
+    def _money_form(
+        self,
+        request: HttpRequest,
+        customer_id: int,
+        form_class: type[forms.Form],
+        title: str,
+        write: Callable[[Customer, dict[str, Any]], str],
+    ) -> HttpResponse:
+        if not request.user.has_perm("usage.add_creditledgerentry"):
+            raise PermissionDenied
+        customer = get_object_or_404(Customer, pk=customer_id)
+        if request.method == "POST":
+            form = form_class(request.POST)
+            if form.is_valid():
+                try:
+                    message = write(customer, form.cleaned_data)
+                except BillingError as error:
+                    form.add_error(None, error.message)
+                else:
+                    self.message_user(request, message, messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:usage_customerbalance_changelist"))
+        else:
+            form = form_class(initial={"idempotency_key": uuid.uuid4().hex})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{title}: {customer.external_id}",
+            "opts": self.model._meta,
+            "customer": customer,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/usage/money_form.html", context)
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: CustomerBalance) -> str:

@@ -136,3 +136,4 @@ class WalletTopUpForm(forms.Form):
 
     amount = forms.DecimalField(min_value=Decimal("0.01"), max_digits=MONEY["max_digits"], decimal_places=2)
     note = forms.CharField(max_length=200)
+    idempotency_key = forms.CharField(max_length=200, widget=forms.HiddenInput)

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from core.errors import IdempotencyKeyReused, InvalidInput, NotFound
 from core.fingerprints import fingerprint
-from customers.models import Subscription
+from customers.models import Notification, NotificationKind, Subscription
 from plans.models import Aggregation
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, EventShares
@@ -31,6 +31,7 @@ from usage.errors import NoSubscription, PeriodClosed
 from usage.locks import customer_consumption_for_update
 from usage.models import PropertiesEncoder, UsageEvent
 from usage.recording import UsageRecorder
+from usage.selectors.formatting import format_amount, format_quantity
 from usage.selectors.summary import Charges, usage_period_summary
 from usage.validation import MAX_KEY_LENGTH, MAX_QUANTITY, QUANTITY_PLACES
 
@@ -210,6 +211,13 @@ def _correct(
     _mark_correction(new_event, event=event, reason=reason, by=by, flags=flags, fingerprint_=fingerprint_)
     recorder.finish()
     writes.flush()
+    # The customer is told, in their words; their usage page lists these (pages never read raw events).
+    Notification.objects.create(
+        customer=customer,
+        kind=NotificationKind.USAGE_CORRECTED,
+        period_start=event.period_start,
+        message=_correction_notice(event=event, correction=new_event, reason=reason),
+    )
     after = usage_period_summary(customer=customer, now=now).charges if preview else None
     result = _result(
         event=event,
@@ -260,6 +268,21 @@ def _mark_correction(
     new_event.corrected_by = by[:200]
     new_event.correction_flags = ",".join(flags)
     new_event.fingerprint = fingerprint_
+
+
+def _correction_notice(*, event: UsageEvent, correction: NewUsageEvent, reason: str) -> str:
+    units = f"{format_quantity(abs(correction.quantity))} {event.meter.unit}"
+    change = f"{units} {'removed' if correction.quantity < 0 else 'added'}"
+    cost = correction.cost if correction.billable else ZERO
+    charge = (
+        ("−" if cost < 0 else "+") + format_amount(abs(cost), correction.cost_unit)
+        if cost and correction.cost_unit
+        else "no change to the charge"
+    )
+    return (
+        f"{event.meter.name} usage of {event.timestamp:%b} {event.timestamp.day} corrected: {change}, {charge}. "
+        f"Reason: {reason}"
+    )
 
 
 def _flags_of(correction: UsageEvent) -> tuple[str, ...]:

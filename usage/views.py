@@ -172,13 +172,7 @@ def _limits(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> 
 
 
 def _corrections(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
-    # As with who drives usage: a member sees the corrections of their own usage, admins the account's.
-    only = None if member.is_admin else member
-    return {
-        "corrections": usage_corrections(
-            customer=member.customer, period_start=period.start, only_member=only
-        )
-    }
+    return {"corrections": usage_corrections(customer=member.customer, period_start=period.start)}
 
 
 def _wallet(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:

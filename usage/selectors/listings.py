@@ -8,14 +8,12 @@ customer's row finds nothing. Pages are newest first by id; the indexes on ``(cu
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 from core.errors import NotFound
 from core.pagination import CursorPage, cursor_page
-from customers.models import Customer, Member
+from customers.models import Customer, Member, Notification, NotificationKind
 from plans.models import Meter
 from usage.models import CreditGrant, CreditLedgerEntry, Reservation, UsageEvent
-from usage.selectors.formatting import format_amount, format_quantity
 
 
 @dataclass(frozen=True)
@@ -77,43 +75,14 @@ def reservation_by_id(*, reservation_id: str) -> Reservation:
     return reservation
 
 
-@dataclass(frozen=True)
-class CorrectionLine:
-    """One correction of the period's usage, as the customer's page lists it."""
+def usage_corrections(*, customer: Customer, period_start: datetime) -> list[Notification]:
+    """The corrections of a period's usage as the customer was told them, newest first.
 
-    made_at: datetime  # when the correction was made
-    usage_at: datetime  # when the corrected usage happened
-    meter_name: str
-    change_display: str  # "30 calls removed", "5 calls added"
-    charge_display: str  # what it changed in the period's charge: "−$3.00", "+$0.50", or "no charge"
-    reason: str
-
-
-def usage_corrections(
-    *, customer: Customer, period_start: datetime, only_member: Member | None = None
-) -> list[CorrectionLine]:
-    """The corrections of a period's usage, newest first; ``only_member``: those of one member's usage."""
-    corrections = UsageEvent.objects.filter(
-        customer=customer, period_start=period_start, corrects__isnull=False
-    ).select_related("meter")
-    if only_member is not None:
-        corrections = corrections.filter(member=only_member)
-    lines = []
-    for correction in corrections.order_by("-received_at", "-id"):
-        units = f"{format_quantity(abs(correction.quantity))} {correction.meter.unit}"
-        cost = correction.cost if correction.billable else Decimal(0)
-        lines.append(
-            CorrectionLine(
-                made_at=correction.received_at,
-                usage_at=correction.timestamp,
-                meter_name=correction.meter.name,
-                change_display=f"{units} {'removed' if correction.quantity < 0 else 'added'}",
-                charge_display=(
-                    ("−" if cost < 0 else "+") + format_amount(abs(cost), correction.cost_unit)
-                    if cost and correction.cost_unit
-                    else "no charge"
-                ),
-                reason=correction.correction_reason,
-            )
-        )
-    return lines
+    Read from the notifications each correction writes (``usage.corrections``): pages never read the raw
+    usage ledger.
+    """
+    return list(
+        Notification.objects.filter(
+            customer=customer, period_start=period_start, kind=NotificationKind.USAGE_CORRECTED
+        ).order_by("-created_at", "-id")
+    )

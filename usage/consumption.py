@@ -346,6 +346,10 @@ class ConsumptionEngine:
                 and row.quantity + held + difference > limit.limit
             ):
                 flags.append(CorrectionFlag.ENTITLEMENT_LIMIT)
+            try:
+                self._check_meter_limit(meter=meter, used_or_held=row.quantity + held, quantity=difference)
+            except HardLimitReached:
+                flags.append(CorrectionFlag.METER_LIMIT)
             if spec is None:
                 return Coverage(unit=unit, quantity=difference, included_quantity=difference), flags
             coverage = self._rated(

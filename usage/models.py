@@ -196,6 +196,7 @@ class CorrectionFlag(models.TextChoices):
 
     ENTITLEMENT_LIMIT = "entitlement_limit", "Past the plan's cap"
     HARD_LIMIT = "hard_limit", "Past the customer's hard limit"
+    METER_LIMIT = "meter_limit", "Past the customer's own limit on the meter"
     OVERAGE_BLOCKED = "overage_blocked", "Billed as overage although overage is blocked"
 
 

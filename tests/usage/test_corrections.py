@@ -453,3 +453,23 @@ def test_the_usage_page_lists_corrections_with_their_reason(client, pro_plan, ma
     assert "nothing to change" not in page  # a dry run tells no one
     # Customers' words in their notifications, never emailed.
     assert Notification.objects.filter(kind=NotificationKind.USAGE_CORRECTED).count() == 2
+
+
+def test_an_increase_past_the_customers_own_meter_limit_is_recorded_and_flagged(pro_plan, make_customer):
+    from customers.services import spend_controls_update
+
+    customer = make_customer("pro")
+    spend_controls_update(
+        customer=customer,
+        soft_limit=None,
+        hard_limit=None,
+        block_overage=False,
+        meter_limits={"api_call": Decimal(120)},
+    )
+    under = record("a", 110)
+
+    result = correct(under, 130)
+
+    assert result.flags == (CorrectionFlag.METER_LIMIT,)
+    assert period().quantity == 130
+    assert not ledger_mismatches()

@@ -240,6 +240,7 @@ class NotificationKind(models.TextChoices):
     PLAN_CHANGE_SCHEDULED = "plan_change_scheduled", "Plan change scheduled"
     AUTO_TOP_UP_FAILED = "auto_top_up_failed", "Automatic top-up failed"
     AUTO_TOP_UP_DISABLED = "auto_top_up_disabled", "Automatic top-up turned off"
+    USAGE_CORRECTED = "usage_corrected", "Usage corrected"
 
 
 class Notification(models.Model):

@@ -2,21 +2,31 @@
 outbox (overage per customer, meter and hour), read-only and linked to one another.
 
 Rows here are facts: a balance changes by a new ledger row, never by an edit, so staff see but do not edit.
-What staff may do goes through the same services as the API (releasing a hold; grants and top-ups from the
-customer's page use ``credit_grant_create`` and ``wallet_top_up``). Amounts show with their unit at the places
+What staff may do goes through the same services as the API: releasing a hold (``reservation_release``),
+correcting an event (``usage_event_correct``, with a preview), granting credits and topping up a wallet from
+the wallets list (``credit_grant_create``, ``wallet_top_up``). Amounts show with their unit at the places
 a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on each row's own page.
 """
 
+import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from core.errors import BillingError
+from customers.models import Customer
+from usage.corrections import CorrectionResult, usage_event_correct
+from usage.forms import CreditGrantForm, EventCorrectionForm, WalletTopUpForm
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -27,7 +37,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.selectors.formatting import format_amount, format_quantity
-from usage.services import reservation_release
+from usage.services import credit_grant_create, reservation_release, wallet_top_up
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -67,10 +77,97 @@ def _customer(obj: Any) -> str:
 class CustomerBalanceAdmin(_ReadOnly):
     """Each customer's wallet: the cached sum of its wallet ledger rows."""
 
-    list_display = ("customer_link", "wallet", "updated_at", "ledger")
+    list_display = ("customer_link", "wallet", "updated_at", "ledger", "money_actions")
     list_select_related = ("customer",)
     search_fields = ("customer__external_id", "customer__name")
     ordering = ("customer__external_id",)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:customer_id>/grant-credits/",
+                self.admin_site.admin_view(self.grant_view),
+                name="usage_customerbalance_grant",
+            ),
+            path(
+                "<int:customer_id>/top-up/",
+                self.admin_site.admin_view(self.top_up_view),
+                name="usage_customerbalance_top_up",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="Money")
+    def money_actions(self, obj: CustomerBalance) -> str:
+        return format_html(
+            '<a href="{}">Grant credits</a> · <a href="{}">Top up</a>',
+            reverse("admin:usage_customerbalance_grant", args=[obj.customer_id]),
+            reverse("admin:usage_customerbalance_top_up", args=[obj.customer_id]),
+        )
+
+    def grant_view(self, request: HttpRequest, customer_id: int) -> HttpResponse:
+        """Grant credits through ``credit_grant_create``, as ``POST /customers/{id}/credits`` does; the form's
+        idempotency key, made when it is shown, keeps a second click from granting twice."""
+
+        def grant(customer: Customer, values: dict[str, Any]) -> str:
+            created_grant, created = credit_grant_create(
+                customer=customer,
+                amount=values["amount"],
+                unit=values["unit"] or None,
+                expires_at=values["expires_at"],
+                description=f"{values['description']} (by staff {request.user.get_username()})",
+                idempotency_key=f"admin:{values['idempotency_key']}",
+            )
+            return f"Granted {created_grant}." if created else "This form already granted its credits."
+
+        return self._money_form(request, customer_id, CreditGrantForm, "Grant credits", grant)
+
+    def top_up_view(self, request: HttpRequest, customer_id: int) -> HttpResponse:
+        """Add money to the wallet through ``wallet_top_up``, as ``POST /customers/{id}/wallet/top-ups`` does.
+        The form's key is the ledger row's reference, so a second click tops up once."""
+
+        def top_up(customer: Customer, values: dict[str, Any]) -> str:
+            entry = wallet_top_up(
+                customer=customer,
+                amount=values["amount"],
+                note=f"{values['note']} (by staff {request.user.get_username()})",
+                reference=f"admin:{values['idempotency_key']}",
+            )
+            return f"Topped up {format_amount(entry.amount, entry.unit)}."
+
+        return self._money_form(request, customer_id, WalletTopUpForm, "Top up the wallet", top_up)
+
+    def _money_form(
+        self,
+        request: HttpRequest,
+        customer_id: int,
+        form_class: type[forms.Form],
+        title: str,
+        write: Callable[[Customer, dict[str, Any]], str],
+    ) -> HttpResponse:
+        if not request.user.has_perm("usage.add_creditledgerentry"):
+            raise PermissionDenied
+        customer = get_object_or_404(Customer, pk=customer_id)
+        if request.method == "POST":
+            form = form_class(request.POST)
+            if form.is_valid():
+                try:
+                    message = write(customer, form.cleaned_data)
+                except BillingError as error:
+                    form.add_error(None, error.message)
+                else:
+                    self.message_user(request, message, messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:usage_customerbalance_changelist"))
+        else:
+            form = form_class(initial={"idempotency_key": uuid.uuid4().hex})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{title}: {customer.external_id}",
+            "opts": self.model._meta,
+            "customer": customer,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/usage/money_form.html", context)
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: CustomerBalance) -> str:
@@ -184,10 +281,93 @@ class UsageEventAdmin(_ReadOnly):
         "billable",
         "ledger",
     )
-    list_filter = ("billable", "meter", "period_start")
+    list_filter = ("billable", "meter", "period_start", ("corrects", admin.EmptyFieldListFilter))
     list_select_related = ("customer", "meter", "member")
-    search_fields = ("customer__external_id", "idempotency_key", "action")
+    search_fields = ("customer__external_id", "idempotency_key", "action", "correction_reason")
     date_hierarchy = "timestamp"
+    readonly_fields = ("correct_link",)
+
+    def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
+        return (*self.list_display, "correction")
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:event_id>/correct/",
+                self.admin_site.admin_view(self.correct_view),
+                name="usage_usageevent_correct",
+            ),
+            *super().get_urls(),
+        ]
+
+    def correct_view(self, request: HttpRequest, event_id: int) -> HttpResponse:
+        """Correct one event: a form, a preview of the period's charges before and after, then confirm.
+
+        Both go through ``usage_event_correct`` (the API's service), the preview as its dry run. Staff who may
+        add usage events (superusers) may correct them.
+        """
+        if not request.user.has_perm("usage.add_usageevent"):
+            raise PermissionDenied
+        event = get_object_or_404(UsageEvent.objects.select_related("customer", "meter"), pk=event_id)
+        preview: CorrectionResult | None = None
+        if request.method == "POST":
+            form = EventCorrectionForm(request.POST)
+            if form.is_valid():
+                values = form.cleaned_data
+                try:
+                    result = usage_event_correct(
+                        event_id=event.pk,
+                        quantity=values["quantity"],
+                        reason=values["reason"],
+                        idempotency_key=values["idempotency_key"],
+                        by=f"staff {request.user.get_username()}",
+                        dry_run="confirm" not in request.POST,
+                    )
+                except BillingError as error:
+                    form.add_error(None, error.message)
+                else:
+                    if not result.dry_run:
+                        self.message_user(request, _correction_message(result), messages.SUCCESS)
+                        return HttpResponseRedirect(reverse("admin:usage_usageevent_change", args=[event.pk]))
+                    preview = result
+        else:
+            form = EventCorrectionForm(
+                initial={"quantity": event.quantity, "idempotency_key": uuid.uuid4().hex}
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Correct event {event.pk}",
+            "opts": self.model._meta,
+            "event": event,
+            "form": form,
+            "preview": preview,
+            "corrections": list(event.corrections.order_by("received_at", "id")),
+        }
+        return TemplateResponse(request, "admin/usage/correct_event.html", context)
+
+    @admin.display(description="Correction")
+    def correct_link(self, obj: UsageEvent) -> str:
+        if obj.corrects_id is not None:
+            return format_html(
+                "Corrects {}: {} (by {})",
+                _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+                obj.correction_reason,
+                obj.corrected_by,
+            )
+        return format_html(
+            '<a class="button" href="{}">Correct this event</a>',
+            reverse("admin:usage_usageevent_correct", args=[obj.pk]),
+        )
+
+    @admin.display(description="Correction")
+    def correction(self, obj: UsageEvent) -> str:
+        if obj.corrects_id is None:
+            return "—"
+        return format_html(
+            "of {}: {}",
+            _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+            obj.correction_reason,
+        )
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: UsageEvent) -> str:
@@ -301,3 +481,13 @@ class StripeUsageOutboxAdmin(_ReadOnly):
     @admin.display(description="Latest event")
     def event(self, obj: StripeUsageOutbox) -> str:
         return _link("usageevent", obj.last_event_id, f"event {obj.last_event_id}")
+
+
+def _correction_message(result: CorrectionResult) -> str:
+    if result.correction is None:
+        return f"Event {result.event.pk} already counts {format_quantity(result.corrected_quantity)}: nothing changed."
+    flags = f" Flagged: {', '.join(result.flags)}." if result.flags else ""
+    return (
+        f"Event {result.event.pk} corrected to {format_quantity(result.corrected_quantity)} "
+        f"(correction {result.correction.pk}: {format_quantity(result.correction.quantity)}).{flags}"
+    )

@@ -65,6 +65,11 @@ class NewUsageEvent:
     money_grant_credits: Decimal = ZERO  # of credits_amount, paid by monetary grants
     money_grant_amount: Decimal = ZERO  # the money those grants gave
     serving_cost: Decimal = ZERO  # what serving it cost us, in the operator's currency
+    # Set on a correction only (``usage.corrections``): the event it corrects, why, by whom, what it went past.
+    corrects_id: int | None = None
+    correction_reason: str = ""
+    corrected_by: str = ""
+    correction_flags: str = ""
     id: int | None = None
 
     def written_id(self) -> int:

@@ -26,6 +26,7 @@ from plans.pricing import PriceSpec, UnknownDimensionValue, billable_cost
 from plans.terms import PlanTerms, plan_terms_cached
 from usage.errors import (
     AccountFrozen,
+    CorrectionUncovered,
     EntitlementLimitReached,
     HardLimitReached,
     InsufficientBalance,
@@ -34,7 +35,7 @@ from usage.errors import (
     SubscriptionCanceled,
     UsageRefused,
 )
-from usage.models import CreditGrant, CustomerBalance, PeriodUsage, Reservation
+from usage.models import CorrectionFlag, CreditGrant, CustomerBalance, PeriodUsage, Reservation
 from usage.sql_reads import ConsumptionRows, HoldRow, consumption_rows_read
 
 ZERO = Decimal(0)
@@ -90,6 +91,22 @@ class Draw:
     amount: Decimal  # in the grant's unit, or money for the wallet
     # What a monetary grant's money paid for, in credits, when it paid for credit-priced usage.
     credits_covered: Decimal = ZERO
+
+
+@dataclass(frozen=True)
+class EventShares:
+    """An event as corrected so far (its own row plus its corrections): the units and what paid for them."""
+
+    timestamp: datetime
+    properties: dict[str, Any]
+    dimension_value: str
+    billable: bool
+    quantity: Decimal
+    included: Decimal
+    cost: Decimal
+    credits: Decimal
+    wallet: Decimal
+    overage: Decimal
 
 
 def _spend_controls(customer: Customer) -> SpendControls:
@@ -214,7 +231,6 @@ class ConsumptionEngine:
         row = self.usage_row(meter_id=meter.pk, period=period)
         current = period[0] == self.subscription.current_period_start
         held = self.holds.quantity_by_meter.get(meter.pk, ZERO) if current else ZERO
-        held_included = self.holds.included_by_meter.get(meter.pk, ZERO) if current else ZERO
         used_or_held = row.quantity + held
         limit = self.entitlements.get(meter.key)
         if limit is not None and limit.limit is not None and used_or_held + quantity > limit.limit:
@@ -226,6 +242,33 @@ class ConsumptionEngine:
         self._check_meter_limit(meter=meter, used_or_held=used_or_held, quantity=quantity)
         if spec is None:
             return Coverage(unit=unit, quantity=quantity, included_quantity=quantity)
+        coverage = self._rated(
+            meter=meter, spec=spec, quantity=quantity, properties=properties, period=period
+        )
+        self._check_hard_limit(coverage, period_start=period[0])
+        try:
+            self._cover(coverage, period_row=row)
+        except InsufficientBalance as refusal:
+            if self.terms.overage_blocked:
+                # The plan's policy, not the customer's switch: another plan would bill the rest as overage.
+                refusal.liftable_by("overage", customer=self.customer, meter=meter)
+            raise
+        return coverage
+
+    def _rated(
+        self,
+        *,
+        meter: Meter,
+        spec: PriceSpec,
+        quantity: Decimal,
+        properties: dict[str, Any],
+        period: tuple[datetime, datetime],
+    ) -> Coverage:
+        """What ``quantity`` more of ``meter`` costs after the period's usage and holds: the allowance it takes
+        and the cost of the rest. Nothing is paid for yet (``_cover``)."""
+        row = self.usage_row(meter_id=meter.pk, period=period)
+        current = period[0] == self.subscription.current_period_start
+        held_included = self.holds.included_by_meter.get(meter.pk, ZERO) if current else ZERO
         dimension_value = self._dimension_value(spec, properties)
         # The allowance is counted in units taken, not in positions: what recorded usage and open holds
         # took is gone, whatever order the holds settle in. After a plan change in this period the tiers of
@@ -235,10 +278,7 @@ class ConsumptionEngine:
         )
         allowance_left = max(allowance - row.included_quantity - held_included, ZERO)
         included = min(quantity, allowance_left)
-        _, billable_before_plan = self.subscription.used_before_plan(meter.pk) if current else (ZERO, ZERO)
-        billable_before = (row.quantity - row.included_quantity - billable_before_plan) + (
-            held - held_included
-        )
+        billable_before = self._billable_position(meter_id=meter.pk, period=period)
         try:
             # Stored amounts have 12 places: the event's cost is rounded once, here, and every total
             # after it (period, rollups, ledger) is a sum of stored event amounts, never rounded again.
@@ -254,23 +294,157 @@ class ConsumptionEngine:
             raise NotEntitled(
                 f"{meter.name} has no price for {spec.dimension} = {dimension_value!r} on this plan."
             ) from error
-        coverage = Coverage(
-            unit=unit,
+        return Coverage(
+            unit=spec.unit,
             quantity=quantity,
             included_quantity=included,
             cost=cost,
-            money_cost=self.terms.to_money(cost, unit),
+            money_cost=self.terms.to_money(cost, spec.unit),
             dimension_value=dimension_value,
         )
-        self._check_hard_limit(coverage, period_start=period[0])
+
+    def _billable_position(self, *, meter_id: int, period: tuple[datetime, datetime]) -> Decimal:
+        """Billable units of the meter before the next one in the period's tiers: recorded usage past the
+        allowance (since the plan in force began) and open holds' billable units."""
+        row = self.usage_row(meter_id=meter_id, period=period)
+        current = period[0] == self.subscription.current_period_start
+        held = self.holds.quantity_by_meter.get(meter_id, ZERO) if current else ZERO
+        held_included = self.holds.included_by_meter.get(meter_id, ZERO) if current else ZERO
+        _, billable_before_plan = self.subscription.used_before_plan(meter_id) if current else (ZERO, ZERO)
+        return (row.quantity - row.included_quantity - billable_before_plan) + (held - held_included)
+
+    # --- corrections ---------------------------------------------------------------------------
+
+    def correction_quoted(
+        self, *, meter: Meter, corrected: "EventShares", difference: Decimal
+    ) -> tuple[Coverage, list[str]]:
+        """What a correction of an event by ``difference`` units changes, and the limits it goes past.
+
+        The period is re-rated: the units are added at (or taken from) the top of the period's tiers, so the
+        period's charge becomes the plan's price of the corrected usage. A correction is never refused:
+        the usage happened (or did not). Units added are paid for like new usage (allowance, grants, wallet,
+        overage); past a cap or the hard limit, or beyond what a plan blocking overage allows, they are still
+        recorded, as overage where nothing else pays, and flagged (``CorrectionFlag``). Units taken back
+        give back in reverse consumption order what the event took: its overage first, then its wallet
+        share, then its credits, then its allowance, each at most what the event (with its earlier
+        corrections) still holds. Raises ``CorrectionUncovered`` only where added usage has no money value
+        at all (credits on a plan that sells none) and nothing pays for it.
+        """
+        spec = self.specs.get(meter.pk)
+        unit = spec.unit if spec else self.currency
+        if not corrected.billable:
+            return Coverage(unit=unit, quantity=difference, billable=False), []
+        period = self.period_for(corrected.timestamp)
+        row = self.usage_row(meter_id=meter.pk, period=period)
+        flags: list[str] = []
+        if difference > 0:
+            limit = self.entitlements.get(meter.key)
+            held = self.holds.quantity_by_meter.get(meter.pk, ZERO)
+            if (
+                limit is not None
+                and limit.limit is not None
+                and row.quantity + held + difference > limit.limit
+            ):
+                flags.append(CorrectionFlag.ENTITLEMENT_LIMIT)
+            try:
+                self._check_meter_limit(meter=meter, used_or_held=row.quantity + held, quantity=difference)
+            except HardLimitReached:
+                flags.append(CorrectionFlag.METER_LIMIT)
+            if spec is None:
+                return Coverage(unit=unit, quantity=difference, included_quantity=difference), flags
+            coverage = self._rated(
+                meter=meter, spec=spec, quantity=difference, properties=corrected.properties, period=period
+            )
+        else:
+            coverage = self._taken_back(
+                meter=meter, spec=spec, unit=unit, corrected=corrected, units=-difference, period=period
+            )
+        if coverage.cost > 0:
+            flags += self._cover_unrefused(coverage, period_row=row, period_start=period[0])
+        elif coverage.cost < 0:
+            self._give_back_of_event(coverage, corrected=corrected, period_row=row)
+        return coverage, flags
+
+    def _taken_back(
+        self,
+        *,
+        meter: Meter,
+        spec: PriceSpec | None,
+        unit: str,
+        corrected: "EventShares",
+        units: Decimal,
+        period: tuple[datetime, datetime],
+    ) -> Coverage:
+        """``units`` of an event taken back: its billable units first (they were paid for last), then its
+        allowance, priced at the top of the period's tiers."""
+        billable_removed = min(units, max(corrected.quantity - corrected.included, ZERO))
+        included_removed = units - billable_removed
+        cost = ZERO
+        if spec is not None and billable_removed:
+            position = self._billable_position(meter_id=meter.pk, period=period)
+            if position >= billable_removed:
+                cost = -ledger_amount(
+                    billable_cost(
+                        spec,
+                        billable_before=position - billable_removed,
+                        billable_add=billable_removed,
+                        dimension_value=corrected.dimension_value or None,
+                    )
+                )
+            else:
+                # Units rated under the plan in force before a change this period: not in this plan's tiers.
+                # They give back their own share of what the event cost.
+                billable = corrected.quantity - corrected.included
+                cost = -ledger_amount(corrected.cost * billable_removed / billable)
+        return Coverage(
+            unit=unit,
+            quantity=-units,
+            included_quantity=-included_removed,
+            cost=cost,
+            money_cost=self.terms.to_money(cost, unit),
+            dimension_value=corrected.dimension_value,
+        )
+
+    def _give_back_of_event(
+        self, coverage: Coverage, *, corrected: "EventShares", period_row: PeriodUsage
+    ) -> None:
+        """Split a negative cost in reverse consumption order, first within what the event still holds of
+        each source; what the re-rating gives back beyond that (a dearer top tier) comes from the period's
+        sources in the same order, as any give-back (``_give_back``)."""
+        give_back = -coverage.cost
+        overage = min(give_back, max(corrected.overage, ZERO))
+        wallet = min(give_back - overage, max(corrected.wallet, ZERO))
+        credits = min(give_back - overage - wallet, max(corrected.credits, ZERO))
+        rest = give_back - overage - wallet - credits
+        if rest > 0:
+            more_overage = min(rest, max(period_row.overage_amount - overage, ZERO))
+            more_wallet = min(rest - more_overage, max(period_row.wallet_amount - wallet, ZERO))
+            overage, wallet = overage + more_overage, wallet + more_wallet
+            credits += rest - more_overage - more_wallet
+        coverage.overage, coverage.wallet, coverage.credits = -overage, -wallet, -credits
+
+    def _cover_unrefused(
+        self, coverage: Coverage, *, period_row: PeriodUsage, period_start: datetime
+    ) -> list[str]:
+        """``_cover`` for a correction's added cost: what grants and the wallet do not pay is overage, even
+        where overage is blocked; returns the limits it went past."""
+        flags: list[str] = []
         try:
-            self._cover(coverage, period_row=row)
+            self._check_hard_limit(coverage, period_start=period_start)
+        except HardLimitReached:
+            flags.append(CorrectionFlag.HARD_LIMIT)
+        try:
+            self._cover(coverage, period_row=period_row)
         except InsufficientBalance as refusal:
-            if self.terms.overage_blocked:
-                # The plan's policy, not the customer's switch: another plan would bill the rest as overage.
-                refusal.liftable_by("overage", customer=self.customer, meter=meter)
-            raise
-        return coverage
+            if coverage.unit == CREDITS and self.terms.credit_rate is None:
+                raise CorrectionUncovered(
+                    f"Nothing pays for the {refusal.details['needed']} credits this correction adds: the plan "
+                    "sells no credits, so they cannot be billed as overage. Grant the customer credits "
+                    "(POST /api/v1/customers/{id}/credits), then correct the event.",
+                ) from refusal
+            coverage.overage = coverage.cost - coverage.credits - coverage.wallet
+            flags.append(CorrectionFlag.OVERAGE_BLOCKED)
+        return flags
 
     def hold_settled(self, hold: Reservation, *, quantity: Decimal) -> Coverage:
         """What committing ``quantity`` of ``hold`` costs, and what pays: the hold's own quote, in proportion.

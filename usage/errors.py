@@ -66,3 +66,15 @@ class InvalidBatch(BillingError):
 class NoSubscription(BillingError):
     code = "no_subscription"
     http_status = 409
+
+
+class PeriodClosed(Conflict):
+    """A correction of usage in a billing period that has ended: its invoice is made."""
+
+    code = "period_closed"
+
+
+class CorrectionUncovered(Conflict):
+    """Usage a correction adds that nothing can pay for: credits on a plan that sells none."""
+
+    code = "correction_uncovered"

@@ -1,4 +1,5 @@
-"""The limits form on /settings/usage. Saving goes through ``customers.services.spend_controls_update``."""
+"""The limits form on /settings/usage (saved by ``customers.services.spend_controls_update``), and the admin's
+forms for corrections, grants and top-ups (saved by the services the API calls)."""
 
 from collections.abc import Sequence
 from decimal import Decimal
@@ -6,7 +7,7 @@ from decimal import Decimal
 from django import forms
 
 from core.money import QUANTITY_PLACES
-from plans.models import MONEY, QUANTITY
+from plans.models import MONEY, QUANTITY, RATE
 from usage.selectors import UsageSummary
 from usage.selectors.meter_lines import MeterLine
 
@@ -96,3 +97,43 @@ def meter_limit_field(meter_key: str) -> str:
 
 def _cents(amount: Decimal | None) -> Decimal | None:
     return amount.quantize(Decimal("0.01")) if amount is not None else None
+
+
+class EventCorrectionForm(forms.Form):
+    """Staff's correction of one usage event (``usage.corrections.usage_event_correct``).
+
+    ``idempotency_key`` is made when the form is first shown: the preview and the confirmation of one form
+    are one correction, and a second click records nothing more.
+    """
+
+    quantity = forms.DecimalField(
+        label="Corrected quantity",
+        min_value=Decimal(0),
+        max_digits=QUANTITY["max_digits"],
+        decimal_places=QUANTITY["decimal_places"],
+        help_text="What the event should have counted in all, not the difference.",
+    )
+    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+    idempotency_key = forms.CharField(max_length=200, widget=forms.HiddenInput)
+
+
+class CreditGrantForm(forms.Form):
+    """Staff's credit grant (``usage.services.credit_grant_create``)."""
+
+    amount = forms.DecimalField(
+        min_value=Decimal("0.000001"), max_digits=RATE["max_digits"], decimal_places=6
+    )
+    unit = forms.CharField(
+        max_length=10, required=False, help_text="credits or the currency; empty: the plan's."
+    )
+    expires_at = forms.DateTimeField(required=False, help_text="Empty: never expires.")
+    description = forms.CharField(max_length=200)
+    idempotency_key = forms.CharField(max_length=200, widget=forms.HiddenInput)
+
+
+class WalletTopUpForm(forms.Form):
+    """Staff's top-up of a customer's wallet (``usage.services.wallet_top_up``)."""
+
+    amount = forms.DecimalField(min_value=Decimal("0.01"), max_digits=MONEY["max_digits"], decimal_places=2)
+    note = forms.CharField(max_length=200)
+    idempotency_key = forms.CharField(max_length=200, widget=forms.HiddenInput)

@@ -8,7 +8,9 @@ separate functions so a test can ask for one family at a time (``tests/usage/tes
   write left equal the credits and wallet shares of the events it recorded;
 - ``overage_outbox_mismatches``: post-paid overage, give-backs netted, equals what the Stripe outbox holds;
 - ``rollup_mismatches``: the daily rollups equal their events, per day and billing period;
-- ``balance_mismatches``: no balance is negative and no open hold keeps more than its sources have.
+- ``balance_mismatches``: no balance is negative and no open hold keeps more than its sources have;
+- ``correction_mismatches``: no event is corrected below zero, and a correction corrects an original event of
+  its own customer, meter and period.
 
 Decimals are compared exactly: PostgreSQL sums them exactly, and the engine quantizes each amount once
 (``core.money.ledger_amount``), so a total and its rows agree to the last digit or something is wrong.
@@ -551,6 +553,44 @@ def balance_mismatches(now: datetime | None = None) -> list[Mismatch]:
     return mismatches
 
 
+# --- corrections ---------------------------------------------------------------------------------------
+
+
+def correction_mismatches(now: datetime | None = None) -> list[Mismatch]:
+    """Every corrected event's quantity with its corrections is at least zero, and every correction corrects
+    an event of its own customer, meter and period that is not itself a correction."""
+    mismatches: list[Mismatch] = []
+    for event_id, corrected in (
+        UsageEvent.objects.filter(corrections__isnull=False)
+        .annotate(corrected=F("quantity") + Sum("corrections__quantity"))
+        .filter(corrected__lt=0)
+        .values_list("id", "corrected")
+    ):
+        mismatches.append(
+            Mismatch(
+                f"event {event_id} with its corrections", corrected, ZERO, "counts", "must count at least"
+            )
+        )
+    strays = UsageEvent.objects.filter(corrects__isnull=False).exclude(
+        corrects__customer_id=F("customer_id"),
+        corrects__meter_id=F("meter_id"),
+        corrects__period_start=F("period_start"),
+        corrects__corrects__isnull=True,
+    )
+    for correction_id, corrects_id in strays.values_list("id", "corrects_id"):
+        mismatches.append(
+            Mismatch(
+                f"correction {correction_id} of event {corrects_id}: not an original event of its customer, "
+                "meter and period",
+                Decimal(corrects_id),
+                Decimal(correction_id),
+                "corrects",
+                "correction",
+            )
+        )
+    return mismatches
+
+
 # The proofs by family, in the order ``ledger_check`` reports them.
 PROOFS: dict[str, Callable[[datetime], list[Mismatch]]] = {
     "cached_totals": cached_total_mismatches,
@@ -558,4 +598,5 @@ PROOFS: dict[str, Callable[[datetime], list[Mismatch]]] = {
     "overage_outbox": overage_outbox_mismatches,
     "rollups": rollup_mismatches,
     "balances": balance_mismatches,
+    "corrections": correction_mismatches,
 }

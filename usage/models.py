@@ -193,6 +193,16 @@ class CreditLedgerEntry(models.Model):
         ]
 
 
+class CorrectionFlag(models.TextChoices):
+    """A limit that usage added by a correction went past. A correction is never refused (the usage happened);
+    it is recorded and flagged instead."""
+
+    ENTITLEMENT_LIMIT = "entitlement_limit", "Past the plan's cap"
+    HARD_LIMIT = "hard_limit", "Past the customer's hard limit"
+    METER_LIMIT = "meter_limit", "Past the customer's own limit on the meter"
+    OVERAGE_BLOCKED = "overage_blocked", "Billed as overage although overage is blocked"
+
+
 class UsageEvent(models.Model):
     """One metered event, as received. Append-only: a correction is a new event pointing at the old.
 
@@ -242,12 +252,22 @@ class UsageEvent(models.Model):
     # ``properties.cost`` when sent, else quantity × the rate in force at ``timestamp``
     # (``plans.serving_costs``). Not ``cost``, which is what the customer is charged.
     serving_cost = models.DecimalField(**RATE, default=ZERO, db_default=ZERO)
+    # On a correction (``corrects`` set): why it was made and who made it (an API key or a staff user), and
+    # the limits the usage it added went past (``CorrectionFlag`` values, comma-separated), for the audit.
+    correction_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
+    corrected_by = models.CharField(max_length=200, blank=True, default="", db_default="")
+    correction_flags = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-timestamp", "-id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["customer", "idempotency_key"], name="usage_event_idempotency_unique"
+            ),
+            # Usage is never negative; only a correction may take units back (its quantity is the difference).
+            models.CheckConstraint(
+                condition=Q(quantity__gte=0) | Q(corrects__isnull=False),
+                name="usage_event_quantity_non_negative_unless_correction",
             ),
         ]
         indexes = [

@@ -19,9 +19,9 @@ from core.money import CREDITS, ledger_amount
 from customers.events import CustomerEventType, customer_event_announce, exact, instant
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from plans.models import Aggregation, Meter
-from plans.serving_costs import ServingCostRates, serving_cost_of, serving_cost_rates_read
+from plans.serving_costs import COST_PROPERTY, ServingCostRates, serving_cost_of, serving_cost_rates_read
 from usage.batch_writes import BatchWrites, NewUsageEvent
-from usage.consumption import ZERO, ConsumptionEngine, Draw
+from usage.consumption import ZERO, ConsumptionEngine, Coverage, Draw
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -85,7 +85,6 @@ class UsageRecorder:
             coverage = engine.quote(
                 meter=meter, quantity=quantity, properties=properties, timestamp=timestamp
             )
-        reservation_id = hold.pk if hold is not None else None
         serving_cost = serving_cost_of(
             rates=self._serving_costs_of(meter),
             meter_id=meter.pk,
@@ -93,6 +92,51 @@ class UsageRecorder:
             properties=properties,
             at=timestamp,
         )
+        return self.record_decided(
+            coverage=coverage,
+            meter=meter,
+            properties=properties,
+            timestamp=timestamp,
+            idempotency_key=idempotency_key,
+            member_id=member_id,
+            reservation_id=hold.pk if hold is not None else None,
+            properties_json=properties_json,
+            serving_cost=serving_cost,
+        )
+
+    def correction_serving_cost(
+        self, *, meter: Meter, difference: Decimal, properties: dict[str, Any], timestamp: datetime
+    ) -> Decimal:
+        """What a correction of ``difference`` units changes in what serving the event cost us: the difference
+        at the rate in force at the event's time. An event that reported its own cost (``properties.cost``)
+        keeps it: that was what serving it really cost, whatever units were counted."""
+        if COST_PROPERTY in properties:
+            return ZERO
+        return serving_cost_of(
+            rates=self._serving_costs_of(meter),
+            meter_id=meter.pk,
+            quantity=difference,
+            properties=properties,
+            at=timestamp,
+        )
+
+    def record_decided(
+        self,
+        *,
+        coverage: Coverage,
+        meter: Meter,
+        properties: dict[str, Any],
+        timestamp: datetime,
+        idempotency_key: str,
+        member_id: int | None = None,
+        reservation_id: Any = None,
+        properties_json: str | None = None,
+        serving_cost: Decimal = ZERO,
+    ) -> NewUsageEvent:
+        """Take what pays for usage the engine has decided (``record``, or a correction's
+        ``ConsumptionEngine.correction_quoted``) and add its event to the batch."""
+        engine = self.engine
+        quantity = coverage.quantity
         draws = engine.apply(coverage, meter=meter, timestamp=timestamp, serving_cost=serving_cost)
         self.draws.append(draws)
         action = properties.get("action")

@@ -49,6 +49,7 @@ from usage.selectors import (
     usage_top_actions,
     usage_wallet,
 )
+from usage.selectors.listings import usage_corrections
 from usage.selectors.plan_comparison import plan_comparison, upgrade_prompt
 
 TEMPLATE = "usage/settings_usage.html"
@@ -170,6 +171,10 @@ def _limits(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> 
     return {"limits_summary": summary, "limits_form": form}
 
 
+def _corrections(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
+    return {"corrections": usage_corrections(customer=member.customer, period_start=period.start)}
+
+
 def _wallet(request: HtmxHttpRequest, member: Member, period: BillingPeriod) -> dict[str, Any]:
     return {"wallet": usage_wallet(customer=member.customer)}
 
@@ -193,6 +198,7 @@ PARTIALS: dict[str, Callable[[HtmxHttpRequest, Member, BillingPeriod], dict[str,
     "top_actions": _top_actions,
     "members": _members,
     "limits": _limits,
+    "corrections": _corrections,
     "wallet": _wallet,
     "notifications": _notifications,
     "payments": _payments,

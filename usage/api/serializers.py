@@ -14,7 +14,15 @@ from rest_framework import serializers
 from customers.models import CustomerStatus, SubscriptionStatus
 from usage.api.fields import AmountString, DecimalString, Timestamp, amount_string, decimal_string
 from usage.api.pagination import ListOutput
-from usage.models import CreditGrant, GrantKind, LedgerEntryKind, Reservation, ReservationStatus
+from usage.corrections import CorrectionResult, CorrectionStatus
+from usage.models import (
+    CorrectionFlag,
+    CreditGrant,
+    GrantKind,
+    LedgerEntryKind,
+    Reservation,
+    ReservationStatus,
+)
 from usage.selectors.breakdowns import MemberTotal
 from usage.selectors.meter_lines import MeterLine, UsageLevel
 
@@ -382,3 +390,42 @@ class CustomerUsageOutput(UsageSummaryOutput):
     def get_members(self, summary: Any) -> list[dict[str, Any]]:
         members: tuple[MemberTotal, ...] = self.context["members"]
         return list(UsageMemberOutput(members, many=True).data)
+
+
+# --- corrections -----------------------------------------------------------------------------------
+
+
+class CorrectionEventOutput(EventOutput):
+    """The adjusting event a correction records: the signed difference, pointing at the event it corrects."""
+
+    id = serializers.IntegerField(allow_null=True, help_text="Null in a dry run: nothing was written.")
+    quantity = DecimalString(help_text="The difference: negative when units were taken back.")
+    corrects = serializers.IntegerField(source="corrects_id", help_text="The event corrected.")
+    reason = serializers.CharField(source="correction_reason")
+    corrected_by = serializers.CharField(help_text="The API key (`api key <name> (<prefix>)`) or staff user.")
+    received_at = Timestamp(help_text="When the correction was made; `timestamp` is the corrected event's.")
+
+
+class CorrectionOutput(serializers.Serializer):
+    """``POST /events/{id}/corrections``: what the correction did, or would do in a dry run."""
+
+    object = serializers.ChoiceField(choices=["usage_correction"], default="usage_correction")
+    status = serializers.SerializerMethodField(
+        help_text="`recorded`; `unchanged`: the event already has this quantity, nothing was written; "
+        "`preview`: a dry run, nothing was written."
+    )
+    event = serializers.IntegerField(source="event.pk", help_text="The event corrected.")
+    corrected_quantity = DecimalString(
+        help_text="The event's quantity with all its corrections, after this one."
+    )
+    correction = CorrectionEventOutput(allow_null=True)
+    flags = serializers.ListField(
+        child=serializers.ChoiceField(choices=CorrectionFlag.choices),
+        help_text="Limits the units added went past; the correction was recorded anyway.",
+    )
+    before = UsageChargesOutput(allow_null=True, help_text="Dry run only: this period's charges now.")
+    after = UsageChargesOutput(allow_null=True, help_text="Dry run only: the charges after the correction.")
+
+    @extend_schema_field(serializers.ChoiceField(choices=CorrectionStatus.choices))
+    def get_status(self, result: CorrectionResult) -> str:
+        return result.status

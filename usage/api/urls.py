@@ -28,6 +28,11 @@ urlpatterns = [
     ),
     path("reports/margins", report_views.MarginReportView.as_view(), name="api-reports-margins"),
     path("events", views.EventsView.as_view(), name="api-events"),
+    path(
+        "events/<str:event_id>/corrections",
+        views.EventCorrectionsView.as_view(),
+        name="api-event-corrections",
+    ),
     path("check", views.CheckView.as_view(), name="api-check"),
     path("estimate", views.EstimateView.as_view(), name="api-estimate"),
     path("reservations", views.ReservationsView.as_view(), name="api-reservations"),

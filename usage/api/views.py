@@ -9,23 +9,28 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing_app.api_schema import errors
+from billing_app.models import ApiKey
+from core.errors import InvalidInput, NotFound
 from usage.api.fields import PropertiesField, QuantityField
 from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
     CheckOutput,
+    CorrectionOutput,
     EstimateOutput,
     EventsOutput,
     ReservationCommitOutput,
     ReservationOutput,
 )
 from usage.consumption import usage_decide
+from usage.corrections import KEY_PREFIX, MAX_REASON_LENGTH, usage_event_correct
 from usage.ingest import usage_events_ingest
 from usage.models import Reservation
 from usage.rate_limits import rate_limit_peek
@@ -206,3 +211,60 @@ class ReservationReleaseView(APIView):
     @extend_schema(request=None, responses={200: ReservationOutput, **errors(404)})
     def post(self, request: Request, reservation_id: str) -> Response:
         return Response(reservation_output(reservation_release(reservation_id=reservation_id)))
+
+
+# The largest id a usage event can have (a bigint): a larger one names no event, and is not sent to the database.
+MAX_EVENT_ID = 2**63 - 1
+
+
+class EventCorrectionsView(APIView):
+    """Correct a recorded event: a new event for the difference, with its reason; the period is re-rated."""
+
+    class CorrectionInput(serializers.Serializer):
+        quantity = QuantityField(help_text="What the event should have counted, in all (not the difference).")
+        reason = serializers.CharField(
+            max_length=MAX_REASON_LENGTH, help_text="Why: kept with the correction."
+        )
+        idempotency_key = serializers.CharField(max_length=MAX_KEY_LENGTH - len(KEY_PREFIX))
+
+    @extend_schema(
+        request=CorrectionInput,
+        parameters=[
+            OpenApiParameter(
+                "dry_run",
+                OpenApiTypes.BOOL,
+                description="`true`: answer the charges before and after, writing nothing.",
+            )
+        ],
+        responses={
+            201: CorrectionOutput,
+            200: OpenApiResponse(
+                CorrectionOutput,
+                description="A dry run, nothing to change, or the correction its key recorded before.",
+            ),
+            **errors(404, 409),
+        },
+    )
+    def post(self, request: Request, event_id: str) -> Response:
+        only_known_query_parameters(request, ["dry_run"])
+        dry_run = request.query_params.get("dry_run", "false")
+        if dry_run not in ("true", "false"):
+            raise InvalidInput("dry_run is true or false.", param="dry_run")
+        if not event_id.isascii() or not event_id.isdigit() or not 0 < int(event_id) <= MAX_EVENT_ID:
+            raise NotFound(f"No usage event {event_id[:40]!r}.", param="id")
+        data = self.CorrectionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        api_key = request.auth
+        result = usage_event_correct(
+            event_id=int(event_id),
+            quantity=values["quantity"],
+            reason=values["reason"],
+            idempotency_key=values["idempotency_key"],
+            by=f"api key {api_key.name} ({api_key.prefix})" if isinstance(api_key, ApiKey) else "api",
+            dry_run=dry_run == "true",
+        )
+        return Response(
+            CorrectionOutput(result).data,
+            status=status.HTTP_201_CREATED if result.created and not result.dry_run else status.HTTP_200_OK,
+        )

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from core.errors import NotFound
 from core.pagination import CursorPage, cursor_page
-from customers.models import Customer, Member
+from customers.models import Customer, Member, Notification, NotificationKind
 from plans.models import Meter
 from usage.models import CreditGrant, CreditLedgerEntry, Reservation, UsageEvent
 
@@ -73,3 +73,16 @@ def reservation_by_id(*, reservation_id: str) -> Reservation:
     if reservation is None:
         raise NotFound(f"No reservation {reservation_id}.")
     return reservation
+
+
+def usage_corrections(*, customer: Customer, period_start: datetime) -> list[Notification]:
+    """The corrections of a period's usage as the customer was told them, newest first.
+
+    Read from the notifications each correction writes (``usage.corrections``): pages never read the raw
+    usage ledger.
+    """
+    return list(
+        Notification.objects.filter(
+            customer=customer, period_start=period_start, kind=NotificationKind.USAGE_CORRECTED
+        ).order_by("-created_at", "-id")
+    )

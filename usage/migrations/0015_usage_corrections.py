@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('customers', '0008_notification_plan_changes'),
         ('plans', '0002_plan_version_overage_policy'),
-        ('usage', '0013_serving_cost'),
+        ('usage', '0014_credit_grant_expiry_announced'),
     ]
 
     operations = [

@@ -9,6 +9,7 @@ from billing_app.api_schema import errors
 from billing_app.models import ApiKey
 from customers.selectors import customer_by_external_id
 from usage.api.customer_views import CustomerEndpoint
+from usage.api.fields import StringField
 
 
 class PublishableKeyOutput(serializers.Serializer):
@@ -24,7 +25,7 @@ class PublishableKeysView(CustomerEndpoint):
     """Make a publishable key for one customer; it may only read that customer's usage and checks."""
 
     class PublishableKeyInput(serializers.Serializer):
-        name = serializers.CharField(max_length=120, required=False)
+        name = StringField(max_length=120, required=False)
 
     @extend_schema(request=PublishableKeyInput, responses={201: PublishableKeyOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:

@@ -21,7 +21,7 @@ from billing_app.stripe.checkout import checkout_session_create
 from core.errors import InvalidInput
 from customers.selectors import customer_by_external_id
 from usage.api.customer_views import CustomerEndpoint
-from usage.api.fields import AmountString, DecimalString, MoneyField, Timestamp
+from usage.api.fields import AmountString, DecimalString, MoneyField, StringField, Timestamp
 
 # --- Checkout Sessions ----------------------------------------------------------------------------------
 
@@ -44,8 +44,8 @@ class CheckoutSessionsView(CustomerEndpoint):
         kind = serializers.ChoiceField(choices=CheckoutKind.values)
         amount = MoneyField(required=False, allow_null=True, default=None, help_text="A top-up's amount.")
         pack = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
-        success_url = serializers.CharField(max_length=2000, help_text="May hold {CHECKOUT_SESSION_ID}.")
-        cancel_url = serializers.CharField(max_length=2000)
+        success_url = StringField(max_length=2000, help_text="May hold {CHECKOUT_SESSION_ID}.")
+        cancel_url = StringField(max_length=2000)
 
     @extend_schema(
         request=CheckoutSessionInput,

@@ -14,7 +14,7 @@ from billing_app.api_schema import errors
 from billing_app.models import WebhookEndpoint
 from billing_app.webhooks_out import MAX_URL_LENGTH, webhook_endpoint_create, webhook_endpoint_delete
 from customers.events import CustomerEventType
-from usage.api.fields import Timestamp
+from usage.api.fields import StringField, Timestamp
 
 
 class WebhookEndpointOutput(serializers.Serializer):
@@ -47,10 +47,10 @@ class WebhookEndpointDeletedOutput(serializers.Serializer):
 
 class WebhookEndpointsView(APIView):
     class WebhookEndpointInput(serializers.Serializer):
-        url = serializers.CharField(max_length=MAX_URL_LENGTH, help_text="http:// or https://")
+        url = StringField(max_length=MAX_URL_LENGTH, help_text="http:// or https://")
         # Plain strings: an unknown type is answered `unknown_event_type` with the valid ones, by the service.
-        events = serializers.ListField(child=serializers.CharField(max_length=64), max_length=50)
-        description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+        events = serializers.ListField(child=StringField(max_length=64), max_length=50)
+        description = StringField(max_length=200, required=False, allow_blank=True, default="")
 
     @extend_schema(
         request=WebhookEndpointInput,

@@ -283,3 +283,21 @@ def test_a_path_with_a_newline_is_an_api_404_not_an_html_page(api, path):
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/api/v1/customers", {"external_id": 42, "name": "Answer"}, "external_id"),
+        ("/api/v1/customers", {"external_id": "answer", "name": 4.2}, "name"),
+        ("/api/v1/check", {"customer": "acme", "meter": 7}, "meter"),
+        ("/api/v1/customers/acme/credits", {"amount": "5", "description": True}, "description"),
+    ],
+)
+def test_a_number_where_the_schema_says_string_is_a_400_not_taken_as_text(api, acme, url, body, field):
+    response = api.post(url, body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert field in response.json()["error"]["message"]
+    assert Customer.objects.count() == 1 and not CreditGrant.objects.exists()

@@ -25,6 +25,7 @@ from usage.api.fields import (
     LedgerAmountField,
     MoneyField,
     QuantityField,
+    StringField,
 )
 from usage.api.pagination import ListQuery, list_query, list_response
 from usage.api.parsers import only_known_query_parameters
@@ -72,10 +73,10 @@ class CustomerEndpoint(APIView):
 
 class CustomersView(APIView):
     class CustomerCreateInput(serializers.Serializer):
-        external_id = serializers.CharField(max_length=120, validators=[external_id_validator])
-        name = serializers.CharField(max_length=200)
+        external_id = StringField(max_length=120, validators=[external_id_validator])
+        name = StringField(max_length=200)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
-        plan = serializers.CharField(max_length=64, required=False, allow_null=True)
+        plan = StringField(max_length=64, required=False, allow_null=True)
         currency = CurrencyField(required=False, help_text="Defaults to the plan's; stored in lower case.")
 
     class CustomerListQuery(ListQuery):
@@ -121,7 +122,7 @@ class CustomerView(CustomerEndpoint):
 
 class SubscriptionView(CustomerEndpoint):
     class SubscriptionChangeInput(serializers.Serializer):
-        plan = serializers.CharField(max_length=64)
+        plan = StringField(max_length=64)
 
     @extend_schema(request=SubscriptionChangeInput, responses={200: SubscriptionOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:
@@ -138,11 +139,11 @@ class CreditsView(CustomerEndpoint):
     class CreditGrantInput(serializers.Serializer):
         amount = LedgerAmountField(decimal_places=6)
         kind = serializers.ChoiceField(choices=GrantKind.values, default=GrantKind.PURCHASED)
-        unit = serializers.CharField(max_length=10, required=False)
+        unit = StringField(max_length=10, required=False)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
         priority = serializers.IntegerField(min_value=0, max_value=100, default=50)
-        description = serializers.CharField(max_length=200, required=False, default="")
-        idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
+        description = StringField(max_length=200, required=False, default="")
+        idempotency_key = StringField(max_length=255, required=False, allow_null=True)
 
     @extend_schema(
         operation_id="v1_customers_credits_list",
@@ -177,7 +178,7 @@ class CreditsView(CustomerEndpoint):
 class WalletTopUpView(CustomerEndpoint):
     class WalletTopUpInput(serializers.Serializer):
         amount = LedgerAmountField(decimal_places=MONEY["decimal_places"])
-        note = serializers.CharField(max_length=200, required=False, default="")
+        note = StringField(max_length=200, required=False, default="")
 
     @extend_schema(request=WalletTopUpInput, responses={201: WalletTopUpOutput, **errors(404)})
     def post(self, request: Request, external_id: str) -> Response:

@@ -199,12 +199,24 @@ def _parsed_naive(text: str) -> bool:
     return moment is not None and moment.tzinfo is None
 
 
+class StringField(serializers.CharField):
+    """A JSON string, and only a string: DRF's ``CharField`` turns a number into text, so ``"external_id": 42``
+    would be taken as ``"42"`` although the schema says string. A client sending the wrong type is told so."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
 # What a currency field accepts: a supported code in lower or upper case, the same list the schema's enum
 # names, so a client validating against the schema and the server agree on every value.
 CURRENCY_CODES = (*sorted(ISO_4217_CURRENCIES), *sorted(code.upper() for code in ISO_4217_CURRENCIES))
 
 
-class CurrencyField(serializers.CharField):
+class CurrencyField(StringField):
     """An ISO 4217 code the app supports, as ``usd`` or ``USD``; the value is the lower-case code."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from billing_app.api_schema import errors
 from billing_app.models import ApiKey
 from core.errors import InvalidInput, NotFound
-from usage.api.fields import PropertiesField, QuantityField
+from usage.api.fields import PropertiesField, QuantityField, StringField
 from usage.api.parsers import only_known_query_parameters
 from usage.api.serializers import (
     CheckOutput,
@@ -77,8 +77,8 @@ class EventsView(APIView):
 
 
 class UsageQuestionInput(serializers.Serializer):
-    customer = serializers.CharField(max_length=120)
-    meter = serializers.CharField(max_length=120)
+    customer = StringField(max_length=120)
+    meter = StringField(max_length=120)
     quantity = QuantityField(default=Decimal(1))
     properties = PropertiesField()
 
@@ -222,10 +222,8 @@ class EventCorrectionsView(APIView):
 
     class CorrectionInput(serializers.Serializer):
         quantity = QuantityField(help_text="What the event should have counted, in all (not the difference).")
-        reason = serializers.CharField(
-            max_length=MAX_REASON_LENGTH, help_text="Why: kept with the correction."
-        )
-        idempotency_key = serializers.CharField(max_length=MAX_KEY_LENGTH - len(KEY_PREFIX))
+        reason = StringField(max_length=MAX_REASON_LENGTH, help_text="Why: kept with the correction.")
+        idempotency_key = StringField(max_length=MAX_KEY_LENGTH - len(KEY_PREFIX))
 
     @extend_schema(
         request=CorrectionInput,

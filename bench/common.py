@@ -30,7 +30,8 @@ import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
-DB_NAME = "billing_bench"
+# ``BENCH_DB_NAME`` lets engineers sharing one PostgreSQL bench in their own database.
+DB_NAME = os.environ.get("BENCH_DB_NAME", "billing_bench")
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_BENCH_DSN = f"host=127.0.0.1 port=5432 user=postgres dbname={DB_NAME}"
 # The environment of both the bench process (setup through the services) and gunicorn. Tasks run

@@ -157,15 +157,16 @@ RAW_EVENT_INSERT = (
 
 
 def raw_events_table_create() -> None:
-    """A table shaped like the usage ledger, with its defaults, checks and unique index (not its FKs
-    or append-only trigger). INCLUDING IDENTITY too: Django's ids are identity columns, and without it
-    the copy has a NOT NULL id with no default."""
+    """A plain table shaped like the usage ledger, with its defaults, checks and indexes (not its FKs, triggers
+    or partitions), and the unique index on (customer, idempotency key) the ledger keeps in its keys table.
+    Its ids come from the ledger's sequence (the copied default)."""
     with psycopg.connect(PG_BENCH_DSN, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {RAW_EVENTS_TABLE}")
         conn.execute(
             f"CREATE TABLE {RAW_EVENTS_TABLE} (LIKE usage_usageevent INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-            "INCLUDING INDEXES INCLUDING IDENTITY)"
+            "INCLUDING INDEXES)"
         )
+        conn.execute(f"CREATE UNIQUE INDEX ON {RAW_EVENTS_TABLE} (customer_id, idempotency_key)")
 
 
 # --- gunicorn -------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
-DB_NAME = "billing_bench"
+# ``BENCH_DB_NAME`` lets engineers sharing one PostgreSQL bench in their own database.
+DB_NAME = os.environ.get("BENCH_DB_NAME", "billing_bench")
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_BENCH_DSN = f"host=127.0.0.1 port=5432 user=postgres dbname={DB_NAME}"
 # The environment of both the bench process (setup through the services) and gunicorn. Tasks run
@@ -156,15 +157,16 @@ RAW_EVENT_INSERT = (
 
 
 def raw_events_table_create() -> None:
-    """A table shaped like the usage ledger, with its defaults, checks and unique index (not its FKs
-    or append-only trigger). INCLUDING IDENTITY too: Django's ids are identity columns, and without it
-    the copy has a NOT NULL id with no default."""
+    """A plain table shaped like the usage ledger, with its defaults, checks and indexes (not its FKs, triggers
+    or partitions), and the unique index on (customer, idempotency key) the ledger keeps in its keys table.
+    Its ids come from the ledger's sequence (the copied default)."""
     with psycopg.connect(PG_BENCH_DSN, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {RAW_EVENTS_TABLE}")
         conn.execute(
             f"CREATE TABLE {RAW_EVENTS_TABLE} (LIKE usage_usageevent INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-            "INCLUDING INDEXES INCLUDING IDENTITY)"
+            "INCLUDING INDEXES)"
         )
+        conn.execute(f"CREATE UNIQUE INDEX ON {RAW_EVENTS_TABLE} (customer_id, idempotency_key)")
 
 
 # --- gunicorn -------------------------------------------------------------------------------------

@@ -78,6 +78,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": MINUTE,
         "options": {"expires": MINUTE},
     },
+    "usage-partitions-maintain": {
+        "task": "usage.tasks.usage_partitions_maintain_task",
+        "schedule": crontab(hour=3, minute=41),
+        "options": {"expires": 3600.0},
+    },
     "checkout-sessions-sweep": {
         "task": "billing_app.tasks.checkout_sessions_sweep_task",
         "schedule": 5 * MINUTE,

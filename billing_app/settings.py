@@ -358,6 +358,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 USAGE_MAX_BATCH = 1000
 USAGE_MAX_EVENT_AGE_DAYS = 35
 USAGE_MAX_CLOCK_SKEW_SECONDS = 300
+# The usage ledger's monthly partitions (usage/partitions.py): made this many months ahead, and, when a
+# retention is set, months wholly older than it (and of closed periods) are detached, never dropped.
+USAGE_PARTITIONS_AHEAD_MONTHS = env.int("USAGE_PARTITIONS_AHEAD_MONTHS", default=3)
+USAGE_EVENT_RETENTION_MONTHS = env.int("USAGE_EVENT_RETENTION_MONTHS", default=None) or None
 RESERVATION_DEFAULT_TTL_SECONDS = 300
 IDEMPOTENCY_KEY_RETENTION_DAYS = env.int("IDEMPOTENCY_KEY_RETENTION_DAYS", default=30)
 

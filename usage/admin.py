@@ -31,6 +31,7 @@ from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
     CustomerBalance,
+    DetachedUsagePartition,
     Reservation,
     ReservationStatus,
     StripeUsageOutbox,
@@ -404,6 +405,13 @@ class UsageEventAdmin(_ReadOnly):
     @staticmethod
     def _share(amount: Decimal, obj: UsageEvent) -> str:
         return format_amount(amount, obj.cost_unit) if amount and obj.cost_unit else "—"
+
+
+@admin.register(DetachedUsagePartition)
+class DetachedUsagePartitionAdmin(_ReadOnly):
+    """Months of usage events retention took out of the ledger: tables still in the database to archive."""
+
+    list_display = ("table_name", "range_start", "range_end", "event_count", "detached_at")
 
 
 @admin.register(Reservation)

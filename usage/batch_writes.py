@@ -210,7 +210,13 @@ def rollups_add_statement(events: list[NewUsageEvent]) -> list[Statement]:
         return []
     sql, params = _rollups_upsert_sql()
     ids = [event.written_id() for event in events]
-    return [(sql, [ids if param is _EVENT_IDS else param for param in params])]
+    # The batch's time span lets PostgreSQL read only the months it falls in, not every partition.
+    span = {
+        _EVENT_IDS: ids,
+        _FIRST_TIMESTAMP: min(event.timestamp for event in events),
+        _LAST_TIMESTAMP: max(event.timestamp for event in events),
+    }
+    return [(sql, [span.get(param, param) if isinstance(param, _Slot) else param for param in params])]
 
 
 def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[str, Any]]:
@@ -234,16 +240,24 @@ def _rollup_deltas(written: QuerySet[UsageEvent]) -> QuerySet[UsageEvent, dict[s
     )
 
 
-# Stands for the array of event ids in the compiled statement, whose other parameters are constants.
-_EVENT_IDS = object()
+class _Slot:
+    """Stands for a batch's value in the compiled statement, whose other parameters are constants."""
+
+
+_EVENT_IDS, _FIRST_TIMESTAMP, _LAST_TIMESTAMP = _Slot(), _Slot(), _Slot()
 
 
 @lru_cache(maxsize=1)
 def _rollups_upsert_sql() -> tuple[str, list[Any]]:
     """The upsert, compiled once per process: compiling the aggregate took longer than running it."""
     table = DailyUsageRollup._meta.db_table
+    events = UsageEvent._meta.db_table
     written = UsageEvent.objects.filter(
-        RawSQL(f"{UsageEvent._meta.db_table}.id = ANY(%s)", (_EVENT_IDS,), output_field=BooleanField())  # noqa: S611
+        RawSQL(  # noqa: S611
+            f"{events}.id = ANY(%s) AND {events}.timestamp BETWEEN %s AND %s",
+            (_EVENT_IDS, _FIRST_TIMESTAMP, _LAST_TIMESTAMP),
+            output_field=BooleanField(),
+        )
     )
     select, params = _rollup_deltas(written).query.get_compiler(connection=connection).as_sql()
     columns = (*ROLLUP_KEY, *ROLLUP_TOTALS)

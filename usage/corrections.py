@@ -166,7 +166,9 @@ def _correct(
     # usage, waits here, and everything read below includes what it wrote.
     locked = customer_consumption_for_update(customer=customer, subscription=subscription, now=now)
     fingerprint_ = fingerprint([event.pk, quantity, reason])
-    replay = UsageEvent.objects.filter(customer=customer, idempotency_key=KEY_PREFIX + key).first()
+    # Found through the keys' table: its unique index is the one on (customer, idempotency key) of the
+    # partitioned ledger.
+    replay = UsageEvent.objects.filter(key__customer=customer, key__idempotency_key=KEY_PREFIX + key).first()
     if replay is not None:
         if replay.fingerprint != fingerprint_:
             raise IdempotencyKeyReused(

@@ -27,7 +27,7 @@ from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ConsumptionEngine
 from usage.errors import UsageRefused
 from usage.locks import customer_balances_for_update
-from usage.models import UsageEvent
+from usage.models import UsageEvent, UsageEventKey
 from usage.rate_limits import RateLimitedEvent, rate_limit_events
 from usage.recording import UsageRecorder
 from usage.sql_reads import consumption_rows_read
@@ -133,11 +133,15 @@ def events_recorded(events_by_customer: dict[int, list[EventInput]]) -> dict[tup
     events (``usage.validation.check_reused_keys``).
     """
     keys = list({event.idempotency_key for events in events_by_customer.values() for event in events})
-    # Two array parameters instead of a thousand: the statement stays small and quick to send.
+    # Two array parameters instead of a thousand: the statement stays small and quick to send. The keys are
+    # found in the one unpartitioned table of keys, and each event's fingerprint in the month its timestamp
+    # names. An event whose month was detached (retention) has no fingerprint here: its key is still taken.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT customer_id, idempotency_key, id, fingerprint FROM {UsageEvent._meta.db_table} "  # noqa: S608
-            "WHERE customer_id = ANY(%s) AND idempotency_key = ANY(%s)",
+            "SELECT k.customer_id, k.idempotency_key, k.event_id, e.fingerprint "  # noqa: S608
+            f"FROM {UsageEventKey._meta.db_table} k LEFT JOIN {UsageEvent._meta.db_table} e "
+            "ON e.id = k.event_id AND e.timestamp = k.timestamp "
+            "WHERE k.customer_id = ANY(%s) AND k.idempotency_key = ANY(%s)",
             [list(events_by_customer), keys],
         )
         rows = cursor.fetchall()

@@ -10,7 +10,12 @@ separate functions so a test can ask for one family at a time (``tests/usage/tes
 - ``rollup_mismatches``: the daily rollups equal their events, per day and billing period;
 - ``balance_mismatches``: no balance is negative and no open hold keeps more than its sources have;
 - ``correction_mismatches``: no event is corrected below zero, and a correction corrects an original event of
-  its own customer, meter and period.
+  its own customer, meter and period;
+- ``event_reference_mismatches``: what the database cannot enforce on the partitioned usage ledger: every
+  reference to an event finds it, every event has its idempotency key, and a reservation has one event.
+
+Once retention has detached months of the ledger (``usage.partitions``), the totals are proved for the billing
+periods that start in the months still attached (``retained_since``): older periods lost some of their events.
 
 Decimals are compared exactly: PostgreSQL sums them exactly, and the engine quantizes each amount once
 (``core.money.ledger_amount``), so a total and its rows agree to the last digit or something is wrong.
@@ -21,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -40,8 +45,10 @@ from usage.models import (
     Reservation,
     StripeUsageOutbox,
     UsageEvent,
+    UsageEventKey,
 )
 from usage.overage import overage_quantity, overage_quantity_sql
+from usage.partitions import retained_since
 
 ZERO = Decimal(0)
 
@@ -69,6 +76,15 @@ def ledger_mismatches(*, now: datetime | None = None) -> list[Mismatch]:
     """Everything any proof finds wrong; empty when the ledger is consistent."""
     now = now or timezone.now()
     return [mismatch for proof in PROOFS.values() for mismatch in proof(now)]
+
+
+_Rows = TypeVar("_Rows", bound=QuerySet[Any])
+
+
+def _retained(rows: _Rows, period_start: str = "period_start") -> _Rows:
+    """The rows of billing periods whose events are all still in the ledger (all, when nothing was detached)."""
+    since = retained_since()
+    return rows.filter(**{f"{period_start}__gte": since}) if since else rows
 
 
 # --- cached balances and totals ------------------------------------------------------------------
@@ -100,7 +116,9 @@ def cached_total_mismatches(now: datetime | None = None) -> list[Mismatch]:
 
     event_totals = {
         (row["customer_id"], row["meter_id"], row["period_start"]): row
-        for row in UsageEvent.objects.values("customer_id", "meter_id", "period_start").annotate(
+        for row in _retained(UsageEvent.objects.all())
+        .values("customer_id", "meter_id", "period_start")
+        .annotate(
             billable_total=Sum("quantity", filter=Q(billable=True)),
             non_billable_total=Sum("quantity", filter=Q(billable=False)),
             events=Count("id"),
@@ -113,15 +131,19 @@ def cached_total_mismatches(now: datetime | None = None) -> list[Mismatch]:
         )
     }
     rollup_totals: dict[tuple[int, int, Any], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for row in DailyUsageRollup.objects.values("customer_id", "meter_id", "period_start").annotate(
-        quantity_total=Sum("quantity"),
-        events=Sum("event_count"),
-        cost_total=Sum("cost"),
-        serving_cost_total=Sum("serving_cost"),
+    for row in (
+        _retained(DailyUsageRollup.objects.all())
+        .values("customer_id", "meter_id", "period_start")
+        .annotate(
+            quantity_total=Sum("quantity"),
+            events=Sum("event_count"),
+            cost_total=Sum("cost"),
+            serving_cost_total=Sum("serving_cost"),
+        )
     ):
         rollup_totals[(row["customer_id"], row["meter_id"], row["period_start"])].update(row)
 
-    for period in PeriodUsage.objects.all():
+    for period in _retained(PeriodUsage.objects.all()):
         key = (period.customer_id, period.meter_id, period.period_start)
         events = event_totals.pop(key, {})
         rollups = rollup_totals.pop(key, {})
@@ -203,7 +225,7 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     mismatches: list[Mismatch] = []
     split = F("credits_amount") + F("wallet_amount") + F("overage_amount")
     for event_id, cost, covered in (
-        UsageEvent.objects.filter(billable=True)
+        _retained(UsageEvent.objects.filter(billable=True))
         .annotate(covered=split)
         .exclude(cost=F("covered"))
         .values_list("id", "cost", "covered")
@@ -246,7 +268,7 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     said_wallet: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
     unprovable: set[tuple[int, datetime]] = set()
     events = (
-        UsageEvent.objects.filter(billable=True)
+        _retained(UsageEvent.objects.filter(billable=True))
         .filter(~Q(credits_amount=0) | ~Q(wallet_amount=0))
         .values_list(
             "customer_id",
@@ -294,8 +316,11 @@ def event_split_mismatches(now: datetime | None = None) -> list[Mismatch]:
     took_credits: dict[tuple[int, datetime, str], Decimal] = defaultdict(Decimal)
     took_wallet: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
     rows = (
-        CreditLedgerEntry.objects.filter(
-            usage_event__isnull=False, kind__in=[LedgerEntryKind.DRAWDOWN, LedgerEntryKind.REFUND]
+        _retained(
+            CreditLedgerEntry.objects.filter(
+                usage_event__isnull=False, kind__in=[LedgerEntryKind.DRAWDOWN, LedgerEntryKind.REFUND]
+            ),
+            "usage_event__period_start",
         )
         .values("usage_event__customer_id", "usage_event__received_at", "grant__unit")
         .annotate(total=Sum("amount"))
@@ -354,7 +379,7 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
     event_money: dict[Key, Decimal] = defaultdict(Decimal)
     unpriced: set[Key] = set()  # credits overage whose rate the current plan does not know
     events = (
-        UsageEvent.objects.filter(billable=True)
+        _retained(UsageEvent.objects.filter(billable=True))
         .exclude(overage_amount=0)
         .values_list(
             "customer_id",
@@ -392,9 +417,8 @@ def overage_outbox_mismatches(now: datetime | None = None) -> list[Mismatch]:
             event_money[key] += ledger_amount(overage * rate)
     outbox = {
         (row["customer_id"], row["meter_id"], row["dimension_value"], row["period_start"]): row
-        for row in StripeUsageOutbox.objects.values(
-            "customer_id", "meter_id", "dimension_value", "period_start"
-        )
+        for row in _retained(StripeUsageOutbox.objects.all())
+        .values("customer_id", "meter_id", "dimension_value", "period_start")
         .annotate(units=Sum("quantity"), money=Sum("amount"))
         .order_by()
     }
@@ -438,7 +462,8 @@ def rollup_mismatches(now: datetime | None = None) -> list[Mismatch]:
     period end, a plan change) is two rollups, one per period, or the period's pages count the wrong days."""
     billable = Q(billable=True)
     event_rows = (
-        UsageEvent.objects.annotate(day=TruncDate("timestamp", tzinfo=UTC))
+        _retained(UsageEvent.objects.all())
+        .annotate(day=TruncDate("timestamp", tzinfo=UTC))
         .values(*ROLLUP_KEY)
         .annotate(
             quantity_total=Sum("quantity"),
@@ -454,7 +479,8 @@ def rollup_mismatches(now: datetime | None = None) -> list[Mismatch]:
         .order_by()
     )
     rollup_rows = (
-        DailyUsageRollup.objects.values(*ROLLUP_KEY)
+        _retained(DailyUsageRollup.objects.all())
+        .values(*ROLLUP_KEY)
         .annotate(**{f"{name}_total": Sum(name) for name in ROLLUP_TOTALS})
         .order_by()
     )
@@ -591,6 +617,72 @@ def correction_mismatches(now: datetime | None = None) -> list[Mismatch]:
     return mismatches
 
 
+# --- references into the partitioned usage ledger -------------------------------------------------
+
+
+def event_reference_mismatches(now: datetime | None = None) -> list[Mismatch]:
+    """Every reference to a usage event finds it; every event has its key; a reservation has one event.
+
+    The ledger is partitioned by month, so nothing in the database can reference an event by id alone, and
+    (customer, idempotency key) is unique in ``UsageEventKey``, not on the events. A reference to an event of
+    a detached month is kept (the event is archived, not lost): its key, which outlives it, proves it existed.
+    """
+    since = retained_since()
+    recorded = UsageEvent.objects.filter(pk=OuterRef("event_id"))
+    archived = (
+        UsageEventKey.objects.filter(event_id=OuterRef("event_id"), timestamp__lt=since)
+        if since
+        else UsageEventKey.objects.none()
+    )
+    references: list[tuple[str, QuerySet[Any], str]] = [
+        ("ledger row", CreditLedgerEntry.objects.filter(usage_event_id__isnull=False), "usage_event_id"),
+        ("Stripe outbox row", StripeUsageOutbox.objects.all(), "last_event_id"),
+        ("correction", UsageEvent.objects.filter(corrects_id__isnull=False), "corrects_id"),
+    ]
+    mismatches: list[Mismatch] = []
+    for label, rows, column in references:
+        missing = (
+            rows.alias(event_id=F(column))
+            .exclude(Exists(recorded))
+            .exclude(Exists(archived))
+            .values_list("id", column)
+        )
+        mismatches += [
+            Mismatch(f"{label} {row_id} points at a missing event", Decimal(event_id), ZERO, "event", "found")
+            for row_id, event_id in missing
+        ]
+    keyed = UsageEventKey.objects.filter(
+        event_id=OuterRef("id"),
+        customer_id=OuterRef("customer_id"),
+        idempotency_key=OuterRef("idempotency_key"),
+        timestamp=OuterRef("timestamp"),
+    )
+    for event_id in UsageEvent.objects.exclude(Exists(keyed)).values_list("id", flat=True):
+        mismatches.append(
+            Mismatch(
+                f"event {event_id} has no idempotency key recorded", Decimal(event_id), ZERO, "event", "keys"
+            )
+        )
+    keys = _retained(UsageEventKey.objects.all(), "timestamp")
+    for event_id in keys.exclude(Exists(UsageEvent.objects.filter(pk=OuterRef("event_id")))).values_list(
+        "event_id", flat=True
+    ):
+        mismatches.append(
+            Mismatch(f"key of event {event_id} without its event", Decimal(event_id), ZERO, "event", "found")
+        )
+    for reservation_id, count in (
+        UsageEvent.objects.filter(reservation_id__isnull=False)
+        .values_list("reservation_id")
+        .annotate(events=Count("id"))
+        .filter(events__gt=1)
+        .order_by()
+    ):
+        mismatches.append(
+            Mismatch(f"reservation {reservation_id} events", Decimal(count), Decimal(1), "has", "must have")
+        )
+    return mismatches
+
+
 # The proofs by family, in the order ``ledger_check`` reports them.
 PROOFS: dict[str, Callable[[datetime], list[Mismatch]]] = {
     "cached_totals": cached_total_mismatches,
@@ -599,4 +691,5 @@ PROOFS: dict[str, Callable[[datetime], list[Mismatch]]] = {
     "rollups": rollup_mismatches,
     "balances": balance_mismatches,
     "corrections": correction_mismatches,
+    "event_references": event_reference_mismatches,
 }

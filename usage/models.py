@@ -167,8 +167,15 @@ class CreditLedgerEntry(models.Model):
     kind = models.CharField(max_length=12, choices=LedgerEntryKind.choices)
     amount = models.DecimalField(**RATE)
     unit = models.CharField(max_length=10)
+    # No database constraint: the usage ledger is partitioned by month and its primary key is (id, timestamp),
+    # so nothing can reference ``id`` alone. ``ledger_check`` proves every reference instead.
     usage_event = models.ForeignKey(
-        "UsageEvent", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
+        "UsageEvent",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
+        db_constraint=False,
     )
     reservation = models.ForeignKey(
         "Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
@@ -225,11 +232,20 @@ class UsageEvent(models.Model):
     action = models.CharField(max_length=120, blank=True)
     dimension_value = models.CharField(max_length=120, blank=True)
     billable = models.BooleanField(default=True, help_text="False for cache hits: recorded, never invoiced.")
+    # One event per reservation, though the partitioned table cannot hold a unique index on this column alone
+    # (its unique keys must include ``timestamp``): a commit records its event under the key
+    # ``reservation:<id>``, unique per customer in ``UsageEventKey``, under the customer's lock and after
+    # checking the hold is still held. ``ledger_check`` proves it. The database keeps a plain index.
     reservation = models.OneToOneField(
         "Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_event"
     )
     corrects = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="corrections"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="corrections",
+        db_constraint=False,  # see ``CreditLedgerEntry.usage_event``
     )
     cost_unit = models.CharField(max_length=10, blank=True)
     cost = models.DecimalField(**RATE, default=ZERO)
@@ -260,10 +276,9 @@ class UsageEvent(models.Model):
 
     class Meta:
         ordering = ["-timestamp", "-id"]
+        # (customer, idempotency_key) is unique through ``UsageEventKey``: a partitioned table's unique keys
+        # must include the partition key, and that one must hold across all months.
         constraints = [
-            models.UniqueConstraint(
-                fields=["customer", "idempotency_key"], name="usage_event_idempotency_unique"
-            ),
             # Usage is never negative; only a correction may take units back (its quantity is the difference).
             models.CheckConstraint(
                 condition=Q(quantity__gte=0) | Q(corrects__isnull=False),
@@ -280,6 +295,60 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.meter_id} × {self.quantity} ({self.idempotency_key})"
+
+
+class UsageEventKey(models.Model):
+    """The idempotency key of every usage event ever recorded: what keeps ``(customer, idempotency_key)``
+    unique across the monthly partitions of the usage ledger (``docs/scaling.md``).
+
+    Written by the database, not by the app: a statement-level trigger on ``usage_usageevent`` inserts the
+    keys of every row a statement inserted (COPY in ingest, the ORM, hand-written SQL alike), in the same
+    transaction, so a duplicate fails the event's own insert. Append-only like the ledger, and kept when a
+    partition is detached, so a key stays taken after its event is archived. ``timestamp`` is the event's:
+    it names the partition to read the event from.
+    """
+
+    event = models.OneToOneField(
+        UsageEvent,
+        primary_key=True,
+        on_delete=models.DO_NOTHING,
+        related_name="key",
+        db_constraint=False,  # the ledger is partitioned: see ``CreditLedgerEntry.usage_event``
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    idempotency_key = models.CharField(max_length=255)
+    timestamp = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            # The name the events table's constraint had: a duplicate reads the same in logs and errors.
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"], name="usage_event_idempotency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.idempotency_key} → event {self.event_id}"
+
+
+class DetachedUsagePartition(models.Model):
+    """A month of the usage ledger detached by retention (``USAGE_EVENT_RETENTION_MONTHS``).
+
+    The table stays in the database, outside the ledger, with its rows, until the operator archives and
+    drops it. Periods that started before ``range_end`` are no longer proved by ``ledger_check``.
+    """
+
+    table_name = models.CharField(max_length=63, unique=True)
+    range_start = models.DateTimeField()
+    range_end = models.DateTimeField()
+    event_count = models.PositiveBigIntegerField()
+    detached_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["range_start"]
+
+    def __str__(self) -> str:
+        return self.table_name
 
 
 class PeriodUsage(models.Model):
@@ -427,7 +496,10 @@ class StripeUsageOutbox(models.Model):
     dimension_value = models.CharField(max_length=120, blank=True)
     period_start = models.DateTimeField()
     window_start = models.DateTimeField(help_text="The hour the usage happened in (UTC).")
-    last_event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="+")
+    # See ``CreditLedgerEntry.usage_event`` for why there is no database constraint.
+    last_event = models.ForeignKey(
+        UsageEvent, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     event_count = models.PositiveIntegerField()
     quantity = models.DecimalField(**QUANTITY, help_text="Overage units, in the meter's unit.")
     amount = models.DecimalField(**RATE, help_text="Overage as the local engine rated it (unrounded).")

@@ -10,7 +10,6 @@ a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on eac
 
 import uuid
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -275,10 +274,7 @@ class UsageEventAdmin(_ReadOnly):
         "meter",
         "quantity_display",
         "cost_display",
-        "included",
-        "credits",
-        "wallet",
-        "overage",
+        "paid_by",
         "billable",
         "ledger",
     )
@@ -382,29 +378,25 @@ class UsageEventAdmin(_ReadOnly):
     def cost_display(self, obj: UsageEvent) -> str:
         return format_amount(obj.cost, obj.cost_unit) if obj.cost_unit else "—"
 
-    @admin.display(description="Included")
-    def included(self, obj: UsageEvent) -> str:
-        return format_quantity(obj.included_quantity) if obj.included_quantity else "—"
-
-    @admin.display(description="Credits")
-    def credits(self, obj: UsageEvent) -> str:
-        return self._share(obj.credits_amount, obj)
-
-    @admin.display(description="Wallet")
-    def wallet(self, obj: UsageEvent) -> str:
-        return self._share(obj.wallet_amount, obj)
-
-    @admin.display(description="Overage")
-    def overage(self, obj: UsageEvent) -> str:
-        return self._share(obj.overage_amount, obj)
+    @admin.display(description="Paid by")
+    def paid_by(self, obj: UsageEvent) -> str:
+        """Where the event's cost came from, in consumption order, naming only the parts that paid: one
+        column rather than four keeps the list within a laptop screen."""
+        parts = []
+        if obj.included_quantity:
+            parts.append(f"included {format_quantity(obj.included_quantity)}")
+        for label, amount in (
+            ("grants", obj.credits_amount),
+            ("wallet", obj.wallet_amount),
+            ("overage", obj.overage_amount),
+        ):
+            if amount and obj.cost_unit:
+                parts.append(f"{label} {format_amount(amount, obj.cost_unit)}")
+        return " · ".join(parts) or "—"
 
     @admin.display(description="Ledger")
     def ledger(self, obj: UsageEvent) -> str:
         return _filtered("creditledgerentry", "rows", usage_event__id__exact=obj.pk)
-
-    @staticmethod
-    def _share(amount: Decimal, obj: UsageEvent) -> str:
-        return format_amount(amount, obj.cost_unit) if amount and obj.cost_unit else "—"
 
 
 @admin.register(DetachedUsagePartition)

@@ -104,7 +104,7 @@ def plan_migration_notices_create(*, migration: PlanMigration, now: datetime | N
                     "created_at": now,
                     "choose_by": choose_by,
                     "periods": backtest.periods if backtest else 0,
-                    "usage": {k: str(v) for k, v in backtest.usage.items()} if backtest else {},
+                    "usage": {k: f"{v.normalize():f}" for k, v in backtest.usage.items()} if backtest else {},
                     "old_total": backtest.old_total if backtest else None,
                     "new_total": backtest.new_total if backtest else None,
                     # Moving a customer whose usage the new version refuses (a model it has no rate for)
@@ -305,7 +305,11 @@ def _notice_schedule(notice: PlanMigrationNotice, target: PlanVersion, now: date
         return 0
     subscription.pending_plan_version = target
     subscription.save(update_fields=["pending_plan_version"])
-    notice.scheduled_at, notice.renews_at = now, subscription.current_period_end
+    renews_at = subscription.current_period_end
+    if renews_at <= now:
+        # A period the roll has not closed yet: it moves the subscription into the period containing now.
+        renews_at = subscription.period_containing(now)[0]
+    notice.scheduled_at, notice.renews_at = now, renews_at
     notice.save(update_fields=["scheduled_at", "renews_at"])
     Notification.objects.get_or_create(
         customer_id=notice.customer_id,
@@ -314,7 +318,7 @@ def _notice_schedule(notice: PlanMigrationNotice, target: PlanVersion, now: date
         defaults={
             "period_start": subscription.current_period_start,
             "message": f"Your plan moves to the new {target.plan.name} prices at your renewal on "
-            f"{subscription.current_period_end:%b %-d, %Y}.",
+            f"{max(renews_at, now):%b %-d, %Y}.",
         },
     )
     return 1

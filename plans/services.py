@@ -340,9 +340,9 @@ def _migration_check(
         if migrate_at < earliest:
             migrate_at += timedelta(days=1)
     if migrate_at < now + timedelta(days=days):
-        earliest = (now + timedelta(days=days)).date()
+        earliest_day = (now + timedelta(days=days)).date()
         raise InvalidInput(
-            f"Customers get at least {days} days' notice of a price change: migrate on {earliest:%Y-%m-%d} "
+            f"Customers get at least {days} days' notice of a price change: migrate on {earliest_day:%Y-%m-%d} "
             "or later.",
             param="migrate_at",
         )

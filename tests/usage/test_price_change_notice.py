@@ -157,24 +157,18 @@ def test_the_grandfathered_effect_marks_existing_subscribers(pro):
     assert not PlanMigrationNotice.objects.exists()
 
 
+def pro_in_a_file(migration: dict, **pricing) -> dict:
+    """A catalog file of the Pro plan at v2's prices (or ``pricing``), with ``migration``."""
+    plan = {"code": "pro", "name": "Pro", "currency": "usd", "interval": "month", "base_fee": "25.00"}
+    plan |= {"prices": [CALLS_V2, tokens("0.02")], **pricing, "migration": migration}
+    return {"meters": [], "plans": [plan]}
+
+
 def test_the_catalog_file_sets_the_effect_and_the_date(pro):
     _, v2, _, _ = pro
     v2.delete()
     day = midnight_in(70)
-    data = {
-        "meters": [],
-        "plans": [
-            {
-                "code": "pro",
-                "name": "Pro",
-                "currency": "usd",
-                "interval": "month",
-                "base_fee": "25.00",
-                "prices": [CALLS_V2, tokens("0.02")],
-                "migration": {"effect": "migrated_at_renewal", "date": f"{day:%Y-%m-%d}"},
-            }
-        ],
-    }
+    data = pro_in_a_file({"effect": "migrated_at_renewal", "date": f"{day:%Y-%m-%d}"})
 
     report = catalog_import(data=data)
 
@@ -193,45 +187,34 @@ def test_the_catalog_file_sets_the_effect_and_the_date(pro):
         ),
         ({"effect": "new_plan"}, "'effect' is 'new_plan'"),
         ({"effect": "grandfathered", "when": "soon"}, "unknown key 'when'"),
+        ("soon", "must be an object"),
     ],
 )
 def test_the_catalog_file_refuses_a_wrong_migration(migration, message):
-    data = {
-        "meters": [],
-        "plans": [
-            {
-                "code": "pro",
-                "name": "Pro",
-                "currency": "usd",
-                "interval": "month",
-                "base_fee": "1",
-                "migration": migration,
-            }
-        ],
-    }
     with pytest.raises(InvalidInput, match=message):
-        catalog_parse(data)
+        catalog_parse(pro_in_a_file(migration, prices=[]))
 
 
 def test_a_catalog_migration_too_soon_writes_nothing(pro):
     _, v2, _, _ = pro
     v2.delete()
-    data = {
-        "meters": [],
-        "plans": [
-            {
-                "code": "pro",
-                "name": "Pro",
-                "currency": "usd",
-                "interval": "month",
-                "base_fee": "25.00",
-                "migration": {"effect": "migrated_at_renewal", "date": f"{midnight_in(10):%Y-%m-%d}"},
-            }
-        ],
-    }
+    data = pro_in_a_file({"effect": "migrated_at_renewal", "date": f"{midnight_in(10):%Y-%m-%d}"})
+
     with pytest.raises(InvalidInput, match="60 days' notice"):
         catalog_import(data=data)
+
     assert not PlanVersion.objects.filter(number=2).exists()
+
+
+def test_a_catalog_migration_without_a_date_takes_the_earliest_fair_one(pro):
+    _, v2, _, _ = pro
+    v2.delete()
+
+    catalog_import(data=pro_in_a_file({"effect": "migrated_at_renewal"}))
+
+    migrate_at = PlanMigration.objects.get().migrate_at
+    assert migrate_at in (midnight_in(60), midnight_in(61))
+    assert migrate_at >= timezone.now() + timedelta(days=60)
 
 
 # --- Notice ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Emails to customers: a spend limit crossed, a hard limit reached, an account frozen, an automatic top-up
-that failed or turned itself off.
+that failed or turned itself off, a price change's notice and reminder (with one-click links), and the credit
+of a price change's safety net.
 
 Ingest records a soft-limit crossing or a hard-limit stop as a ``Notification`` as it happens
 (``usage.recording``, through ``customers.spend_limits``); ``customer_emails_send`` first records the
@@ -8,17 +9,21 @@ notification once.
 """
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.mail import send_mail
-from django.db.models import Q
+from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 
+from core.money import format_money
 from customers.models import Customer, MemberRole, Notification, NotificationKind, SpendControls, Subscription
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from usage.consumption import ConsumptionEngine
-from usage.models import CustomerBalance
+from usage.models import CustomerBalance, MigrationChoice, PlanMigrationNotice
+from usage.plan_migrations import price_change_headline, price_change_link_token
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ EMAILED_KINDS = (
     NotificationKind.ACCOUNT_FROZEN,
     NotificationKind.AUTO_TOP_UP_FAILED,
     NotificationKind.AUTO_TOP_UP_DISABLED,
+    NotificationKind.PRICE_CHANGE_CREDIT,
 )
 
 
@@ -106,3 +112,87 @@ def customer_emails_send(*, now: datetime | None = None, limit: int = 500) -> in
             continue
         sent += 1
     return sent
+
+
+def price_change_emails_send(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Email each price-change notice once, and once more ``PRICE_CHANGE_REMINDER_DAYS`` before the date to
+    customers who have not chosen; returns how many emails went out. Claimed like notifications above
+    (``notice_sent_at``, ``reminder_sent_at``), so two runs never send one twice."""
+    now = now or timezone.now()
+    open_notices = PlanMigrationNotice.objects.filter(
+        choice=MigrationChoice.PENDING, skipped_reason="", choose_by__gt=now
+    ).select_related("migration__plan_version__plan", "customer", "from_version")
+    due_notices = open_notices.filter(notice_sent_at__isnull=True)
+    # A customer told within the reminder window has just read the notice: no reminder on its heels.
+    due_reminders = open_notices.filter(
+        notice_sent_at__isnull=False,
+        reminder_sent_at__isnull=True,
+        choose_by__lte=now + timedelta(days=settings.PRICE_CHANGE_REMINDER_DAYS),
+        notice_sent_at__lt=F("choose_by") - timedelta(days=settings.PRICE_CHANGE_REMINDER_DAYS),
+    )
+    sent = 0
+    for field, waiting, reminder in (
+        ("notice_sent_at", due_notices, False),
+        ("reminder_sent_at", due_reminders, True),
+    ):
+        for notice in waiting.order_by("pk")[:limit]:
+            claimed = PlanMigrationNotice.objects.filter(pk=notice.pk, **{f"{field}__isnull": True}).update(
+                **{field: now}
+            )
+            if not claimed:
+                continue
+            recipients = _customer_recipients(notice.customer)
+            if not recipients:
+                continue
+            subject, body = _price_change_email(notice, reminder=reminder)
+            try:
+                send_mail(subject, body, None, recipients)
+            except Exception:
+                logger.exception("Could not email price-change notice %s", notice.pk)
+                PlanMigrationNotice.objects.filter(pk=notice.pk).update(**{field: None})
+                continue
+            sent += 1
+    return sent
+
+
+def _price_change_email(notice: PlanMigrationNotice, *, reminder: bool) -> tuple[str, str]:
+    target = notice.migration.plan_version
+    plan = target.plan.name
+    currency = target.currency
+    entry = getattr(target, "changelog_entry", None)
+    links = {
+        choice: settings.SITE_URL
+        + reverse("price-change-choice", args=[price_change_link_token(notice=notice, choice=choice)])
+        for choice in (MigrationChoice.KEEP, MigrationChoice.ACCEPT)
+    }
+    lines = [
+        f"Hello {notice.customer.name},",
+        "",
+        price_change_headline(notice),
+        "",
+        "What changes:",
+        *(f"  {line}" for line in (entry.summary.splitlines() if entry else []) if line.strip()),
+    ]
+    if notice.usage:
+        lines += ["", f"Your usage over your last {notice.periods} closed periods:"]
+        lines += [f"  {meter}: {Decimal(units).normalize():f}" for meter, units in notice.usage.items()]
+    if notice.old_total is not None and notice.new_total is not None and notice.periods:
+        lines += [
+            "",
+            f"What you paid for them (v{notice.from_version.number}): {format_money(notice.old_total, currency)}",
+            f"What you would have paid on the new version (v{target.number}): "
+            f"{format_money(notice.new_total, currency)}",
+        ]
+    lines += [
+        "",
+        f"Choose by {notice.choose_by:%B %-d, %Y}:",
+        f"  Keep my current plan, for as long as I stay on it: {links[MigrationChoice.KEEP]}",
+        f"  Accept the new prices at my renewal: {links[MigrationChoice.ACCEPT]}",
+        "",
+        "If you do nothing, your plan moves to the new prices at your first renewal from that date.",
+        "Each link asks you to confirm, and works once.",
+    ]
+    when = "Reminder: " if reminder else ""
+    return f"{when}{plan} prices change on {notice.choose_by:%b %-d, %Y} — {notice.customer.name}", "\n".join(
+        lines
+    )

@@ -58,6 +58,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": MINUTE,
         "options": {"expires": MINUTE},
     },
+    "price-changes": {
+        "task": "billing_app.tasks.price_changes_task",
+        "schedule": 5 * MINUTE,
+        "options": {"expires": 5 * MINUTE},
+    },
     "idempotency-keys-prune": {
         "task": "billing_app.tasks.idempotency_keys_prune_task",
         "schedule": crontab(hour=4, minute=23),

@@ -277,6 +277,23 @@ WEBHOOK_DISABLE_AFTER_HOURS = env.int("WEBHOOK_DISABLE_AFTER_HOURS", default=24)
 WALLET_LOW_BALANCE = env.str("WALLET_LOW_BALANCE", default="10")
 # credits.expiring: a grant with credits left expires within this many days (announced once per grant).
 CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)
+# Price changes (docs/catalog.md, "Migrating subscribers"): a migration at renewal is scheduled at least this many
+# days ahead; a reminder goes out this many days before its date; a migrated customer whose first period on the
+# new version costs more than (100 + PERCENT)% of what the old version would have charged is credited the
+# difference.
+PRICE_CHANGE_NOTICE_DAYS = env.int("PRICE_CHANGE_NOTICE_DAYS", default=60)
+PRICE_CHANGE_REMINDER_DAYS = env.int("PRICE_CHANGE_REMINDER_DAYS", default=7)
+PRICE_CHANGE_SAFETY_NET_PERCENT = env.str("PRICE_CHANGE_SAFETY_NET_PERCENT", default="10")
+try:
+    _safety_net_percent = Decimal(PRICE_CHANGE_SAFETY_NET_PERCENT)
+except InvalidOperation as error:
+    raise ImproperlyConfigured("PRICE_CHANGE_SAFETY_NET_PERCENT must be a number, e.g. 10") from error
+if not _safety_net_percent.is_finite() or _safety_net_percent < 0 or PRICE_CHANGE_NOTICE_DAYS < 1:
+    raise ImproperlyConfigured(
+        "PRICE_CHANGE_SAFETY_NET_PERCENT must be 0 or more, PRICE_CHANGE_NOTICE_DAYS 1 or more."
+    )
+# Where customers reach this site: the links in emails (a price change's one-click choice) start with it.
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 # Requests a minute an API key may make, unless the key has its own limit (admin, API keys). 0 or empty: no
 # limit. 6,000 (100 a second) is far above what a backend that batches its events needs.

@@ -20,7 +20,7 @@ from billing_app.auto_top_up import (
     auto_top_up_pending_resume,
 )
 from billing_app.circuit_breaker import circuit_breaker_check
-from billing_app.customer_emails import customer_emails_send
+from billing_app.customer_emails import customer_emails_send, price_change_emails_send
 from billing_app.idempotency import idempotency_keys_prune
 from billing_app.margin_alerts import margins_negative_check
 from billing_app.models import AutoTopUpCharge
@@ -33,6 +33,7 @@ from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_syn
 from billing_app.webhooks_out import webhook_deliveries_send
 from customers.models import Customer, Subscription
 from plans.models import PlanVersion
+from usage.plan_migrations import plan_migrations_run
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ def usage_carries_finalize_task() -> int:
 @shared_task
 def spend_alerts_task() -> int:
     return customer_emails_send()
+
+
+@shared_task
+def price_changes_task() -> dict[str, int]:
+    """Price changes that move subscribers: notices, the move at renewal, the first-invoice safety net, then
+    the notices' and reminders' emails (``usage.plan_migrations``). Safe to run twice or concurrently."""
+    report = asdict(plan_migrations_run())
+    report["emails"] = price_change_emails_send()
+    return report
 
 
 @shared_task

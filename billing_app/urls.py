@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from billing_app import login_protection, payment_api, webhook_endpoints_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
-from usage.admin_views import margin_report_page, price_research
+from usage.admin_views import margin_report_page, price_publish, price_research
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),
@@ -16,6 +16,11 @@ urlpatterns = [
         "admin/price-research/<int:version_id>/",
         admin.site.admin_view(price_research),
         name="price-research",
+    ),
+    path(
+        "admin/price-research/<int:version_id>/publish/",
+        admin.site.admin_view(price_publish),
+        name="price-publish",
     ),
     # Staff-only: revenue against serving cost (linked from the admin index).
     path("admin/margins/", admin.site.admin_view(margin_report_page), name="margin-report"),

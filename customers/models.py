@@ -10,7 +10,7 @@ from django.db.models import Q
 
 from core.money import LEDGER_PLACES, QUANTITY_PLACES
 from customers.periods import period_bounds
-from plans.models import MONEY, BillingInterval, PlanVersion
+from plans.models import MONEY, BillingInterval, PlanMigration, PlanVersion
 
 
 class CustomerStatus(models.TextChoices):
@@ -241,6 +241,8 @@ class NotificationKind(models.TextChoices):
     AUTO_TOP_UP_FAILED = "auto_top_up_failed", "Automatic top-up failed"
     AUTO_TOP_UP_DISABLED = "auto_top_up_disabled", "Automatic top-up turned off"
     USAGE_CORRECTED = "usage_corrected", "Usage corrected"
+    PRICE_CHANGE_NOTICE = "price_change_notice", "Price change ahead"
+    PRICE_CHANGE_CREDIT = "price_change_credit", "Price change credit"
 
 
 class Notification(models.Model):
@@ -258,6 +260,14 @@ class Notification(models.Model):
         **MONEY, null=True, blank=True, help_text="The spend limit crossed, in the plan currency."
     )
     frozen_hour = models.DateTimeField(null=True, blank=True, help_text="The hour the account was frozen in.")
+    plan_migration = models.ForeignKey(
+        PlanMigration,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        help_text="The price change told of: once per kind and migration.",
+    )
     message = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
     read_at = models.DateTimeField(null=True, blank=True)
@@ -275,6 +285,11 @@ class Notification(models.Model):
                 fields=["customer", "kind", "period_start", "frozen_hour"],
                 condition=Q(frozen_hour__isnull=False),
                 name="notification_freeze_once_per_hour",
+            ),
+            models.UniqueConstraint(
+                fields=["customer", "kind", "plan_migration"],
+                condition=Q(plan_migration__isnull=False),
+                name="notification_price_change_once",
             ),
         ]
         indexes = [models.Index(fields=["customer", "read_at", "-created_at"])]

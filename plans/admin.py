@@ -448,8 +448,8 @@ class PlanVersionAdmin(_ReadOnlyNotice, admin.ModelAdmin):
         if obj.pk is None:
             return "Save the draft first."
         return format_html(
-            '<a href="{}">Usage percentiles beside the included quantities, and what each subscriber would have '
-            "paid under this version</a>",
+            '<a href="{}">Usage percentiles beside the included quantities, what each subscriber would have '
+            "paid under this version, and publishing it with notice to move them at renewal</a>",
             reverse("price-research", args=[obj.pk]),
         )
 

@@ -348,3 +348,31 @@ class PricingChangelogEntry(models.Model):
     class Meta:
         ordering = ["-published_at"]
         verbose_name_plural = "pricing changelog entries"
+
+
+class MigrationStatus(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled: customers are told and may choose"
+    MIGRATING = "migrating", "Migrating: the date has come, subscribers move at their renewals"
+    DONE = "done", "Done: every subscriber who did not keep their version is set to move"
+
+
+class PlanMigration(models.Model):
+    """Subscribers of a plan's older versions moved to ``plan_version`` at their first renewal on or after
+    ``migrate_at``, after notice and a choice to keep their version (the changelog entry's effect
+    ``migrated_at_renewal``). Each customer's notice, choice and move is a ``usage.PlanMigrationNotice``."""
+
+    plan_version = models.OneToOneField(PlanVersion, on_delete=models.PROTECT, related_name="migration")
+    migrate_at = models.DateTimeField(help_text="Subscribers move at their first renewal from this moment.")
+    status = models.CharField(
+        max_length=10, choices=MigrationStatus.choices, default=MigrationStatus.SCHEDULED
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-migrate_at"]
+
+    def __str__(self) -> str:
+        return f"{self.plan_version} from {self.migrate_at:%Y-%m-%d}"

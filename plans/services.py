@@ -8,7 +8,7 @@ retired by hand; the pricing page shows only the latest.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -41,7 +41,9 @@ from plans.models import (
     Entitlement,
     Meter,
     MeterServingCost,
+    MigrationStatus,
     Plan,
+    PlanMigration,
     PlanVersion,
     Price,
     PriceTier,
@@ -239,16 +241,36 @@ def _subscription_count(plan_version: PlanVersion) -> int:
     return plan_version.subscriptions.count() + plan_version.pending_subscriptions.count()
 
 
+class PlanMigrationInProgress(Conflict):
+    """A plan has one migration at renewal at a time: two would send its customers two notices."""
+
+    code = "plan_migration_in_progress"
+
+
 @transaction.atomic
 def plan_version_publish(
-    *, plan_version: PlanVersion, summary: str | None = None, effect: str | None = None
+    *,
+    plan_version: PlanVersion,
+    summary: str | None = None,
+    effect: str | None = None,
+    migrate_at: datetime | None = None,
+    by_user_id: int | None = None,
+    now: datetime | None = None,
 ) -> PlanVersion:
     """Publish a draft: check it with the rating engine, then write its pricing-changelog entry.
 
     `summary` defaults to the version's changelog note (if any) followed by what changed against the
-    latest published version. `effect` defaults to `new_plan` for the plan's first version and to
-    `grandfathered` after that. Older versions are not retired.
+    latest published version. `effect` defaults to `new_plan` for the plan's first version, to
+    `migrated_at_renewal` when `migrate_at` is given, and to `grandfathered` otherwise. Older versions are
+    not retired.
+
+    - `grandfathered`: subscribers of the plan's older versions keep theirs for good (`grandfathered` is set
+      on their subscriptions); only new sign-ups get this version.
+    - `migrated_at_renewal`: a `PlanMigration` to this version from `migrate_at`, which must be at least
+      `PRICE_CHANGE_NOTICE_DAYS` days from now (without it: the first midnight, UTC, that far away). The
+      customers are told and choose (`usage.plan_migrations`).
     """
+    now = now or timezone.now()
     # Locked so that a double-clicked "Publish" writes one changelog entry, not a constraint error.
     version = PlanVersion.objects.select_for_update().select_related("plan").get(pk=plan_version.pk)
     name = _version_name(version)
@@ -264,15 +286,28 @@ def plan_version_publish(
 
     content = version_content(version)
     previous = plan_latest_published_version(version.plan)
+    published_before = version.plan.versions.exclude(status=VersionStatus.DRAFT).exists()
     if effect is None:
-        published_before = version.plan.versions.exclude(status=VersionStatus.DRAFT).exists()
-        effect = ChangeEffect.GRANDFATHERED if published_before else ChangeEffect.NEW_PLAN
+        if migrate_at is not None:
+            effect = ChangeEffect.MIGRATED_AT_RENEWAL
+        else:
+            effect = ChangeEffect.GRANDFATHERED if published_before else ChangeEffect.NEW_PLAN
+    migration_date = None
+    if effect == ChangeEffect.MIGRATED_AT_RENEWAL:
+        migration_date = _migration_check(
+            version, migrate_at=migrate_at, published_before=published_before, now=now
+        )
+    elif migrate_at is not None:
+        raise InvalidInput(
+            f"A migration date goes with the effect {ChangeEffect.MIGRATED_AT_RENEWAL}, not {effect}.",
+            param="migrate_at",
+        )
     if summary is None:
         changes = _version_changes(None if previous is None else version_content(previous), content)
         summary = "\n".join([version.changelog_note.strip(), *changes] if version.changelog_note else changes)
 
     version.status = VersionStatus.PUBLISHED
-    version.published_at = timezone.now()
+    version.published_at = now
     version.content_hash = content_hash(content)
     version.save(update_fields=["status", "published_at", "content_hash"])
     PricingChangelogEntry.objects.create(
@@ -282,7 +317,60 @@ def plan_version_publish(
         summary=summary,
         effect=effect,
     )
+    if effect == ChangeEffect.GRANDFATHERED:
+        _subscribers_of_older_versions(version).update(grandfathered=True)
+    elif migration_date is not None:
+        PlanMigration.objects.create(
+            plan_version=version, migrate_at=migration_date, created_by_id=by_user_id
+        )
     return version
+
+
+def _migration_check(
+    version: PlanVersion, *, migrate_at: datetime | None, published_before: bool, now: datetime
+) -> datetime:
+    """The migration's date, or why customers could not be given fair notice of it, or could not move."""
+    if not published_before:
+        raise InvalidInput("A plan's first version has no subscribers to migrate.", param="effect")
+    days = settings.PRICE_CHANGE_NOTICE_DAYS
+    if migrate_at is None:
+        # The earliest fair date: the first midnight (UTC) at least the notice period away.
+        earliest = now + timedelta(days=days)
+        migrate_at = earliest.replace(hour=0, minute=0, second=0, microsecond=0)
+        if migrate_at < earliest:
+            migrate_at += timedelta(days=1)
+    if migrate_at < now + timedelta(days=days):
+        earliest_day = (now + timedelta(days=days)).date()
+        raise InvalidInput(
+            f"Customers get at least {days} days' notice of a price change: migrate on {earliest_day:%Y-%m-%d} "
+            "or later.",
+            param="migrate_at",
+        )
+    other = version.plan.versions.exclude(pk=version.pk).exclude(status=VersionStatus.DRAFT)
+    currencies = sorted(set(other.exclude(currency=version.currency).values_list("currency", flat=True)))
+    if currencies:
+        raise InvalidInput(
+            f"{_version_name(version)} is priced in {version.currency.upper()}, but older versions are in "
+            f"{', '.join(c.upper() for c in currencies)}: their subscribers cannot be moved to it.",
+            param="effect",
+        )
+    running = PlanMigration.objects.filter(
+        plan_version__plan=version.plan, status__in=[MigrationStatus.SCHEDULED, MigrationStatus.MIGRATING]
+    ).first()
+    if running is not None:
+        raise PlanMigrationInProgress(
+            f"{version.plan.name} already has a migration to v{running.plan_version.number} on "
+            f"{running.migrate_at:%Y-%m-%d}; publish after it is done.",
+            plan_migration=running.pk,
+        )
+    return migrate_at
+
+
+def _subscribers_of_older_versions(version: PlanVersion) -> Any:
+    """The subscriptions on the plan's other versions, through the reverse relation (plans does not import
+    customers: dependencies point customers -> plans)."""
+    subscriptions = version.subscriptions.model.objects
+    return subscriptions.filter(plan_version__plan_id=version.plan_id).exclude(plan_version_id=version.pk)
 
 
 @transaction.atomic
@@ -555,7 +643,12 @@ def _catalog_plan_import(entry: PlanEntry) -> tuple[str, bool]:
         return f"plan {entry.code}: unchanged (v{latest.number})", False
 
     version = _plan_version_write(plan=plan, content=entry.version, changelog_note=entry.changelog or "")
-    version = plan_version_publish(plan_version=version)
+    migration = entry.migration
+    version = plan_version_publish(
+        plan_version=version,
+        effect=None if migration is None else migration.effect,
+        migrate_at=None if migration is None else migration.migrate_at,
+    )
     what = "created" if created else (f"updated {', '.join(updated)}" if updated else "")
     published = f"v{version.number} published ({version.changelog_entry.effect})"
     return f"plan {entry.code}: {what + ', ' if what else ''}{published}", True

@@ -24,6 +24,7 @@ from django.utils.html import format_html
 
 from core.errors import BillingError
 from customers.models import Customer
+from plans.models import PlanMigration
 from usage.corrections import CorrectionResult, usage_event_correct
 from usage.forms import CreditGrantForm, EventCorrectionForm, WalletTopUpForm
 from usage.models import (
@@ -31,11 +32,13 @@ from usage.models import (
     CreditLedgerEntry,
     CustomerBalance,
     DetachedUsagePartition,
+    PlanMigrationNotice,
     Reservation,
     ReservationStatus,
     StripeUsageOutbox,
     UsageEvent,
 )
+from usage.plan_migrations import plan_migration_progress
 from usage.selectors.formatting import format_amount, format_quantity
 from usage.services import credit_grant_create, reservation_release, wallet_top_up
 
@@ -491,3 +494,117 @@ def _correction_message(result: CorrectionResult) -> str:
         f"Event {result.event.pk} corrected to {format_quantity(result.corrected_quantity)} "
         f"(correction {result.correction.pk}: {format_quantity(result.correction.quantity)}).{flags}"
     )
+
+
+# --- Price changes that move subscribers ---
+
+
+class _NoticeColumns:
+    """What operators read of each customer's notice: the choice, the move, the safety net."""
+
+    @admin.display(description="Last periods: old → new")
+    def bill(self, obj: PlanMigrationNotice) -> str:
+        if obj.old_total is None or obj.new_total is None:
+            return "—"
+        currency = obj.migration.plan_version.currency
+        return f"{format_amount(obj.old_total, currency)} → {format_amount(obj.new_total, currency)}"
+
+    @admin.display(description="Safety-net credit")
+    def credit(self, obj: PlanMigrationNotice) -> str:
+        grant = obj.safety_net_grant
+        if grant is None:
+            return "—" if obj.safety_net_checked_at is None else "none needed"
+        return _link("creditgrant", grant.pk, format_amount(grant.amount, grant.unit))
+
+
+class PlanMigrationNoticeInline(_NoticeColumns, admin.TabularInline):
+    model = PlanMigrationNotice
+    fields = (
+        "customer",
+        "from_version",
+        "bill",
+        "choice",
+        "chosen_at",
+        "chosen_by",
+        "notice_sent_at",
+        "reminder_sent_at",
+        "scheduled_at",
+        "migrated_at",
+        "skipped_reason",
+        "credit",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    max_num = 0
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PlanMigrationNotice]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("customer", "from_version", "migration__plan_version", "safety_net_grant")
+        )
+
+
+@admin.register(PlanMigration)
+class PlanMigrationAdmin(_ReadOnly):
+    """A price change that moves subscribers at renewal: its progress, and each customer's notice and choice.
+    Written by publishing a version with the effect "migrated at renewal" (the price research page or the
+    catalog file); moved forward by the ``price-changes`` periodic task."""
+
+    list_display = ("plan_version", "migrate_at", "status", "progress", "created_by", "created_at")
+    list_filter = ("status",)
+    list_select_related = ("plan_version__plan", "created_by")
+    fields = ("plan_version", "migrate_at", "status", "progress", "created_by", "created_at")
+    readonly_fields = fields
+    inlines = [PlanMigrationNoticeInline]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Viewing the page with its inline is enough; nothing here is edited by hand.
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj: PlanMigration) -> str:
+        counts = plan_migration_progress(obj)
+        return (
+            f"{counts['customers']} customers: {counts['notified']} emailed; {counts['kept']} kept, "
+            f"{counts['accepted']} accepted, {counts['pending']} not chosen; {counts['scheduled']} set to move, "
+            f"{counts['migrated']} moved, {counts['skipped']} left where they are; "
+            f"{counts['credited']} credited by the safety net"
+        )
+
+
+@admin.register(PlanMigrationNotice)
+class PlanMigrationNoticeAdmin(_NoticeColumns, _ReadOnly):
+    """Every customer told of a price change; filter by choice, or by the safety net's credits."""
+
+    list_display = (
+        "customer_link",
+        "migration",
+        "bill",
+        "choice",
+        "chosen_at",
+        "scheduled_at",
+        "migrated_at",
+        "first_period",
+        "credit",
+        "skipped_reason",
+    )
+    list_filter = ("choice", "migration", ("safety_net_grant", admin.EmptyFieldListFilter))
+    list_select_related = ("customer", "migration__plan_version__plan", "safety_net_grant")
+    search_fields = ("customer__external_id", "customer__name")
+
+    @admin.display(description="Customer", ordering="customer__external_id")
+    def customer_link(self, obj: PlanMigrationNotice) -> str:
+        return _customer(obj)
+
+    @admin.display(description="First period on it: old → new")
+    def first_period(self, obj: PlanMigrationNotice) -> str:
+        if obj.first_period_old_total is None or obj.first_period_new_total is None:
+            return "—"
+        currency = obj.migration.plan_version.currency
+        return (
+            f"{format_amount(obj.first_period_old_total, currency)} → "
+            f"{format_amount(obj.first_period_new_total, currency)}"
+        )

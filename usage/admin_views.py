@@ -1,16 +1,23 @@
-"""Staff pages beside the admin: the research behind a price change, for one plan version, and the margin report."""
+"""Staff pages beside the admin: the research behind a price change, for one plan version, and publishing it
+with its effect on existing subscribers; the margin report."""
 
 import csv
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
-from core.errors import InvalidInput
+from core.errors import BillingError, InvalidInput
 from core.money import format_money
-from plans.models import PlanVersion
+from plans.models import ChangeEffect, PlanVersion, VersionStatus
 from plans.selectors import prices_with_rates
+from plans.services import plan_version_publish
 from usage.selectors.margins import (
     MarginGroup,
     MarginRow,
@@ -21,6 +28,8 @@ from usage.selectors.margins import (
     report_period_parse,
 )
 from usage.selectors.price_changes import migration_preview, usage_percentiles
+
+PUBLISH_EFFECTS = (ChangeEffect.GRANDFATHERED, ChangeEffect.MIGRATED_AT_RENEWAL)
 
 
 def price_research(request: HttpRequest, version_id: int) -> HttpResponse:
@@ -48,15 +57,71 @@ def price_research(request: HttpRequest, version_id: int) -> HttpResponse:
                 ]
             )
         return response
+    return _research_page(request, version, preview)
+
+
+def _research_page(
+    request: HttpRequest, version: PlanVersion, preview: Any, status: int = 200
+) -> HttpResponse:
     meters = [
         {"price": price, "percentiles": usage_percentiles(meter=price.meter)}
         for price in prices_with_rates(version)
     ]
+    earliest = (timezone.now() + timedelta(days=settings.PRICE_CHANGE_NOTICE_DAYS + 1)).date()
     return render(
         request,
         "admin/usage/price_research.html",
-        {"version": version, "meters": meters, "preview": preview, "title": f"Price research: {version}"},
+        {
+            "version": version,
+            "meters": meters,
+            "preview": preview,
+            "title": f"Price research: {version}",
+            "publishable": version.status == VersionStatus.DRAFT,
+            "effects": [(effect.value, effect.label) for effect in PUBLISH_EFFECTS],
+            "earliest_date": earliest,
+            "notice_days": settings.PRICE_CHANGE_NOTICE_DAYS,
+            "nobody_pays_differently": bool(preview.customers)
+            and not preview.paying_more
+            and not preview.paying_less,
+        },
+        status=status,
     )
+
+
+@require_POST
+def price_publish(request: HttpRequest, version_id: int) -> HttpResponse:
+    """Publish the draft with its effect: subscribers keep their version (grandfathered), or are told and
+    moved at renewal from a date at least ``PRICE_CHANGE_NOTICE_DAYS`` away (migrated at renewal)."""
+    if not request.user.has_perm("plans.change_planversion"):
+        return HttpResponseForbidden("Publishing a version needs the permission to change plan versions.")
+    version = get_object_or_404(PlanVersion.objects.select_related("plan"), pk=version_id)
+    effect = request.POST.get("effect", "")
+    migrate_at = None
+    raw_date = request.POST.get("date", "")
+    try:
+        if effect == ChangeEffect.MIGRATED_AT_RENEWAL:
+            try:
+                day = date.fromisoformat(raw_date)
+            except ValueError:
+                raise BillingError(f"Give the migration's date as YYYY-MM-DD, not {raw_date!r}.") from None
+            migrate_at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        elif effect != ChangeEffect.GRANDFATHERED:
+            raise BillingError("Choose what happens to existing subscribers.")
+        plan_version_publish(
+            plan_version=version, effect=effect, migrate_at=migrate_at, by_user_id=request.user.pk
+        )
+    except BillingError as error:
+        messages.error(request, error.message)
+        return _research_page(request, version, migration_preview(version=version), status=400)
+    if effect == ChangeEffect.MIGRATED_AT_RENEWAL:
+        messages.success(
+            request,
+            f"Published {version}. Subscribers of older versions are told within minutes and move at their "
+            f"first renewal from {migrate_at:%Y-%m-%d} unless they keep their version.",
+        )
+        return redirect("admin:plans_planmigration_change", version.migration.pk)
+    messages.success(request, f"Published {version}. Subscribers of older versions keep theirs.")
+    return redirect("admin:plans_planversion_change", version.pk)
 
 
 def margin_report_page(request: HttpRequest) -> HttpResponse:

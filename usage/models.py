@@ -514,3 +514,74 @@ class StripeUsageOutbox(models.Model):
     class Meta:
         indexes = [models.Index(fields=["status", "id"])]
         verbose_name_plural = "Stripe usage outbox"
+
+
+class MigrationChoice(models.TextChoices):
+    PENDING = "pending", "Not chosen yet"
+    KEEP = "keep", "Keep the current plan (grandfathered)"
+    ACCEPT = "accept", "Accept the new version"
+
+
+class PlanMigrationNotice(models.Model):
+    """One customer's part in a ``plans.PlanMigration``: what they were told, what they chose, when they were
+    set to move and moved, and the first-invoice safety net.
+
+    The choice is made once (a conditional UPDATE where it is still pending): the second click of a link
+    changes nothing. The bill figures are the notice's own backtest, kept so that the email, the plan page
+    and the admin show the same numbers.
+    """
+
+    migration = models.ForeignKey("plans.PlanMigration", on_delete=models.CASCADE, related_name="notices")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="migration_notices")
+    from_version = models.ForeignKey(
+        "plans.PlanVersion", on_delete=models.PROTECT, related_name="+", help_text="The version they were on."
+    )
+    # The last closed periods (up to three) re-rated under both versions, base fees included.
+    periods = models.PositiveSmallIntegerField(default=0)
+    usage = models.JSONField(default=dict, blank=True, help_text="Units per meter key over those periods.")
+    old_total = models.DecimalField(**RATE, null=True, blank=True)
+    new_total = models.DecimalField(**RATE, null=True, blank=True)
+    choice = models.CharField(max_length=8, choices=MigrationChoice.choices, default=MigrationChoice.PENDING)
+    chosen_at = models.DateTimeField(null=True, blank=True)
+    chosen_by = models.CharField(max_length=200, blank=True, help_text="Who chose, and where.")
+    created_at = models.DateTimeField()
+    # The links work, and the customer may choose, until this moment; they move at the first renewal from it.
+    # The migration's date, or later for a customer told late: never less notice than PRICE_CHANGE_NOTICE_DAYS.
+    choose_by = models.DateTimeField()
+    notice_sent_at = models.DateTimeField(null=True, blank=True)
+    reminder_sent_at = models.DateTimeField(null=True, blank=True)
+    # Set to move: the subscription's pending_plan_version was set, to apply at the renewal at renews_at.
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    renews_at = models.DateTimeField(null=True, blank=True)
+    migrated_at = models.DateTimeField(
+        null=True, blank=True, help_text="The first period on the new version."
+    )
+    skipped_reason = models.CharField(max_length=200, blank=True)
+    # The first period on the new version, rated under both versions once it closed.
+    safety_net_checked_at = models.DateTimeField(null=True, blank=True)
+    first_period_old_total = models.DecimalField(**RATE, null=True, blank=True)
+    first_period_new_total = models.DecimalField(**RATE, null=True, blank=True)
+    safety_net_grant = models.OneToOneField(
+        CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="migration_notice"
+    )
+
+    class Meta:
+        ordering = ["migration", "customer__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["migration", "customer"], name="migration_notice_once"),
+            models.CheckConstraint(
+                condition=Q(choice="pending", chosen_at__isnull=True)
+                | (~Q(choice="pending") & Q(chosen_at__isnull=False)),
+                name="migration_notice_choice_has_date",
+            ),
+        ]
+        indexes = [models.Index(fields=["migration", "choice", "scheduled_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.customer} · {self.migration}"
+
+    @property
+    def difference(self) -> Decimal | None:
+        if self.old_total is None or self.new_total is None:
+            return None
+        return self.new_total - self.old_total

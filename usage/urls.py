@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage import payment_views, plan_views, views
+from usage import payment_views, plan_views, price_change_views, views
 
 urlpatterns = [
     path("settings/usage", views.settings_usage, name="settings-usage"),
@@ -8,6 +8,14 @@ urlpatterns = [
     path("settings/usage/limits", views.limits_update, name="settings-usage-limits"),
     path("settings/plan", plan_views.settings_plan, name="settings-plan"),
     path("settings/plan/choose", plan_views.settings_plan_choose, name="settings-plan-choose"),
+    path(
+        "settings/plan/price-change", plan_views.settings_plan_price_change, name="settings-plan-price-change"
+    ),
+    path(
+        "settings/plan/price-change/<str:token>",
+        price_change_views.price_change_choice,
+        name="price-change-choice",
+    ),
     path(
         "settings/usage/notifications/<int:notification_id>/read",
         views.notification_read,

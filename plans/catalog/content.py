@@ -76,6 +76,15 @@ class VersionContent:
 
 
 @dataclass(frozen=True)
+class MigrationEntry:
+    """What a new version does to the subscribers of older ones: a `ChangeEffect` value, and for
+    `migrated_at_renewal` the day (UTC midnight) from which they move at renewal."""
+
+    effect: str
+    migrate_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class PlanEntry:
     code: str
     name: str
@@ -85,6 +94,7 @@ class PlanEntry:
     display_order: int | None = None
     is_public: bool | None = None
     changelog: str | None = None  # the changelog summary if this import publishes a new version
+    migration: MigrationEntry | None = None  # the effect if this import publishes a new version
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from plans.catalog.content import (
     CreditPackEntry,
     EntitlementEntry,
     MeterEntry,
+    MigrationEntry,
     PlanEntry,
     ServingCostEntry,
     VersionContent,
@@ -24,6 +25,7 @@ from plans.models import (
     RATE,
     Aggregation,
     BillingInterval,
+    ChangeEffect,
     DisplayMode,
     OveragePolicy,
     PricingUnit,
@@ -44,6 +46,7 @@ _PLAN_KEYS = frozenset(
         "display_order",
         "is_public",
         "changelog",
+        "migration",
         "currency",
         "interval",
         "base_fee",
@@ -75,6 +78,9 @@ _RATE_LIMIT_KEYS = frozenset(["per_minute", "per"])
 _CREDIT_PACK_KEYS = frozenset(["price", "credits"])
 # A PositiveIntegerField holds up to 2**31 - 1; no plan needs more requests a minute than a million.
 MAX_RATE_LIMIT = 1_000_000
+_MIGRATION_KEYS = frozenset(["effect", "date"])
+# A new version of an existing plan either leaves its subscribers where they are or moves them at renewal.
+_MIGRATION_EFFECTS = [ChangeEffect.GRANDFATHERED.value, ChangeEffect.MIGRATED_AT_RENEWAL.value]
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 
@@ -248,7 +254,33 @@ def _plan_parse(reader: "_Reader", item: dict[str, Any], where: str) -> PlanEntr
         display_order=display_order,
         is_public=is_public,
         changelog=reader.optional_text(item, "changelog", where),
+        migration=_migration_parse(reader, item.get("migration"), f"{where}, migration"),
     )
+
+
+def _migration_parse(reader: "_Reader", item: Any, where: str) -> MigrationEntry | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        reader.error(where, 'must be an object such as {"effect": "grandfathered"}.')
+        return None
+    reader.check_keys(item, _MIGRATION_KEYS, where)
+    effect = reader.choice(item, "effect", where, _MIGRATION_EFFECTS)
+    raw = item.get("date")
+    if effect != ChangeEffect.MIGRATED_AT_RENEWAL:
+        if raw is not None:
+            reader.error(where, f"'date' goes with the effect {ChangeEffect.MIGRATED_AT_RENEWAL} only.")
+        return MigrationEntry(effect=effect)
+    if raw is None:
+        return MigrationEntry(effect=effect)  # the earliest date the notice period allows
+    try:
+        day = date.fromisoformat(raw) if isinstance(raw, str) and len(raw) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        reader.error(where, f"'date' must be a day such as \"2027-03-01\", not {raw!r}.")
+        return None
+    return MigrationEntry(effect=effect, migrate_at=datetime.combine(day, datetime.min.time(), tzinfo=UTC))
 
 
 def _version_parse(reader: "_Reader", item: dict[str, Any], where: str) -> VersionContent:

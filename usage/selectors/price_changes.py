@@ -7,17 +7,18 @@ subscribers is previewed in a handful of queries.
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Max
 from django.utils import timezone
 
-from customers.models import Subscription, SubscriptionStatus
+from core.money import format_money
+from customers.models import Customer, Subscription, SubscriptionStatus
 from plans.models import Meter, PlanVersion
 from plans.selectors import version_spec
-from usage.models import PeriodUsage
+from usage.models import MigrationChoice, PeriodUsage, PlanMigrationNotice
 from usage.selectors.rating import period_dimension_mixes, usage_bill
 from usage.selectors.units import ZERO
 
@@ -64,6 +65,7 @@ class CustomerBacktest:
     periods: int  # closed periods re-rated (at most the preview's)
     old_total: Decimal
     new_total: Decimal
+    usage: dict[str, Decimal] = field(default_factory=dict)  # units per meter key over those periods
 
     @property
     def difference(self) -> Decimal:
@@ -126,8 +128,11 @@ def migration_preview(
         old_total = new_total = ZERO
         starts = latest.get(subscription.customer_id, [])
         priced = True
+        used: dict[str, Decimal] = defaultdict(Decimal)
         for start in starts:
             quantities = usage[subscription.customer_id][start]
+            for meter_key, units in quantities.items():
+                used[meter_key] += units
             mix = mixes.get((subscription.customer_id, start), {})
             old = usage_bill(old_spec, quantities, mix, old_rate)
             new = usage_bill(new_spec, quantities, mix, new_rate)
@@ -145,9 +150,66 @@ def migration_preview(
                 periods=len(starts),
                 old_total=old_total,
                 new_total=new_total,
+                usage=dict(sorted(used.items())),
             )
         )
     results.sort(key=lambda c: (-c.difference, c.customer))
     return MigrationPreview(
         version=version, periods=periods, customers=tuple(results), unpriced=tuple(unpriced)
     )
+
+
+@dataclass(frozen=True)
+class PriceChangeNotice:
+    """A price change as a customer's admins see it: the change, their usage, their bill on both versions."""
+
+    notice: PlanMigrationNotice
+    plan: str
+    from_number: int
+    to_number: int
+    changes: tuple[str, ...]  # the changelog entry's lines
+    usage: tuple[tuple[str, str], ...]  # (meter key, units written out) over the periods re-rated
+    old_total: str  # formatted in the plan currency; "" when there were no closed periods
+    new_total: str
+    open: bool  # the customer may still choose
+
+    @property
+    def choice(self) -> str:
+        return str(self.notice.choice)
+
+
+def price_change_notices(*, customer: Customer, now: datetime | None = None) -> list[PriceChangeNotice]:
+    """The customer's price changes still ahead (not yet moved), newest first: those to choose, and those
+    chosen, so the plan page can say what was chosen until the change has passed."""
+    now = now or timezone.now()
+    notices = (
+        PlanMigrationNotice.objects.filter(customer=customer, skipped_reason="", migrated_at__isnull=True)
+        .exclude(choice=MigrationChoice.KEEP, choose_by__lte=now)  # kept for good: nothing more to say
+        .select_related("migration__plan_version__plan", "migration__plan_version__changelog_entry")
+        .select_related("from_version")
+        .order_by("-created_at")
+    )
+    found = []
+    for notice in notices:
+        target = notice.migration.plan_version
+        entry = getattr(target, "changelog_entry", None)
+        old_total = new_total = ""
+        if notice.periods and notice.old_total is not None and notice.new_total is not None:
+            old_total = format_money(notice.old_total, target.currency)
+            new_total = format_money(notice.new_total, target.currency)
+        found.append(
+            PriceChangeNotice(
+                notice=notice,
+                plan=target.plan.name,
+                from_number=notice.from_version.number,
+                to_number=target.number,
+                changes=tuple(line for line in (entry.summary.splitlines() if entry else []) if line.strip()),
+                usage=tuple(
+                    (meter, f"{Decimal(units).normalize():,f}") for meter, units in notice.usage.items()
+                ),
+                old_total=old_total,
+                new_total=new_total,
+                open=notice.choice == MigrationChoice.PENDING and now < notice.choose_by,
+            )
+        )
+    return found

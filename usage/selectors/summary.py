@@ -10,7 +10,7 @@ from django.utils import timezone
 from core.money import CREDITS, format_money, round_money
 from customers.models import Customer, SoftLimitSource
 from customers.selectors import customer_subscription_terms, spend_controls_of
-from customers.spend_limits import overage_blocked
+from customers.spend_limits import DEFAULT_SOFT_LIMIT_SHARE, overage_blocked
 from plans.display import DisplayUnit, allowance_value
 from plans.models import Meter
 from plans.pricing import PriceSpec
@@ -165,6 +165,11 @@ class UsageSummary:
         """The soft limit in force (the customer's, else the default), as money."""
         soft = self.spend.soft_limit_in_force
         return self.money(soft) if soft is not None else ""
+
+    @property
+    def default_soft_limit_share_display(self) -> str:
+        """The default's share of typical spend, as the page says it: "80%"."""
+        return f"{DEFAULT_SOFT_LIMIT_SHARE * 100:.0f}%"
 
     @property
     def default_soft_limit_display(self) -> str:

@@ -22,6 +22,7 @@ from core.money import format_money
 from customers.models import Customer, MemberRole, Notification, NotificationKind, SpendControls, Subscription
 from customers.spend_limits import limit_crossing_record, spend_limit_crossings
 from usage.consumption import ConsumptionEngine
+from usage.default_soft_limit import default_soft_limits_refresh
 from usage.models import CustomerBalance, MigrationChoice, PlanMigrationNotice
 from usage.plan_migrations import price_change_headline, price_change_link_token
 
@@ -57,11 +58,25 @@ def limit_crossings_record(*, now: datetime | None = None) -> int:
     """
     now = now or timezone.now()
     recorded = 0
-    controls = SpendControls.objects.filter(Q(soft_limit__isnull=False) | Q(hard_limit__isnull=False))
-    for control in controls.select_related("customer__subscription__plan_version"):
-        subscription = getattr(control.customer, "subscription", None)
-        if subscription is None:
-            continue
+    # A default soft limit counts once it is current for the period: it is refreshed when the customer's
+    # usage could cross it and when their limits are read or saved, so one not current has not been reached.
+    default_in_force = Q(
+        soft_limit__isnull=True,
+        default_soft_limit_off=False,
+        default_soft_limit__isnull=False,
+        default_soft_limit_period_start=F("customer__subscription__current_period_start"),
+    )
+    controls = SpendControls.objects.filter(
+        Q(soft_limit__isnull=False) | Q(hard_limit__isnull=False) | default_in_force
+    )
+    subscribed = [
+        (control, control.customer.subscription)
+        for control in controls.select_related("customer__subscription__plan_version")
+        if getattr(control.customer, "subscription", None) is not None
+    ]
+    # A customer here for a limit of their own may have a default from an earlier period stored.
+    default_soft_limits_refresh(controls_and_subscriptions=subscribed)
+    for control, subscription in subscribed:
         spend = _period_spend(subscription, now)
         for crossing in spend_limit_crossings(before=None, after=spend, controls=control):
             if limit_crossing_record(

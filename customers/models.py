@@ -180,6 +180,11 @@ class Subscription(models.Model):
         return included_before + share.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP)
 
 
+class SoftLimitSource(models.TextChoices):
+    CUSTOMER = "customer", "Set by the customer"
+    DEFAULT = "default", "Default: a share of typical spend"
+
+
 class SpendControls(models.Model):
     """Limits the customer sets for themselves. Amounts are in the plan currency (or credits)."""
 
@@ -200,6 +205,18 @@ class SpendControls(models.Model):
         blank=True,
         help_text='Refuse usage of a meter past this many units a period: {"key": "5000000"}.',
     )
+    # With no soft limit of their own, a customer is warned at a default: a share of their typical spend
+    # (``customers.spend_limits.default_soft_limit_of``), unless they turn it off.
+    default_soft_limit_off = models.BooleanField(
+        default=False, help_text="No default warning when no soft limit is set."
+    )
+    # The default for the period starting ``default_soft_limit_period_start``, computed once per period
+    # (``usage.default_soft_limit``) so that ingest never reads past periods; None: no default (no closed
+    # period, or nothing was charged).
+    default_soft_limit = models.DecimalField(
+        **MONEY, null=True, blank=True, editable=False, help_text="The default soft limit for the period."
+    )
+    default_soft_limit_period_start = models.DateTimeField(null=True, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -223,6 +240,29 @@ class SpendControls(models.Model):
 
     def __str__(self) -> str:
         return f"Spend limits of {self.customer_id}"
+
+    @property
+    def default_soft_limit_applies(self) -> bool:
+        """Whether the stored default is the soft limit in force: the customer set none and kept it on."""
+        return (
+            self.soft_limit is None
+            and not self.default_soft_limit_off
+            and self.default_soft_limit is not None
+        )
+
+    @property
+    def soft_limit_in_force(self) -> Decimal | None:
+        """The amount the customer is warned at: their own soft limit, else the default when it applies.
+        The default is the one stored for ``default_soft_limit_period_start``: callers refresh it first."""
+        if self.soft_limit is not None:
+            return self.soft_limit
+        return self.default_soft_limit if self.default_soft_limit_applies else None
+
+    @property
+    def soft_limit_source(self) -> "SoftLimitSource | None":
+        if self.soft_limit is not None:
+            return SoftLimitSource.CUSTOMER
+        return SoftLimitSource.DEFAULT if self.default_soft_limit_applies else None
 
     def meter_limit(self, meter_key: str) -> Decimal | None:
         """The customer's stop for ``meter_key`` in units a period, or None when they set none."""

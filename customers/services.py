@@ -52,9 +52,17 @@ def customer_create(
             )
         except IntegrityError as error:
             raise Conflict(f"A customer with external id {external_id!r} already exists.") from error
-        SpendControls.objects.create(customer=customer)
-        if plan_version is not None:
+        subscription = (
             subscription_start(customer=customer, plan_version=plan_version)
+            if plan_version is not None
+            else None
+        )
+        # A new customer's first period has no closed period before it, so no default soft limit: known
+        # now, and stored for the period so that nothing computes it again.
+        SpendControls.objects.create(
+            customer=customer,
+            default_soft_limit_period_start=subscription.current_period_start if subscription else None,
+        )
     return customer
 
 
@@ -167,11 +175,13 @@ def spend_controls_update(
     hard_limit: Decimal | None,
     block_overage: bool,
     meter_limits: Mapping[str, Decimal | None] | None = None,
+    default_soft_limit_off: bool | None = None,
 ) -> SpendControls:
     """Save the customer's own limits. They apply to the next check, reservation or event at once.
 
     ``meter_limits`` changes the stops in units of the meters it names: a quantity sets one, None removes
-    it; meters it does not name keep theirs, and leaving it out keeps them all.
+    it; meters it does not name keep theirs, and leaving it out keeps them all. ``default_soft_limit_off``
+    turns the default soft limit off (True) or on again (False); None keeps the customer's choice.
     """
     errors = {}
     for field, value in (("soft_limit", soft_limit), ("hard_limit", hard_limit)):
@@ -194,6 +204,8 @@ def spend_controls_update(
             hard_limit,
             block_overage,
         )
+        if default_soft_limit_off is not None:
+            controls.default_soft_limit_off = default_soft_limit_off
         if meter_limits:
             stops = dict(controls.meter_limits or {})
             for key, quantity in meter_limits.items():

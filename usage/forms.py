@@ -35,6 +35,9 @@ class SpendLimitsForm(forms.Form):
         error_messages={"min_value": "Enter zero or more."},
     )
     block_overage = forms.BooleanField(label="Block overage", required=False)
+    default_soft_limit_off = forms.BooleanField(label="Turn off the default warning", required=False)
+    # Sent with the form only when it shows the switch: a form without it keeps the customer's choice.
+    default_soft_limit_offered = forms.BooleanField(required=False, widget=forms.HiddenInput)
 
     def __init__(
         self,
@@ -60,6 +63,12 @@ class SpendLimitsForm(forms.Form):
                 error_messages={"min_value": "Enter a quantity above zero, or leave it empty for no limit."},
             )
 
+    def default_soft_limit_off_choice(self) -> bool | None:
+        """The default-warning switch as entered, or None (keep it) when the form did not show it."""
+        if not self.cleaned_data.get("default_soft_limit_offered"):
+            return None
+        return bool(self.cleaned_data.get("default_soft_limit_off"))
+
     def meter_limit_fields(self) -> list[tuple[MeterLine, forms.BoundField]]:
         """Each meter of the plan with its limit's field, for the template."""
         return [(meter, self[meter_limit_field(meter.key)]) for meter in self.meters]
@@ -77,6 +86,7 @@ class SpendLimitsForm(forms.Form):
                 "soft_limit": _cents(spend.soft_limit),
                 "hard_limit": _cents(spend.hard_limit),
                 "block_overage": spend.block_overage,
+                "default_soft_limit_off": spend.default_soft_limit_off,
                 **{meter_limit_field(key): Decimal(value) for key, value in spend.meter_limits.items()},
             },
             currency=summary.currency,

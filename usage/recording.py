@@ -22,6 +22,7 @@ from plans.models import Aggregation, Meter
 from plans.serving_costs import COST_PROPERTY, ServingCostRates, serving_cost_of, serving_cost_rates_read
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, Coverage, Draw
+from usage.default_soft_limit import default_soft_limits_refresh
 from usage.models import (
     CreditGrant,
     CreditLedgerEntry,
@@ -266,6 +267,17 @@ class UsageRecorder:
         """A soft or hard limit this usage crossed is recorded once per period for the alerting jobs."""
         engine = self.engine
         spend_after = engine.period_spend(self.period_start)
+        controls = engine.controls
+        if (
+            spend_after > self.spend_before
+            and controls.soft_limit is None
+            and not controls.default_soft_limit_off
+        ):
+            # The default is read at most once a period (then stored), and only when usage could cross it.
+            default_soft_limits_refresh(
+                controls_and_subscriptions=[(controls, engine.subscription)],
+                terms={engine.customer.pk: engine.terms},
+            )
         for crossing in spend_limit_crossings(
             before=self.spend_before, after=spend_after, controls=engine.controls
         ):

@@ -242,6 +242,7 @@ def limits_update(request: HtmxHttpRequest, member: Member) -> HttpResponse:
                 hard_limit=form.cleaned_data["hard_limit"],
                 block_overage=form.cleaned_data["block_overage"],
                 meter_limits=form.meter_limits(),
+                default_soft_limit_off=form.default_soft_limit_off_choice(),
             )
             saved = True
         except InvalidInput as error:

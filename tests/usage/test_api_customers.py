@@ -33,6 +33,10 @@ def test_create_customer_subscribes_to_the_latest_published_version(acme):
         "soft_limit": None,
         "hard_limit": None,
         "block_overage": False,
+        "default_soft_limit": None,  # no closed period yet
+        "default_soft_limit_off": False,
+        "soft_limit_in_force": None,
+        "soft_limit_source": None,
         "meter_limits": {},
     }
     assert acme["wallet_balance"] == "0.00"  # a balance: the currency's minor-unit places
@@ -138,6 +142,10 @@ def test_limits_are_saved_and_apply_to_the_next_check(api, acme):
         "soft_limit": "5",
         "hard_limit": "10",
         "block_overage": False,
+        "default_soft_limit": None,
+        "default_soft_limit_off": False,
+        "soft_limit_in_force": "5",
+        "soft_limit_source": "customer",
         "meter_limits": {},
     }
     # 100 calls are included; 201 more at $0.10 would take usage charges to $20.10.

@@ -118,6 +118,10 @@ def test_limits_are_the_customers_spend_limits(api, acme):
         "soft_limit": None,
         "hard_limit": None,
         "block_overage": False,
+        "default_soft_limit": None,  # the first period: no closed period yet
+        "default_soft_limit_off": False,
+        "soft_limit_in_force": None,
+        "soft_limit_source": None,
         "meter_limits": {},
     }
     api.put(
@@ -126,7 +130,16 @@ def test_limits_are_the_customers_spend_limits(api, acme):
         format="json",
     )
     limits = api.get("/api/v1/customers/acme/limits").json()
-    assert limits == {"soft_limit": "50", "hard_limit": "100", "block_overage": True, "meter_limits": {}}
+    assert limits == {
+        "soft_limit": "50",
+        "hard_limit": "100",
+        "block_overage": True,
+        "default_soft_limit": None,
+        "default_soft_limit_off": False,
+        "soft_limit_in_force": "50",
+        "soft_limit_source": "customer",
+        "meter_limits": {},
+    }
     assert _usage(api)["limits"] == limits
 
 

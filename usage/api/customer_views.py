@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from billing_app.api_schema import errors
 from core.errors import InvalidInput
 from customers.models import Customer, external_id_validator
-from customers.selectors import customer_by_external_id, customer_list, spend_controls_of
+from customers.selectors import customer_by_external_id, customer_list
 from customers.services import (
     customer_create,
     plan_version_for_code,
@@ -41,6 +41,7 @@ from usage.api.serializers import (
     SubscriptionOutput,
     WalletTopUpOutput,
 )
+from usage.default_soft_limit import spend_controls_with_default
 from usage.models import CustomerBalance, GrantKind
 from usage.selectors import usage_member_totals, usage_period_summary
 from usage.selectors.accounts import customer_account, customer_accounts
@@ -201,19 +202,26 @@ class LimitsView(CustomerEndpoint):
             help_text="Stops in units a period, by meter key: a quantity above zero sets one, null removes it. "
             "Meters left out keep theirs; leaving the field out keeps them all.",
         )
+        default_soft_limit_off = serializers.BooleanField(
+            required=False,
+            help_text="true turns the default soft limit off, false turns it on again; leaving it out keeps "
+            "the customer's choice.",
+        )
 
     @extend_schema(responses={200: LimitsOutput, **errors(404)})
     def get(self, request: Request, external_id: str) -> Response:
-        """The customer's spend limits."""
+        """The customer's spend limits, with this period's default soft limit."""
         only_known_query_parameters(request)
-        return Response(LimitsOutput(spend_controls_of(customer_by_external_id(external_id))).data)
+        customer = customer_by_external_id(external_id)
+        return Response(LimitsOutput(spend_controls_with_default(customer=customer)).data)
 
     @extend_schema(request=LimitsInput, responses={200: LimitsOutput, **errors(404)})
     def put(self, request: Request, external_id: str) -> Response:
         data = self.LimitsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        controls = spend_controls_update(customer=customer_by_external_id(external_id), **data.validated_data)
-        return Response(LimitsOutput(controls).data)
+        customer = customer_by_external_id(external_id)
+        controls = spend_controls_update(customer=customer, **data.validated_data)
+        return Response(LimitsOutput(spend_controls_with_default(customer=customer, controls=controls)).data)
 
 
 class CustomerUsageView(CustomerEndpoint):

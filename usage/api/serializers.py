@@ -11,7 +11,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from customers.models import CustomerStatus, SubscriptionStatus
+from customers.models import CustomerStatus, SoftLimitSource, SubscriptionStatus
 from usage.api.fields import AmountString, DecimalString, Timestamp, amount_string, decimal_string
 from usage.api.pagination import ListOutput
 from usage.corrections import CorrectionResult, CorrectionStatus
@@ -153,9 +153,29 @@ class SubscriptionOutput(serializers.Serializer):
 
 
 class LimitsOutput(serializers.Serializer):
-    soft_limit = DecimalString(allow_null=True)
+    soft_limit = DecimalString(
+        allow_null=True, help_text="The customer's own soft limit; null when none is set."
+    )
     hard_limit = DecimalString(allow_null=True)
     block_overage = serializers.BooleanField()
+    default_soft_limit = DecimalString(
+        allow_null=True,
+        help_text="This period's default soft limit: 80% of the median usage charges of the last three closed "
+        "periods, to the cent; null with no closed period or nothing charged. It applies when `soft_limit` is "
+        "null and `default_soft_limit_off` is false.",
+    )
+    default_soft_limit_off = serializers.BooleanField(
+        help_text="The customer turned the default soft limit off."
+    )
+    soft_limit_in_force = DecimalString(
+        allow_null=True,
+        help_text="What the customer is warned at: `soft_limit`, else the default when it applies.",
+    )
+    soft_limit_source = serializers.ChoiceField(
+        choices=SoftLimitSource.choices,
+        allow_null=True,
+        help_text="Where `soft_limit_in_force` comes from; null when no soft limit is in force.",
+    )
     meter_limits = serializers.DictField(
         child=serializers.CharField(),
         help_text="The customer's stops in units a period, by meter key, as decimal strings: past one, usage of "

@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from customers.models import Customer, SpendControls, Subscription
+from usage.default_soft_limit import default_soft_limits_refresh
 from usage.models import CustomerBalance
 from usage.selectors.units import ZERO
 from usage.selectors.wallet import credits_remaining_by_customer
@@ -25,13 +26,24 @@ class CustomerAccount:
 
 
 def customer_accounts(*, customers: Sequence[Customer], now: datetime | None = None) -> list[CustomerAccount]:
-    """The accounts of ``customers``, in their order, in four queries however many there are."""
+    """The accounts of ``customers``, in their order, in four queries however many there are (two more
+    once a period, to bring their default soft limits up to date)."""
     ids = [customer.pk for customer in customers]
     subscriptions = {
         row.customer_id: row
         for row in Subscription.objects.filter(customer_id__in=ids).select_related("plan_version__plan")
     }
     limits = {row.customer_id: row for row in SpendControls.objects.filter(customer_id__in=ids)}
+    default_soft_limits_refresh(
+        controls_and_subscriptions=[
+            (controls, subscriptions[customer_id])
+            for customer_id, controls in limits.items()
+            if customer_id in subscriptions
+        ]
+    )
+    for customer_id, controls in limits.items():
+        if customer_id not in subscriptions:
+            controls.default_soft_limit = None  # no period to warn in
     wallets = dict(
         CustomerBalance.objects.filter(customer_id__in=ids).values_list("customer_id", "wallet_balance")
     )

@@ -8,14 +8,15 @@ from decimal import Decimal
 from django.utils import timezone
 
 from core.money import CREDITS, format_money, round_money
-from customers.models import Customer
+from customers.models import Customer, SoftLimitSource
 from customers.selectors import customer_subscription_terms, spend_controls_of
-from customers.spend_limits import overage_blocked
+from customers.spend_limits import DEFAULT_SOFT_LIMIT_SHARE, overage_blocked
 from plans.display import DisplayUnit, allowance_value
 from plans.models import Meter
 from plans.pricing import PriceSpec
 from plans.terms import PlanTerms
 from usage.consumption import Holds
+from usage.default_soft_limit import default_soft_limits_refresh
 from usage.models import CreditGrant, CustomerBalance, PeriodUsage
 from usage.selectors.formatting import format_amount, format_quantity
 from usage.selectors.meter_lines import QUOTA_WARN_PERCENT, MeterLine, UsageLevel
@@ -41,7 +42,7 @@ class SpendStatus:
 
     spend: Decimal  # money, in the plan currency: usage charges so far
     held: Decimal  # money held by reservations in flight; the hard limit counts it too
-    soft_limit: Decimal | None
+    soft_limit: Decimal | None  # the customer's own
     hard_limit: Decimal | None
     block_overage: bool  # in force: the plan's policy or the customer's own switch
     # The plan's policy alone (a prepaid plan): the customer's own switch changes nothing.
@@ -49,10 +50,20 @@ class SpendStatus:
     level: UsageLevel
     # The customer's stops in units a period, by meter key, as stored (decimal strings).
     meter_limits: dict[str, str] = field(default_factory=dict)
+    # The default soft limit for the current period (None: no closed period, or nothing charged), whether
+    # the customer turned it off, and the soft limit in force with where it comes from.
+    default_soft_limit: Decimal | None = None
+    default_soft_limit_off: bool = False
+    soft_limit_in_force: Decimal | None = None
+    soft_limit_source: SoftLimitSource | None = None
+
+    @property
+    def default_soft_limit_applies(self) -> bool:
+        return self.soft_limit_source == SoftLimitSource.DEFAULT
 
     @property
     def limit_for_bar(self) -> Decimal | None:
-        return self.hard_limit if self.hard_limit is not None else self.soft_limit
+        return self.hard_limit if self.hard_limit is not None else self.soft_limit_in_force
 
     @property
     def bar_percent(self) -> int:
@@ -66,9 +77,10 @@ class SpendStatus:
     @property
     def soft_marker_percent(self) -> int | None:
         """Where the soft limit sits on a bar that runs to the hard limit."""
-        if self.soft_limit is None or self.hard_limit is None or self.hard_limit <= 0:
+        soft = self.soft_limit_in_force
+        if soft is None or self.hard_limit is None or self.hard_limit <= 0:
             return None
-        return min(int(self.soft_limit * 100 / self.hard_limit), 100)
+        return min(int(soft * 100 / self.hard_limit), 100)
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,19 @@ class UsageSummary:
 
     @property
     def soft_limit_display(self) -> str:
-        return self.money(self.spend.soft_limit) if self.spend.soft_limit is not None else ""
+        """The soft limit in force (the customer's, else the default), as money."""
+        soft = self.spend.soft_limit_in_force
+        return self.money(soft) if soft is not None else ""
+
+    @property
+    def default_soft_limit_share_display(self) -> str:
+        """The default's share of typical spend, as the page says it: "80%"."""
+        return f"{DEFAULT_SOFT_LIMIT_SHARE * 100:.0f}%"
+
+    @property
+    def default_soft_limit_display(self) -> str:
+        default = self.spend.default_soft_limit
+        return self.money(default) if default is not None else ""
 
     @property
     def hard_limit_display(self) -> str:
@@ -225,6 +249,12 @@ def usage_period_summary(
             )
         )
     controls = spend_controls_of(customer)
+    if subscription is not None:
+        default_soft_limits_refresh(
+            controls_and_subscriptions=[(controls, subscription)], terms={customer.pk: terms}
+        )
+    else:
+        controls.default_soft_limit = None  # no period to warn in
     spend = terms.money_total((line.cost, line.cost_unit) for line in meters)
     held = holds.spend_money
     spend_status = SpendStatus(
@@ -234,8 +264,12 @@ def usage_period_summary(
         hard_limit=controls.hard_limit,
         block_overage=overage_blocked(terms=terms, controls=controls),
         plan_blocks_overage=terms.overage_blocked,
-        level=_spend_level(spend + held, soft=controls.soft_limit, hard=controls.hard_limit),
+        level=_spend_level(spend + held, soft=controls.soft_limit_in_force, hard=controls.hard_limit),
         meter_limits=dict(controls.meter_limits or {}),
+        default_soft_limit=controls.default_soft_limit,
+        default_soft_limit_off=controls.default_soft_limit_off,
+        soft_limit_in_force=controls.soft_limit_in_force,
+        soft_limit_source=controls.soft_limit_source,
     )
     balance = CustomerBalance.objects.filter(customer=customer).first()
     wallet = balance.wallet_balance if balance else ZERO

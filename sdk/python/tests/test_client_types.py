@@ -53,6 +53,16 @@ def resolved(node: dict[str, Any], components: dict[str, Any]) -> tuple[dict[str
             node = components[node["$ref"].rsplit("/", 1)[-1]]
         elif "allOf" in node and len(node["allOf"]) == 1:
             node = node["allOf"][0]
+        elif (
+            "oneOf" in node
+            and {"$ref": "#/components/schemas/NullEnum"} in node["oneOf"]
+            and len(node["oneOf"]) == 2
+        ):
+            # A nullable choice: drf-spectacular writes "one of the enum, or null".
+            nullable = True
+            (node,) = [
+                option for option in node["oneOf"] if option != {"$ref": "#/components/schemas/NullEnum"}
+            ]
         else:
             return node, nullable or bool(node.get("nullable"))
 

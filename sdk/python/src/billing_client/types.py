@@ -154,9 +154,13 @@ class Subscription(TypedDict):
 class Limits(TypedDict):
     """``LimitsOutput``."""
 
-    soft_limit: str | None
+    soft_limit: str | None  # the customer's own
     hard_limit: str | None
     block_overage: bool
+    default_soft_limit: str | None  # this period's default: 80% of typical spend
+    default_soft_limit_off: bool
+    soft_limit_in_force: str | None
+    soft_limit_source: Literal["customer", "default"] | None  # None: no soft limit in force
     meter_limits: dict[str, str]  # the customer's stops in units a period, by meter key
 
 

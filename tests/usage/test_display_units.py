@@ -14,6 +14,7 @@ from customers.services import member_create
 from plans.catalog import CatalogInvalid, catalog_parse
 from plans.catalog.serialize import catalog_data
 from plans.models import DisplayMode, Meter
+from usage.selectors.breakdowns import usage_member_breakdown, usage_top_actions
 
 pytestmark = pytest.mark.django_db
 
@@ -142,3 +143,13 @@ def test_the_pricing_page_prices_a_product_unit_and_values_a_money_allowance(cli
     assert "$0.02 per message" in card
     assert "$2.00 of usage" in card
     assert "1,000,000 tokens" not in card
+
+
+def test_what_drives_usage_and_the_member_table_use_the_units_customers_see(acme):
+    lines = {line.meter_key: line.quantity_display for line in usage_top_actions(customer=acme)}
+    members = {line.meter_key: line.quantity_display for line in usage_member_breakdown(customer=acme)}
+
+    # 2.6M tokens, 1M included: 1.6M at $0.000002 = $3.20, shown as money; 2.4M chat tokens = 2,400 messages.
+    assert (
+        lines == members == {"llm_tokens": "$3.20", "chat_tokens": "2.4K messages", "api_call": "1.5K calls"}
+    )

@@ -576,7 +576,8 @@ def test_wallet_shows_balance_grants_and_recent_entries(customer):
     assert wallet.balance_display == "$42.50"
     assert [(g.remaining, g.expired) for g in wallet.grants] == [(120, False), (0, True)]
     assert len(wallet.recent) == 10
-    assert wallet.recent[0].label == "Credits used"
+    # Each row is listed once: the top-up under top-ups, never again among what usage took.
+    assert {entry.label for entry in wallet.recent} == {"Credits used"}
     assert [entry.label for entry in wallet.top_ups] == ["Wallet top-up"]
     assert wallet.top_ups[0].amount_display == "+$50.00"
 

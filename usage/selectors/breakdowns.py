@@ -9,6 +9,8 @@ from django.db.models import Sum
 
 from customers.models import Customer, Member
 from customers.selectors import customer_plan_terms
+from plans.display import DisplayUnit
+from plans.models import Meter
 from usage.models import DailyUsageRollup
 from usage.selectors.formatting import format_amount, format_quantity_short, unit_label
 from usage.selectors.periods import PeriodStart, usage_period_resolve
@@ -23,10 +25,17 @@ class _ShareDisplay:
     cost: Decimal
     cost_unit: str
     share: Decimal
+    display: DisplayUnit | None
 
     @property
     def quantity_display(self) -> str:
-        return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
+        """In the unit customers see the meter in (``plans.display``): a money meter's usage is its cost."""
+        if self.display is None:
+            return f"{format_quantity_short(self.quantity)} {unit_label(self.unit, self.quantity)}"
+        if self.display.in_money:
+            return self.cost_display
+        shown = self.display.quantity(self.quantity)
+        return f"{format_quantity_short(shown)} {self.display.label(shown)}"
 
     @property
     def cost_display(self) -> str:
@@ -49,6 +58,7 @@ class ActionLine(_ShareDisplay):
     cost: Decimal
     cost_unit: str
     share: Decimal  # of the meter's units recorded this period, 0..1
+    display: DisplayUnit | None = None  # how customers see the meter
 
     @property
     def label(self) -> str:
@@ -78,6 +88,7 @@ def _action_line(row: dict[str, Any], unit: str, share: Decimal) -> ActionLine:
         cost=row["cost"] or ZERO,
         cost_unit=unit,
         share=share,
+        display=row["display"],
     )
 
 
@@ -98,6 +109,7 @@ class MemberLine(_ShareDisplay):
     money_cost: Decimal  # cost in currency (credits at the plan's credit-pack rate)
     currency: str  # the plan's
     share: Decimal  # of the meter's units recorded this period, 0..1
+    display: DisplayUnit | None = None  # how customers see the meter
 
     @property
     def label(self) -> str:
@@ -151,6 +163,7 @@ def _member_line(row: dict[str, Any], unit: str, share: Decimal) -> MemberLine:
         money_cost=row["money_cost"],
         currency=row["currency"],
         share=share,
+        display=row["display"],
     )
 
 
@@ -195,9 +208,11 @@ def _shared_lines(*, customer: Customer, rows: list[dict[str, Any]], limit: int 
     for row in rows:
         totals[row["meter_id"]] += row["quantity"] or ZERO
     rows = [row for row in rows if (row["quantity"] or ZERO) != 0 or (row["cost"] or ZERO) != 0]
+    meters = Meter.objects.in_bulk({row["meter_id"] for row in rows})
     for row in rows:
         row["money_cost"] = terms.to_money(row["cost"] or ZERO, terms.cost_unit(row["meter_id"]))
         row["currency"] = terms.currency
+        row["display"] = DisplayUnit.of(meters[row["meter_id"]])
     rows.sort(
         key=lambda row: (
             -row["money_cost"],

@@ -71,7 +71,8 @@ class WalletView:
     currency: str
     balance: Decimal  # money
     grants: tuple[GrantLine, ...]  # active first, then those that ended in the last 30 days
-    recent: tuple[LedgerLine, ...]  # the latest rows of any kind
+    # The two lists split the ledger, so no row is shown twice: what usage took (and gave back), and the rest.
+    recent: tuple[LedgerLine, ...]  # the latest draw-downs
     top_ups: tuple[LedgerLine, ...]  # the latest top-ups, grants, refunds, expiries and adjustments
 
     @property
@@ -105,7 +106,9 @@ def usage_wallet(*, customer: Customer, now: datetime | None = None, recent_limi
         )
     grant_lines.sort(key=lambda line: line.expired)
     entries = CreditLedgerEntry.objects.filter(customer=customer).order_by("-created_at", "-id")
-    recent = tuple(_ledger_line(entry) for entry in entries[:recent_limit])
+    recent = tuple(
+        _ledger_line(entry) for entry in entries.filter(kind=LedgerEntryKind.DRAWDOWN)[:recent_limit]
+    )
     # Only the latest rows are looked at, so a busy customer's draw-downs never make this a scan.
     window = entries.values("pk")[:TOP_UP_LOOKBACK_ROWS]
     top_ups = tuple(

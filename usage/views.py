@@ -27,6 +27,7 @@ from django_htmx.middleware import HtmxDetails
 
 from billing_app.stripe.reconciliation import customer_reconcile_queue
 from core.errors import InvalidInput, NotFound
+from core.money import format_money
 from customers.models import Customer, Member
 from customers.selectors import member_for_user
 from customers.services import notification_mark_read, spend_controls_update
@@ -39,7 +40,6 @@ from usage.selectors import (
     UsageSummary,
     format_amount,
     format_quantity,
-    unit_label,
     usage_daily_series,
     usage_member_breakdown,
     usage_notifications,
@@ -51,6 +51,7 @@ from usage.selectors import (
 )
 from usage.selectors.listings import usage_corrections
 from usage.selectors.plan_comparison import plan_comparison, upgrade_prompt
+from usage.selectors.series import MeterSeries
 
 TEMPLATE = "usage/settings_usage.html"
 
@@ -417,33 +418,42 @@ def _page_url(period_key: str | None) -> str:
 
 
 def chart_payload(series: DailySeries) -> dict[str, Any]:
-    """What usage_chart.js draws. Floats here only: they are chart coordinates, the hover text is exact."""
+    """What usage_chart.js draws. Floats here only: they are chart coordinates, the hover text is exact.
+
+    A meter is drawn as customers see it (``plans.display``): a money meter as what each day cost, a product
+    unit divided into it, other meters in their own units."""
     meters = []
     days_in_period = (series.period.end - series.period.start).total_seconds() / 86400
     for meter in series.meters:
-        unit = unit_label(meter.unit)
+        if meter.display.in_money:
+            meters.append(_money_chart(meter, days_in_period))
+            continue
+        display = meter.display
+        unit = display.label()
+        included = display.quantity(meter.included)
         hover, cumulative_hover = [], []
         for point in meter.points:
             label = _day_label(point.day)
-            text = f"{label}: {format_quantity(point.quantity)} {unit_label(meter.unit, point.quantity)}"
+            shown = display.quantity(point.quantity)
+            text = f"{label}: {format_quantity(shown)} {display.label(shown)}"
             if meter.included > 0 and point.beyond_included > 0:
-                text += f" ({format_quantity(point.beyond_included)} past included)"
+                text += f" ({format_quantity(display.quantity(point.beyond_included))} past included)"
             text += f" · {format_amount(point.cost, meter.cost_unit)}"
             hover.append(text)
             cumulative_hover.append(
-                f"{label}: {format_quantity(point.cumulative)} {unit} so far this period"
-                + (f" of {format_quantity(meter.included)} included" if meter.included > 0 else "")
+                f"{label}: {format_quantity(display.quantity(point.cumulative))} {unit} so far this period"
+                + (f" of {format_quantity(included)} included" if meter.included > 0 else "")
             )
         meters.append(
             {
                 "key": meter.key,
                 "name": meter.name,
                 "unit": unit,
-                "included": float(meter.included) if meter.included > 0 else None,
-                "dailyPace": float(meter.included) / days_in_period if meter.included > 0 else None,
+                "included": float(included) if meter.included > 0 else None,
+                "dailyPace": float(included) / days_in_period if meter.included > 0 else None,
                 "days": [point.day.isoformat() for point in meter.points],
-                "quantity": [float(point.quantity) for point in meter.points],
-                "cumulative": [float(point.cumulative) for point in meter.points],
+                "quantity": [float(display.quantity(point.quantity)) for point in meter.points],
+                "cumulative": [float(display.quantity(point.cumulative)) for point in meter.points],
                 "hover": hover,
                 "cumulativeHover": cumulative_hover,
             }
@@ -452,6 +462,30 @@ def chart_payload(series: DailySeries) -> dict[str, Any]:
     costs = {meter.key: sum((point.cost for point in meter.points), Decimal(0)) for meter in series.meters}
     default = max(costs, key=lambda key: costs[key]) if costs and max(costs.values()) > 0 else None
     return {"meters": meters, "defaultMeter": default}
+
+
+def _money_chart(meter: MeterSeries, days_in_period: float) -> dict[str, Any]:
+    """A money meter's chart: what each day's usage cost, in the plan currency. Included usage costs nothing,
+    so there is no allowance line: the customer sees the money, not the units behind it."""
+    hover = [
+        f"{_day_label(p.day)}: {format_money(p.money, meter.currency)} of {meter.name}" for p in meter.points
+    ]
+    cumulative_hover = [
+        f"{_day_label(p.day)}: {format_money(p.cumulative_money, meter.currency)} so far this period"
+        for p in meter.points
+    ]
+    return {
+        "key": meter.key,
+        "name": meter.name,
+        "unit": meter.currency.upper(),
+        "included": None,
+        "dailyPace": None,
+        "days": [point.day.isoformat() for point in meter.points],
+        "quantity": [float(point.money) for point in meter.points],
+        "cumulative": [float(point.cumulative_money) for point in meter.points],
+        "hover": hover,
+        "cumulativeHover": cumulative_hover,
+    }
 
 
 def _day_label(day: date | datetime) -> str:

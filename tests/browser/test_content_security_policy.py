@@ -36,6 +36,7 @@ def test_the_usage_page_draws_its_chart_and_refreshes_under_the_policy(
     expect(chart.locator(".main-svg").first).to_be_visible()
     # plotly's own stylesheet is applied (from our file, not injected): its layers are stacked.
     assert chart.locator(".main-svg").first.evaluate("el => getComputedStyle(el).position") == "absolute"
+    page.select_option("#chart-meter", "ai_action")  # a meter drawn in units, with its allowance line
     page.get_by_role("button", name="Cumulative").click()
     assert chart.evaluate("el => el.layout.shapes.length") == 1
     # An HTMX refresh of a region works too.

@@ -29,13 +29,19 @@ def test_the_admin_sees_numbers_projection_chart_and_tables(acme, log_in, artifa
     expect(page.locator("#wallet")).to_contain_text("Launch promotion")
     page.screenshot(path=artifacts / "usage-admin.png", full_page=True)
 
-    page.select_option("#chart-meter", "llm_tokens")
+    page.select_option("#chart-meter", "ai_action")
     page.get_by_role("button", name="Cumulative").click()
-    cumulative = chart.evaluate("el => el.data[0].y")
     quota_line = chart.evaluate("el => el.layout.shapes[0].y0")
-    assert cumulative[-1] == pytest.approx(8_640_000)
-    assert quota_line == 5_000_000
+    assert quota_line == 100_000  # Hybrid's included AI actions
     chart.screenshot(path=artifacts / "usage-chart-cumulative.png")
+
+    # LLM usage is shown to customers as money (the catalog's "display": "money"): the chart draws what it
+    # cost, 8.64M tokens of which 5M were included, with no allowance line in tokens.
+    page.select_option("#chart-meter", "llm_tokens")
+    cumulative = chart.evaluate("el => el.data[0].y")
+    card = page.locator('[data-meter="llm_tokens"] [data-testid="meter-quantity"]').inner_text()
+    assert f"${cumulative[-1]:,.2f}" == card
+    assert chart.evaluate("el => el.layout.shapes.length") == 0
 
 
 def test_a_hard_limit_set_on_the_page_refuses_a_reservation_over_the_api(acme, log_in, api_client, artifacts):

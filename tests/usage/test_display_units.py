@@ -15,6 +15,8 @@ from plans.catalog import CatalogInvalid, catalog_parse
 from plans.catalog.serialize import catalog_data
 from plans.models import DisplayMode, Meter
 from usage.selectors.breakdowns import usage_member_breakdown, usage_top_actions
+from usage.selectors.series import usage_daily_series
+from usage.views import chart_payload
 
 pytestmark = pytest.mark.django_db
 
@@ -133,6 +135,10 @@ def test_the_usage_page_shows_money_and_product_units_not_tokens(client, acme):
     assert '1.5K</span> <span class="unit">calls' in calls
     # A limit in units is set in the meter's own units, whatever it is shown in.
     assert "(tokens this period)" in page.split('id="limits"')[1]
+    # The daily numbers of a money meter are money too.
+    assert (
+        "<caption>LLM usage (USD)</caption>" in page and "<caption>LLM usage (tokens)</caption>" not in page
+    )
 
 
 def test_the_pricing_page_prices_a_product_unit_and_values_a_money_allowance(client, display_plan):
@@ -153,3 +159,17 @@ def test_what_drives_usage_and_the_member_table_use_the_units_customers_see(acme
     assert (
         lines == members == {"llm_tokens": "$3.20", "chat_tokens": "2.4K messages", "api_call": "1.5K calls"}
     )
+
+
+def test_the_chart_draws_a_money_meter_as_money_and_a_product_unit_divided(acme):
+    charts = {meter["key"]: meter for meter in chart_payload(usage_daily_series(customer=acme))["meters"]}
+
+    llm = charts["llm_tokens"]
+    assert llm["unit"] == "USD" and llm["included"] is None
+    assert sum(llm["quantity"]) == pytest.approx(3.20)  # what the 1.6M tokens past the allowance cost
+    assert llm["cumulativeHover"][-1].endswith("$3.20 so far this period")
+    assert "token" not in " ".join(llm["hover"] + llm["cumulativeHover"])
+    chat = charts["chat_tokens"]
+    assert chat["unit"] == "messages" and chat["included"] == 1000
+    assert sum(chat["quantity"]) == pytest.approx(2400)
+    assert charts["api_call"]["unit"] == "calls"

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from customers.models import Customer
 from customers.selectors import customer_subscription_terms
+from plans.display import DisplayUnit
 from plans.models import Meter
 from usage.models import DailyUsageRollup
 from usage.selectors.formatting import format_quantity, unit_label
@@ -56,6 +57,8 @@ class DailyPoint:
     beyond_included: Decimal  # of quantity, units past the included allowance (the priced ones)
     cost: Decimal  # in the meter's cost unit
     cumulative: Decimal  # units recorded from the period start to the end of the day
+    money: Decimal  # ``cost`` in the plan currency (credits at the credit-pack rate)
+    cumulative_money: Decimal  # ``money`` from the period start to the end of the day
 
     @property
     def quantity_display(self) -> str:
@@ -78,6 +81,8 @@ class MeterSeries:
     cost_unit: str
     included: Decimal  # per period; 0 = none
     points: tuple[DailyPoint, ...]
+    currency: str  # the plan's, what ``DailyPoint.money`` is in
+    display: DisplayUnit  # how customers see the meter: the chart draws it so
 
     @property
     def unit_plural(self) -> str:
@@ -113,11 +118,16 @@ def usage_daily_series(
     for meter in terms.meters_with(extra=used_meters):
         by_day = daily.get(meter.pk, {})
         # Cumulative from the period start, so days before a long period's window still count.
-        running = sum((totals.quantity for day, totals in by_day.items() if day < first_day), ZERO)
+        cost_unit = terms.cost_unit(meter.pk)
+        before = [totals for day, totals in by_day.items() if day < first_day]
+        running = sum((totals.quantity for totals in before), ZERO)
+        running_money = terms.to_money(sum((totals.cost for totals in before), ZERO), cost_unit)
         points = []
         for day in days:
             totals = by_day.get(day, NO_USAGE)
             running += totals.quantity
+            money = terms.to_money(totals.cost, cost_unit)
+            running_money += money
             points.append(
                 DailyPoint(
                     day=day,
@@ -125,6 +135,8 @@ def usage_daily_series(
                     beyond_included=totals.beyond_included,
                     cost=totals.cost,
                     cumulative=running,
+                    money=money,
+                    cumulative_money=running_money,
                 )
             )
         series.append(
@@ -132,7 +144,9 @@ def usage_daily_series(
                 key=meter.key,
                 name=meter.name,
                 unit=meter.unit,
-                cost_unit=terms.cost_unit(meter.pk),
+                cost_unit=cost_unit,
+                currency=terms.currency,
+                display=DisplayUnit.of(meter),
                 included=(
                     subscription.period_allowance(
                         meter_id=meter.pk, plan_included=terms.included(meter.pk), period_start=period.start

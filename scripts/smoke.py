@@ -139,14 +139,22 @@ def page_agrees_with_api(base: str, api: Api) -> None:
             f"logging in as demo led to {page.url}",
         )
     usage = api.call("GET", "/api/v1/customers/acme/usage").json()
-    # Each meter's card carries its full quantity in the title: "69,689 actions".
-    shown = {
-        key: Decimal(html.unescape(title).split(" ")[0].replace(",", ""))
-        for key, title in re.findall(
-            r'data-meter="([^"]+)">.*?class="big-number" title="([^"]+)"', page.text, re.S
-        )
+    # Each meter's card shows what the API's display_quantity says, in its display_unit: a meter counted in
+    # units carries its full quantity in the title ("69,689 actions"); one shown as money, its cost ("$28.36").
+    shown: dict[str, Decimal] = {}
+    for key, title, text in re.findall(
+        r'data-meter="([^"]+)">.*?class="big-number"(?: title="([^"]+)")?>\s*<span data-testid="meter-quantity">([^<]+)<',
+        page.text,
+        re.S,
+    ):
+        figure = html.unescape(title).split(" ")[0] if title else html.unescape(text)
+        shown[key] = Decimal(re.sub(r"[^0-9.\-]", "", figure))
+    expected = {
+        line["key"]: Decimal(line["display_quantity"]).quantize(Decimal("0.01"))
+        if line["display_unit"].lower() == usage["currency"]  # shown as money
+        else Decimal(line["quantity"])
+        for line in usage["meters"]
     }
-    expected = meters_by_key(usage)
     check(shown == expected, f"/settings/usage shows {shown}, the usage API {expected}")
     step(f"the demo admin's page shows the usage API's period totals: {shown}")
 

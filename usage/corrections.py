@@ -24,6 +24,7 @@ from django.utils import timezone
 from core.errors import IdempotencyKeyReused, InvalidInput, NotFound
 from core.fingerprints import fingerprint
 from customers.models import Notification, NotificationKind, Subscription
+from plans.display import DisplayUnit
 from plans.models import Aggregation
 from usage.batch_writes import BatchWrites, NewUsageEvent
 from usage.consumption import ZERO, ConsumptionEngine, EventShares
@@ -273,8 +274,13 @@ def _mark_correction(
 
 
 def _correction_notice(*, event: UsageEvent, correction: NewUsageEvent, reason: str) -> str:
-    units = f"{format_quantity(abs(correction.quantity))} {event.meter.unit}"
-    change = f"{units} {'removed' if correction.quantity < 0 else 'added'}"
+    display = DisplayUnit.of(event.meter)
+    direction = "removed" if correction.quantity < 0 else "added"
+    if display.in_money:  # the customer sees this meter as money: the charge below says it all
+        change = f"usage {direction}"
+    else:
+        shown = display.quantity(abs(correction.quantity))
+        change = f"{format_quantity(shown)} {display.label(shown)} {direction}"
     cost = correction.cost if correction.billable else ZERO
     charge = (
         ("−" if cost < 0 else "+") + format_amount(abs(cost), correction.cost_unit)

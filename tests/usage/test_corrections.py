@@ -448,8 +448,8 @@ def test_the_usage_page_lists_corrections_with_their_reason(client, pro_plan, ma
     page = client.get("/settings/usage").content.decode()
 
     assert 'id="corrections-list"' in page
-    assert "30 unit removed, −$3.00. Reason: retries were counted twice" in page
-    assert "2 unit added, +$0.20. Reason: a late export" in page
+    assert "30 units removed, −$3.00. Reason: retries were counted twice" in page
+    assert "2 units added, +$0.20. Reason: a late export" in page
     assert "nothing to change" not in page  # a dry run tells no one
     # Customers' words in their notifications, never emailed.
     assert Notification.objects.filter(kind=NotificationKind.USAGE_CORRECTED).count() == 2

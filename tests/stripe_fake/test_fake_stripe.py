@@ -18,7 +18,7 @@ import time_machine
 from tests.stripe_fake import FakeStripe
 from tests.stripe_fake.forms import form_decode
 
-# The fixtures come from the plugin module; the lead registers it suite-wide in tests/conftest.py.
+# The fixtures come from the plugin module; tests/conftest.py registers it for the whole suite.
 
 GRADUATED_TIERS = [
     {"up_to": 1000, "unit_amount": 0},

@@ -63,10 +63,11 @@ def _terms_of(subscription: Subscription, terms: Mapping[int, PlanTerms] | None)
 
 def default_soft_limits_refresh(
     *,
-    controls_and_subscriptions: Sequence[tuple[SpendControls, Subscription]],
+    controls_and_subscriptions: Sequence[tuple[SpendControls, Subscription | None]],
     terms: Mapping[int, PlanTerms] | None = None,
 ) -> None:
     """Bring each customer's stored default up to their current period; a no-op (no query) when it is.
+    Without a subscription there is no period to warn in, so no default (set on the object, not stored).
 
     Stale ones are computed together in one read and saved in one statement; the ``SpendControls``
     objects given are updated in place; ``terms`` are the customers' plan terms by customer id, when the
@@ -74,11 +75,12 @@ def default_soft_limits_refresh(
     are computed but not stored. Late usage dated in a closed period does not move a default already
     computed for the period: it is a warning level, fixed for the period it warns in.
     """
-    stale = [
-        (controls, subscription)
-        for controls, subscription in controls_and_subscriptions
-        if controls.default_soft_limit_period_start != subscription.current_period_start
-    ]
+    stale = []
+    for controls, subscription in controls_and_subscriptions:
+        if subscription is None:
+            controls.default_soft_limit = None
+        elif controls.default_soft_limit_period_start != subscription.current_period_start:
+            stale.append((controls, subscription))
     if not stale:
         return
     charges = closed_period_charges(subscriptions=[subscription for _, subscription in stale], terms=terms)
@@ -99,12 +101,8 @@ def default_soft_limits_refresh(
 def spend_controls_with_default(
     *, customer: Customer, controls: SpendControls | None = None
 ) -> SpendControls:
-    """The customer's limits (``controls`` when the caller has them) with the default soft limit current;
-    without a subscription there is no period to warn in, so no default."""
+    """The customer's limits (``controls`` when the caller has them) with the default soft limit current."""
     controls = controls if controls is not None else spend_controls_of(customer)
     subscription = Subscription.objects.filter(customer=customer).first()
-    if subscription is None:
-        controls.default_soft_limit = None
-    else:
-        default_soft_limits_refresh(controls_and_subscriptions=[(controls, subscription)])
+    default_soft_limits_refresh(controls_and_subscriptions=[(controls, subscription)])
     return controls

@@ -36,14 +36,9 @@ def customer_accounts(*, customers: Sequence[Customer], now: datetime | None = N
     limits = {row.customer_id: row for row in SpendControls.objects.filter(customer_id__in=ids)}
     default_soft_limits_refresh(
         controls_and_subscriptions=[
-            (controls, subscriptions[customer_id])
-            for customer_id, controls in limits.items()
-            if customer_id in subscriptions
+            (controls, subscriptions.get(customer_id)) for customer_id, controls in limits.items()
         ]
     )
-    for customer_id, controls in limits.items():
-        if customer_id not in subscriptions:
-            controls.default_soft_limit = None  # no period to warn in
     wallets = dict(
         CustomerBalance.objects.filter(customer_id__in=ids).values_list("customer_id", "wallet_balance")
     )

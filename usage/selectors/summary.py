@@ -249,12 +249,9 @@ def usage_period_summary(
             )
         )
     controls = spend_controls_of(customer)
-    if subscription is not None:
-        default_soft_limits_refresh(
-            controls_and_subscriptions=[(controls, subscription)], terms={customer.pk: terms}
-        )
-    else:
-        controls.default_soft_limit = None  # no period to warn in
+    default_soft_limits_refresh(
+        controls_and_subscriptions=[(controls, subscription)], terms={customer.pk: terms}
+    )
     spend = terms.money_total((line.cost, line.cost_unit) for line in meters)
     held = holds.spend_money
     spend_status = SpendStatus(

@@ -1,6 +1,6 @@
 """A large usage ledger generated into the monthly partitions, then the reads and ingest timed on it.
 
-    .venv/bin/python bench/large_ledger.py build [--events 20000000] [--customers 200] [--months 24]
+    .venv/bin/python bench/large_ledger.py build [--events 20000000] [--customers 200] [--months 24] [--jobs 1]
     .venv/bin/python bench/large_ledger.py measure [--requests 50] [--batches 20] [--workers 4]
 
 Runs in its own database, ``BENCH_DB_NAME`` (default ``billing_cap``). A ledger of tens of millions of events
@@ -33,10 +33,12 @@ stores (``action``, and ``model`` for tokens).
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import os
 import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,7 +137,7 @@ def month_starts(months: int, now: datetime) -> list[datetime]:
     return [months_later(current, -offset) for offset in range(months - 1, -1, -1)]
 
 
-def build(*, events: int, customers: int, months: int) -> None:
+def build(*, events: int, customers: int, months: int, jobs: int) -> None:
     started = time.perf_counter()
     database_create()
     from django.contrib.auth import get_user_model
@@ -194,39 +196,50 @@ def build(*, events: int, customers: int, months: int) -> None:
 
     per_month = events // months
     statement = EVENTS_INSERT.format(members=MEMBERS, month="{month}", big_share=BIG_SHARE)
-    generated = 0
-    for start in starts:
+    parameters: dict[str, Any] = {
+        "count": per_month,
+        "tokens": meters["llm_tokens"],
+        "calls": meters["api_call"],
+        "rates": RATES,
+        "actions": ACTIONS,
+        "models": MODELS,
+        "others": len(ordered) - 1,
+    }
+    progress = {"events": 0}
+    lock = threading.Lock()
+
+    def month_fill(start: datetime) -> None:
         end = months_later(start, 1)
         # The current month is filled up to an hour ago, so nothing lies in the future.
         span = ((min(end, now - timedelta(hours=1))) - start).total_seconds()
         began = time.perf_counter()
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                statement.replace("{month}", f"{start:%Y%m}"),
-                {
-                    "start": start,
-                    "count": per_month,
-                    "span": span,
-                    "tokens": meters["llm_tokens"],
-                    "calls": meters["api_call"],
-                    "rates": RATES,
-                    "actions": ACTIONS,
-                    "models": MODELS,
-                    "others": len(ordered) - 1,
-                },
-            )
-            inserted = time.perf_counter()
-            cursor.execute(ROLLUPS_INSERT, {"start": start, "end": end})
-            rollups = cursor.rowcount
-            cursor.execute(PERIODS_INSERT, {"start": start, "end": end})
-        generated += per_month
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    statement.replace("{month}", f"{start:%Y%m}"),
+                    {**parameters, "start": start, "span": span},
+                )
+                inserted = time.perf_counter()
+                cursor.execute(ROLLUPS_INSERT, {"start": start, "end": end})
+                rollups = cursor.rowcount
+                cursor.execute(PERIODS_INSERT, {"start": start, "end": end})
+        finally:
+            connection.close()  # each worker thread has its own connection
         done = time.perf_counter()
-        print(
-            f"  {start:%Y-%m}: {per_month:,} events inserted in {inserted - began:.0f} s "
-            f"({per_month / (inserted - began):,.0f}/s); with {rollups:,} rollup rows, the period totals and the "
-            f"commit {done - began:.0f} s; {generated:,} events so far, {done - started:.0f} s",
-            flush=True,
-        )
+        with lock:
+            progress["events"] += per_month
+            print(
+                f"  {start:%Y-%m}: {per_month:,} events inserted in {inserted - began:.0f} s "
+                f"({per_month / (inserted - began):,.0f}/s); with {rollups:,} rollup rows, the period totals and "
+                f"the commit {done - began:.0f} s; {progress['events']:,} events so far, {done - started:.0f} s",
+                flush=True,
+            )
+
+    # Months are independent (their own partition, days and periods): ``--jobs`` of them fill at once, each in
+    # its own transaction on its own connection, as concurrent ingest would.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(month_fill, start) for start in starts]:
+            future.result()
     began = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE bench_cap_customers")
@@ -446,6 +459,7 @@ def main() -> int:
     build_parser.add_argument("--events", type=int, default=20_000_000)
     build_parser.add_argument("--customers", type=int, default=200)
     build_parser.add_argument("--months", type=int, default=24)
+    build_parser.add_argument("--jobs", type=int, default=1, help="months filled at once")
     measure_parser = commands.add_parser("measure", help="sizes, plans and timings on the data built")
     measure_parser.add_argument("--requests", type=int, default=50, help="timed requests per URL")
     measure_parser.add_argument("--batches", type=int, default=20, help="ingest batches per client")
@@ -454,7 +468,7 @@ def main() -> int:
     if args.command == "build":
         if args.customers < 30:
             parser.error("--customers: at least 30 (the ingest bench's 21, cap-big and others)")
-        build(events=args.events, customers=args.customers, months=args.months)
+        build(events=args.events, customers=args.customers, months=args.months, jobs=args.jobs)
     else:
         measure(requests=args.requests, batches=args.batches, workers=args.workers, threads=args.threads)
     return 0

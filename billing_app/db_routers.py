@@ -15,10 +15,16 @@ The hot paths' hand-written SQL (``core.sql_rows``, ``usage.sql_reads``, ``usage
 about money.
 
 A replica is behind by its replay lag (milliseconds when healthy). The client that just wrote is pinned to
-the primary for ``REPLICA_PIN_SECONDS`` so that it reads its own writes (``ReplicaReadsMiddleware``).
+the primary for ``REPLICA_PIN_SECONDS`` so that it reads its own writes (``ReplicaReadsMiddleware``). A
+replica that falls further behind than ``REPLICA_MAX_LAG_SECONDS``, or cannot be reached, serves nobody: the
+scopes opened meanwhile read the primary (``replica_lag_seconds``), so a stalled replica costs the primary
+some load rather than showing customers old numbers, and a replica that is down costs no request an error.
 """
 
 import hashlib
+import logging
+import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,7 +34,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 
@@ -41,13 +47,20 @@ REPLICA_APPS = frozenset({"usage", "customers", "plans", "billing_app"})
 PRIMARY_ONLY_MODELS = frozenset({"billing_app.apikey", "billing_app.idempotencykey"})
 PIN_COOKIE = "replica_pin"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# How often a process asks the replica how far behind it is: often enough that a stall is noticed within a
+# second, rarely enough that the question costs nothing next to the reads it routes.
+LAG_CHECK_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ReadScope:
-    """Where the reads of one request (or one task) may go. ``wrote`` turns true at its first ORM write of a
+    """Where the reads of one request (or one task) may go. ``replica`` is decided once, when the scope
+    opens, so that one page never mixes the two databases; ``wrote`` turns true at its first ORM write of a
     model the replica serves."""
 
+    replica: bool = False
     wrote: bool = False
 
 
@@ -58,10 +71,87 @@ def replica_configured() -> bool:
     return REPLICA in settings.DATABASES
 
 
+# How far behind the replica is, in seconds: nothing while it has replayed all the WAL it received and is
+# still receiving; otherwise the age of the last transaction it replayed. That second figure overstates the
+# lag for an instant after a quiet spell on the primary (the last transaction is old while the new one is
+# replayed), which only sends a second's reads to the primary. A server that is not in recovery (promoted, or
+# the primary itself under test) is not behind.
+LAG_SQL = """
+SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver)
+        THEN 0
+    ELSE COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, 'Infinity')
+END
+"""
+
+
+@dataclass
+class _LagReading:
+    seconds: float = 0.0
+    read_at: float = -math.inf  # time.monotonic(); never read yet
+
+
+_lag = _LagReading()
+
+
+def _replica_unreachable() -> None:
+    logger.warning("the replica cannot be reached; reads go to the primary", exc_info=True)
+    connections[REPLICA].close()  # a broken connection is opened anew at the next question
+
+
+def replica_lag_seconds() -> float:
+    """The replica's replay lag, read at most every ``LAG_CHECK_SECONDS`` per process; infinite when the
+    replica cannot be asked (down, restarting, refusing connections)."""
+    now = time.monotonic()
+    if now - _lag.read_at < LAG_CHECK_SECONDS:
+        return _lag.seconds
+    try:
+        with connections[REPLICA].cursor() as cursor:
+            cursor.execute(LAG_SQL)
+            (seconds,) = cursor.fetchone()
+    except DatabaseError:
+        _replica_unreachable()
+        seconds = math.inf
+    limit = settings.REPLICA_MAX_LAG_SECONDS
+    if seconds > limit >= _lag.seconds:
+        logger.warning("the replica is %.1f s behind; reads go to the primary until it catches up", seconds)
+    elif seconds <= limit < _lag.seconds:
+        logger.warning("the replica is back within %s s; it serves reads again", limit)
+    _lag.seconds, _lag.read_at = float(seconds), now
+    return _lag.seconds
+
+
+def replica_caught_up() -> bool:
+    """Whether the replica has replayed everything the primary had written when asked: what a task that
+    compares the ledger with another system needs, where any lag at all would show as a difference."""
+    with connections[PRIMARY].cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()::text WHERE NOT pg_is_in_recovery()")
+        position = cursor.fetchone()
+    if position is None:  # the "primary" is itself a standby: nothing to compare with
+        return False
+    try:
+        with connections[REPLICA].cursor() as cursor:
+            cursor.execute(
+                "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %s::pg_lsn", [position[0]]
+            )
+            (caught_up,) = cursor.fetchone()
+    except DatabaseError:
+        _replica_unreachable()
+        return False
+    return bool(caught_up)
+
+
 @contextmanager
-def replica_reads() -> Iterator[ReadScope]:
-    """Let the ORM reads of the block go to the replica (when one is configured), on the rules above."""
+def replica_reads(*, caught_up: bool = False) -> Iterator[ReadScope]:
+    """Let the ORM reads of the block go to the replica (when one is configured and is within
+    ``REPLICA_MAX_LAG_SECONDS``), on the rules above. With ``caught_up``, only when the replica has replayed
+    all the primary had written as the block opens (``replica_caught_up``)."""
     scope = ReadScope()
+    if replica_configured():
+        scope.replica = (
+            replica_caught_up() if caught_up else replica_lag_seconds() <= settings.REPLICA_MAX_LAG_SECONDS
+        )
     token = _scope.set(scope)
     try:
         yield scope
@@ -81,6 +171,7 @@ class PrimaryReplicaRouter:
         scope = _scope.get()
         if (
             scope is None
+            or not scope.replica
             or scope.wrote
             or not _replica_may_serve(model)
             or transaction.get_connection(PRIMARY).in_atomic_block

@@ -120,9 +120,11 @@ DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
 # DATABASE_REPLICA_URL: a streaming replica of DATABASE_URL. The customer pages, the API's GET requests,
 # reconciliation and reports read it; writes, and every read inside a transaction (money), go to the
 # primary (billing_app/db_routers.py). A client that wrote reads the primary for REPLICA_PIN_SECONDS after,
-# which should exceed the replica's usual replay lag.
+# which should exceed the replica's usual replay lag. A replica further behind than REPLICA_MAX_LAG_SECONDS,
+# or down, serves no reads until it is back within it.
 DATABASE_REPLICA_URL = env.str("DATABASE_REPLICA_URL", default="")
 REPLICA_PIN_SECONDS = env.int("REPLICA_PIN_SECONDS", default=5)
+REPLICA_MAX_LAG_SECONDS = env.float("REPLICA_MAX_LAG_SECONDS", default=30.0)
 DATABASE_ROUTERS: list[str] = []
 if DATABASE_REPLICA_URL:
     DATABASES["replica"] = {

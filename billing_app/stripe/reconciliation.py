@@ -189,9 +189,10 @@ def customer_meters_reconcile(
     current = (subscription.current_period_start, subscription.current_period_end)
     previous = subscription.period_containing(current[0] - timedelta(microseconds=1))
     for period in (previous, current):
-        # What we sent is read from the replica when there is one (billing_app/db_routers.py); the
-        # divergences below are written to the primary.
-        with replica_reads():
+        # What we sent is read from the replica when there is one and it has replayed all the primary had
+        # written (billing_app/db_routers.py): a row marked sent a moment ago and missing from a lagging
+        # replica would show as a divergence. The divergences below are written to the primary.
+        with replica_reads(caught_up=True):
             sent = StripeMeterEvent.objects.filter(
                 customer=customer, period_start=period[0], status=MeterEventStatus.SENT
             )

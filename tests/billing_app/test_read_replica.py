@@ -4,6 +4,10 @@ A throwaway PostgreSQL primary and a replica streaming from it (``pg_basebackup 
 server binaries, with the web process of the Procfile (gunicorn) on them. Replay on the replica is paused
 (``pg_wal_replay_pause()``), which makes its lag certain rather than a race: what the replica serves is then
 what the primary held before the pause, and each answer shows which database it came from.
+
+The replica's servers allow it ``REPLICA_MAX_LAG_SECONDS`` of the default 30, except one started with 1 to
+show that a replica further behind serves nobody; the end stops the replica, which must cost no request an
+error.
 """
 
 import json
@@ -15,6 +19,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from billing_app.db_routers import LAG_CHECK_SECONDS
 from tests.scale_scenario import PASSWORD
 from tests.servers import app_env, app_server, manage, postgres_bin_dir, primary_with_replica, wait_for
 
@@ -40,6 +45,16 @@ def page_used(browser: httpx.Client) -> str:
     found = re.search(r"AI actions (\d+) actions of 20 included", text)
     assert found, text[:2000]
     return found.group(1)
+
+
+def actions_send(client: httpx.Client, key_prefix: str, count: int) -> None:
+    events = [
+        {"idempotency_key": f"{key_prefix}{n}", "customer": "acme", "meter": "ai_action", "user": "maya"}
+        for n in range(count)
+    ]
+    response = client.post("/api/v1/events", json={"events": events})
+    assert response.status_code == 200, response.text
+    assert {result["status"] for result in response.json()["results"]} == {"accepted"}
 
 
 def login(browser: httpx.Client) -> None:
@@ -80,13 +95,7 @@ def test_pages_and_usage_reads_come_from_the_replica_and_money_from_the_primary(
             assert remaining(reader) == "20"
 
             replica.execute("SELECT pg_wal_replay_pause()")
-            events = [
-                {"idempotency_key": f"e{n}", "customer": "acme", "meter": "ai_action", "user": "maya"}
-                for n in range(15)
-            ]
-            response = writer.post("/api/v1/events", json={"events": events})
-            assert response.status_code == 200, response.text
-            assert {result["status"] for result in response.json()["results"]} == {"accepted"}
+            actions_send(writer, "e", 15)
 
             # The client that wrote reads its writes: it is pinned to the primary.
             assert remaining(writer) == "5"
@@ -132,3 +141,47 @@ def test_pages_and_usage_reads_come_from_the_replica_and_money_from_the_primary(
             wait_for(lambda: remaining(reader) == "5", what="the replica to replay the batch", timeout=10)
             browser.cookies.delete("replica_pin")
             assert page_used(browser) == "15"
+
+            # A replica behind by more than REPLICA_MAX_LAG_SECONDS serves nobody. Replay paused again and two
+            # more events on the primary: a server that allows a second of lag reads the primary once the
+            # replica is that far behind; the first, allowing 30 s, still reads the replica.
+            replica.execute("SELECT pg_wal_replay_pause()")
+            actions_send(writer, "late", 2)
+            with (
+                app_server({**env, "REPLICA_MAX_LAG_SECONDS": "1"}, tmp_path / "web-strict.log") as strict,
+                httpx.Client(
+                    base_url=strict, headers={"Authorization": f"Bearer {reader_key}"}
+                ) as strict_reader,
+            ):
+                wait_for(
+                    lambda: remaining(strict_reader) == "3", what="the strict server to read the primary"
+                )
+            assert remaining(reader) == "5"
+            # Reconciliation compares what we sent with Stripe, so it reads the replica only once the replica
+            # has replayed all the primary had written.
+            assert caught_up(env) is False
+            replica.execute("SELECT pg_wal_replay_resume()")
+            wait_for(lambda: caught_up(env), what="the replica to replay the primary's WAL", timeout=10)
+            wait_for(
+                lambda: remaining(reader) == "3", what="the replica to replay the late events", timeout=10
+            )
+
+            # A replica that is down costs no request an error: once each process has found it unreachable
+            # (it asks every LAG_CHECK_SECONDS), the pages and reads come from the primary.
+            replica.stop()
+            time.sleep(LAG_CHECK_SECONDS + 0.5)
+            for _ in range(8):  # every gunicorn worker finds out on its own
+                assert remaining(reader) == "3"
+            browser.cookies.delete("replica_pin")
+            assert page_used(browser) == "17"
+
+
+def caught_up(env: dict[str, str]) -> bool:
+    """``replica_caught_up()`` as a task on the replica's app sees it."""
+    printed = manage(
+        "shell",
+        "-c",
+        "from billing_app.db_routers import replica_caught_up; print(replica_caught_up())",
+        env=env,
+    )
+    return printed.strip().splitlines()[-1] == "True"

@@ -24,6 +24,7 @@ from plans.models import (
     Price,
     PriceModel,
     PricingUnit,
+    RateLimitScope,
 )
 from plans.selectors import price_spec, prices_with_rates, published_plans
 
@@ -40,6 +41,7 @@ class PriceRow:
     rates: tuple[str, ...]  # one line per tier or dimension value
     heading: str = ""  # above the rates: "By model" for a dimensional price
     cap: str = ""  # "stops at 20 a month" when the plan caps the meter
+    pace: str = ""  # "at most 2 requests a minute per user" when the plan rate-limits the meter
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,15 @@ def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> 
     interval = _interval(version)
     entitlements = list(Entitlement.objects.filter(plan_version=version))
     limits = {e.feature: e.limit for e in entitlements if e.limit is not None}
+    paces = {e.feature: _pace_text(e) for e in entitlements if e.rate_limit_per_minute}
     prices = tuple(
-        _price_row(price, currency, cap=limits.get(price.meter.key), interval=interval)
+        _price_row(
+            price,
+            currency,
+            cap=limits.get(price.meter.key),
+            interval=interval,
+            pace=paces.get(price.meter.key, ""),
+        )
         for price in prices_with_rates(version)
     )
     pack_rows = list(CreditPack.objects.filter(plan_version=version).order_by("amount"))
@@ -124,6 +133,10 @@ def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> 
         _cap_text(e.feature, e.limit, meters.get(e.feature), interval)
         for e in entitlements
         if e.limit is not None and e.feature not in priced
+    ) + tuple(
+        f"{_feature_name(feature, meters)}: {pace}"
+        for feature, pace in paces.items()
+        if feature not in priced
     )
     return PlanCard(
         code=code,
@@ -144,6 +157,18 @@ def _plan_card(code: str, name: str, description: str, version: PlanVersion) -> 
     )
 
 
+def _feature_name(feature: str, meters: dict[str, Meter]) -> str:
+    meter = meters.get(feature)
+    return meter.name if meter is not None else feature.replace("_", " ")
+
+
+def _pace_text(entitlement: Entitlement) -> str:
+    """A plan's rate limit as customers meet it: each call or event counts one, whatever its quantity."""
+    count = entitlement.rate_limit_per_minute
+    per = "user" if entitlement.rate_limit_per == RateLimitScope.USER else "account"
+    return f"at most {count} {'request' if count == 1 else 'requests'} a minute per {per}"
+
+
 def _cap_text(feature: str, limit: Decimal | None, meter: Meter | None, interval: str) -> str:
     if meter is None:
         return f"{feature.replace('_', ' ')}: up to {_count(limit)} per {interval}"
@@ -157,7 +182,7 @@ def _interval(version: PlanVersion) -> str:
 
 
 def _price_row(
-    price: Price, currency: str, *, cap: Decimal | None = None, interval: str = "month"
+    price: Price, currency: str, *, cap: Decimal | None = None, interval: str = "month", pace: str = ""
 ) -> PriceRow:
     display = DisplayUnit.of(price.meter)
     # A product unit is priced per product unit ("$0.02 per message" for 1,000 tokens at $0.00002): its rates
@@ -249,6 +274,7 @@ def _price_row(
         rates=tuple(rates),
         heading=heading,
         cap=cap_text,
+        pace=pace,
     )
 
 

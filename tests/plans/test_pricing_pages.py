@@ -11,6 +11,7 @@ from plans.models import Plan, VersionStatus
 from plans.services import catalog_import, plan_version_publish, plan_version_retire
 from tests.plans.factories import (
     CreditPackFactory,
+    EntitlementFactory,
     MeterFactory,
     PlanFactory,
     PlanVersionFactory,
@@ -40,6 +41,31 @@ def test_pricing_shows_every_published_plan_on_one_page(client, demo_catalog):
     # A cap is said plainly on the meter's line, not as a rate of "free".
     assert "20 actions, then stops at 20 a month" in free
     assert "free" not in free.split("Included")[1]
+
+
+def test_pricing_says_how_fast_a_plan_lets_a_meter_be_used(client, demo_catalog):
+    page = client.get("/pricing").content.decode()
+
+    # The demo's Free plan limits exports to 2 a minute per user: said on the exports' line, under its cap.
+    free = page.split('id="plan-free"')[1].split("</article>")[0]
+    exports = free.split("<h3>Exports</h3>")[1].split("</div>")[0]
+    assert "5 exports, then stops at 5 a month" in exports
+    assert "At most 2 requests a minute per user" in exports
+    assert "a minute" not in free.split("<h3>AI actions</h3>")[1].split("</div>")[0]
+    hybrid = page.split('id="plan-hybrid"')[1].split("</article>")[0]
+    assert "a minute" not in hybrid
+
+
+def test_a_rate_limit_of_a_meter_the_plan_does_not_price_is_listed_with_what_it_includes(client):
+    version = PlanVersionFactory(plan=PlanFactory(code="metered", name="Metered", is_public=True))
+    PriceFactory(plan_version=version, meter=MeterFactory(key="ai_action", name="AI actions"))
+    MeterFactory(key="export", name="Exports")
+    EntitlementFactory(plan_version=version, feature="export", rate_limit_per_minute=1)
+
+    card = client.get("/pricing").content.decode().split('id="plan-metered"')[1].split("</article>")[0]
+
+    includes = card.split("<h3>Includes</h3>")[1].split("</div>")[0]
+    assert "Exports: at most 1 request a minute per account" in includes
 
 
 def test_pricing_shows_included_quantities_and_posted_rates(client, demo_catalog):

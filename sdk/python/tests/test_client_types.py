@@ -24,6 +24,7 @@ RESPONSE_TYPES = [
     client_types.CheckResult,
     client_types.Estimate,
     client_types.UsageSummary,
+    client_types.UsageCorrection,
 ]
 # Statuses the client adds to the API's: an event kept in the local buffer.
 CLIENT_ONLY_VALUES = {"buffered"}

@@ -2,7 +2,7 @@
 
 Everything goes through the app's own services, day by day, as if the days had really passed:
 the subscription rolls into its next period on the way, so the dashboard shows a closed period
-and a current one. Running it again changes nothing.
+and a current one, with one of this period's events corrected. Running it again changes nothing.
 """
 
 import os
@@ -27,7 +27,9 @@ from customers.services import (
     subscription_start,
 )
 from plans.models import PlanVersion, VersionStatus
+from usage.corrections import usage_event_correct
 from usage.ingest import usage_events_ingest
+from usage.models import UsageEvent
 from usage.services import credit_grant_create, credit_pack_purchase, wallet_top_up
 
 CATALOG = Path(settings.BASE_DIR) / "catalog" / "demo.json"
@@ -52,6 +54,9 @@ ACTIONS = [
 MODELS = [("gpt-4o", 0.35), ("gpt-4o-mini", 0.5), ("claude-sonnet", 0.15)]
 # Most of Acme's actions run on its own models; this share calls a hosted LLM and is billed in tokens.
 HOSTED_LLM_SHARE = 0.05
+# One of Raj's report runs this period was retried after a timeout, and every attempt was metered.
+CORRECTION_REASON = "Retries were counted twice"
+CORRECTION_KEY = "demo-retries-counted-twice"
 
 
 class Command(BaseCommand):
@@ -129,6 +134,7 @@ class Command(BaseCommand):
         )
         wallet_top_up(customer=acme, amount=Decimal("100"), note="Prepaid top-up")
         self._simulate(acme, start=start, now=now)
+        self._correction(acme, now=now)
 
     def _simulate(self, customer: Customer, *, start: datetime, now: datetime) -> None:
         """One batch per day through ingest, with ``now`` at the day's end, rolling periods as they end."""
@@ -182,6 +188,33 @@ class Command(BaseCommand):
             for batch_start in range(0, len(events), 1000):
                 usage_events_ingest(raw_events=events[batch_start : batch_start + 1000], now=day_end)
             day += timedelta(days=1)
+
+    def _correction(self, customer: Customer, *, now: datetime) -> None:
+        """Raj's largest report run of the current period halved, through the service the API and admin use,
+        so the usage page lists a correction with its reason."""
+        subscription = Subscription.objects.get(customer=customer)
+        event = (
+            UsageEvent.objects.filter(
+                customer=customer,
+                period_start=subscription.current_period_start,
+                meter__key="ai_action",
+                member__external_id="raj",
+                properties__action="generate_report",
+                corrects__isnull=True,
+            )
+            .order_by("-quantity", "-timestamp", "-pk")
+            .first()
+        )
+        if event is None:
+            raise CommandError("The demo usage has no report run of Raj's this period to correct.")
+        usage_event_correct(
+            event_id=event.pk,
+            quantity=event.quantity // 2,
+            reason=CORRECTION_REASON,
+            idempotency_key=CORRECTION_KEY,
+            by="staff admin",
+            now=now,
+        )
 
     def _small_customers(self) -> None:
         """A customer on Free and one on prepaid credits, a few days in, so scoping has something to show; and

@@ -2,7 +2,8 @@
 
 Amounts and quantities go out as decimal strings, so no amount passes through a float. Every write gets
 its idempotency key here, before the first attempt; where the body has its own ``idempotency_key``
-(a single event, a reservation, a credit grant) the header carries the same key, as the API requires.
+(a single event, a reservation, a credit grant, a correction) the header carries the same key, as the
+API requires.
 """
 
 from __future__ import annotations
@@ -186,6 +187,34 @@ def events_send(events: Sequence[dict[str, Any]], *, idempotency_key: str | None
             "POST", f"{API}/events", body=events[0], idempotency_key=events[0]["idempotency_key"]
         )
     return ApiRequest("POST", f"{API}/events", body={"events": list(events)}, idempotency_key=idempotency_key)
+
+
+def _correction(*, event_id: int, quantity: Any, reason: str, key: str) -> tuple[str, dict[str, Any]]:
+    return (
+        f"{API}/events/{_segment(str(event_id))}/corrections",
+        {"quantity": decimal_string(quantity, name="quantity"), "reason": reason, "idempotency_key": key},
+    )
+
+
+def event_correct(*, event_id: int, quantity: Any, reason: str, idempotency_key: str | None) -> ApiRequest:
+    key = idempotency_key or new_idempotency_key()
+    path, body = _correction(event_id=event_id, quantity=quantity, reason=reason, key=key)
+    return ApiRequest("POST", path, body=body, idempotency_key=key)
+
+
+def event_correction_preview(
+    *, event_id: int, quantity: Any, reason: str, idempotency_key: str | None
+) -> ApiRequest:
+    """A dry run: the body names its key, as the API requires, but no ``Idempotency-Key`` header is sent.
+
+    The header would store the preview's answer under the key (for ``?dry_run=true``), and the correction
+    then made with the same key would be refused as another request. A preview writes nothing, so it is
+    safe to send again without one.
+    """
+    path, body = _correction(
+        event_id=event_id, quantity=quantity, reason=reason, key=idempotency_key or new_idempotency_key()
+    )
+    return ApiRequest("POST", path, body=body, query={"dry_run": "true"})
 
 
 # --- asking before the work -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from billing_client.types import (
     EventResult,
     Reservation,
     ReservationCommit,
+    UsageCorrection,
     UsageSummary,
     WalletTopUp,
 )
@@ -107,6 +108,32 @@ class Events(_Resource):
         return self._client._send_events(
             bodies, idempotency_key=idempotency_key or requests.new_idempotency_key()
         )
+
+    def correct(
+        self, event_id: int, *, quantity: Any, reason: str, idempotency_key: str | None = None
+    ) -> UsageCorrection:
+        """Correct a recorded event to ``quantity`` units in all (not the difference), for ``reason``.
+
+        A new event for the difference is recorded, pointing at ``event_id``, and the period is re-rated.
+        Only the current billing period can be corrected: an ended one raises ``PeriodClosed``. Sent again
+        with the same ``idempotency_key`` it answers the first correction and writes nothing.
+        """
+        request = requests.event_correct(
+            event_id=event_id, quantity=quantity, reason=reason, idempotency_key=idempotency_key
+        )
+        return cast(UsageCorrection, self._client._request(request))
+
+    def preview_correction(
+        self, event_id: int, *, quantity: Any, reason: str, idempotency_key: str | None = None
+    ) -> UsageCorrection:
+        """What ``correct`` would do, writing nothing: ``before`` and ``after`` are the period's charges.
+
+        Pass the key you will correct with to see the correction under it; the preview does not use it up.
+        """
+        request = requests.event_correction_preview(
+            event_id=event_id, quantity=quantity, reason=reason, idempotency_key=idempotency_key
+        )
+        return cast(UsageCorrection, self._client._request(request))
 
 
 class Credits(_Resource):

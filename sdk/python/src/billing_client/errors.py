@@ -108,6 +108,15 @@ class NoSubscription(Conflict):
     """The customer has no subscription to rate usage against."""
 
 
+class PeriodClosed(Conflict):
+    """The event counts in a billing period that has ended and been invoiced: it can no longer be corrected.
+    Grant the customer a credit for the difference instead."""
+
+
+class CorrectionUncovered(Conflict):
+    """A correction would add credit-priced usage on a plan that sells no credits: grant credits, then correct."""
+
+
 class IdempotencyKeyReused(Conflict):
     """The idempotency key answered a different request, or names an event with other content."""
 
@@ -175,6 +184,8 @@ _BY_CODE: dict[str, type[BillingError]] = {
     "conflict": Conflict,
     "reservation_not_held": ReservationNotHeld,
     "no_subscription": NoSubscription,
+    "period_closed": PeriodClosed,
+    "correction_uncovered": CorrectionUncovered,
     "idempotency_key_reused": IdempotencyKeyReused,
     "rate_limited": RateLimited,
     "hard_limit_reached": HardLimitReached,

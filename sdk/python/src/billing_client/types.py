@@ -14,6 +14,10 @@ EventStatus = Literal["accepted", "duplicate", "refused", "buffered"]
 ReservationStatus = Literal["held", "committed", "released", "expired"]
 GrantKind = Literal["purchased", "promotional"]
 CustomerStatus = Literal["active", "frozen"]
+# recorded; unchanged: the event already had the quantity, nothing written; preview: a dry run, nothing written.
+CorrectionStatus = Literal["recorded", "unchanged", "preview"]
+# A limit the units a correction adds went past; the correction was recorded anyway.
+CorrectionFlag = Literal["entitlement_limit", "hard_limit", "meter_limit", "overage_blocked"]
 
 # --- requests -------------------------------------------------------------------------------------
 
@@ -55,10 +59,9 @@ class EventCoverage(TypedDict):
     overage: str
 
 
-class Event(TypedDict):
-    """``EventOutput``: a recorded event."""
+class _EventFields(TypedDict):
+    """The fields of a recorded event and of the adjusting event a correction records."""
 
-    id: int
     idempotency_key: str
     customer: str
     meter: str
@@ -70,6 +73,12 @@ class Event(TypedDict):
     covered_by: EventCoverage
     user: str | None  # the member's external id
     properties: dict[str, Any]
+
+
+class Event(_EventFields):
+    """``EventOutput``: a recorded event."""
+
+    id: int
 
 
 class ReservationHeld(TypedDict):
@@ -104,6 +113,36 @@ class ReservationCommit(Reservation):
 
     event: Event
     released: str
+
+
+# --- corrections ----------------------------------------------------------------------------------
+
+
+class CorrectionEvent(_EventFields):
+    """``CorrectionEventOutput``: the adjusting event a correction records, pointing at the event it corrects.
+
+    ``quantity`` and ``cost`` are the signed difference (negative when units were taken back);
+    ``timestamp`` is the corrected event's, ``received_at`` when the correction was made.
+    """
+
+    id: int | None  # null in a preview: nothing was written
+    corrects: int  # the id of the event corrected
+    reason: str
+    corrected_by: str  # the API key ("api key <name> (<prefix>)") or the staff user
+    received_at: str
+
+
+class UsageCorrection(TypedDict):
+    """``CorrectionOutput``: what a correction did, or would do in a preview."""
+
+    object: Literal["usage_correction"]
+    status: CorrectionStatus
+    event: int  # the id of the event corrected
+    corrected_quantity: str  # the event's quantity with all its corrections, after this one
+    correction: CorrectionEvent | None  # null when the event already had the quantity
+    flags: list[CorrectionFlag]
+    before: UsageCharges | None  # a preview's: the period's charges now; null otherwise
+    after: UsageCharges | None  # a preview's: the period's charges after the correction
 
 
 # --- asking before the work -----------------------------------------------------------------------

@@ -287,10 +287,9 @@ def _correction_notice(*, event: UsageEvent, correction: NewUsageEvent, reason: 
         if cost and correction.cost_unit
         else "no change to the charge"
     )
-    return (
-        f"{event.meter.name} usage of {event.timestamp:%b} {event.timestamp.day} corrected: {change}, {charge}. "
-        f"Reason: {reason}"
-    )
+    # "AI actions usage", but "LLM usage" as it is: a meter may already be named as usage.
+    usage = event.meter.name if event.meter.name.lower().endswith("usage") else f"{event.meter.name} usage"
+    return f"{usage} of {event.timestamp:%b} {event.timestamp.day} corrected: {change}, {charge}. Reason: {reason}"
 
 
 def _flags_of(correction: UsageEvent) -> tuple[str, ...]:

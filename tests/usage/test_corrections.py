@@ -10,6 +10,7 @@ from django.utils import timezone
 from core.errors import IdempotencyKeyReused, InvalidInput
 from customers.models import Customer, Notification, NotificationKind
 from customers.services import subscription_roll_period
+from plans.models import Meter
 from tests.catalog_fixtures import event
 from usage.corrections import usage_event_correct
 from usage.errors import CorrectionUncovered, PeriodClosed
@@ -453,6 +454,19 @@ def test_the_usage_page_lists_corrections_with_their_reason(client, pro_plan, ma
     assert "nothing to change" not in page  # a dry run tells no one
     # Customers' words in their notifications, never emailed.
     assert Notification.objects.filter(kind=NotificationKind.USAGE_CORRECTED).count() == 2
+
+
+def test_a_correction_notice_names_a_meter_called_usage_once(pro_plan, make_customer):
+    make_customer("pro")
+    event = record("m", 150)
+    Meter.objects.filter(pk=event.meter_id).update(name="LLM usage")
+
+    correct(event, 120, key="one", reason="retries were counted twice")
+
+    [notice] = Notification.objects.filter(kind=NotificationKind.USAGE_CORRECTED)
+    assert notice.message.startswith(
+        f"LLM usage of {event.timestamp:%b} {event.timestamp.day} corrected: 30 units"
+    )
 
 
 def test_an_increase_past_the_customers_own_meter_limit_is_recorded_and_flagged(pro_plan, make_customer):

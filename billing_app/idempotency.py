@@ -101,8 +101,9 @@ def idempotent_write_claim(*, request: HttpRequest, key: str) -> IdempotentWrite
     stored = IdempotencyKey.objects.filter(api_key=api_key, key=key).first()
     if stored is not None and stored.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused(
-            f"This {IDEMPOTENCY_HEADER} was used for a different request ({stored.method} {stored.path} "
-            "with another body); nothing was done. Use a new key for a new request."
+            f"This {IDEMPOTENCY_HEADER} was used for a different request ({stored.method} {stored.path}"
+            f"{', another body' if (stored.method, stored.path) == (method, path) else ''}); nothing was done. "
+            "Use a new key for a new request."
         )
     return IdempotentWrite(api_key, key, request_fingerprint, method, path, stored)
 

@@ -123,7 +123,17 @@ def test_a_different_body_under_the_same_key_is_refused(api, acme):
     other = post(api, "/api/v1/customers/acme/wallet/top-ups", {"amount": "20.00"})
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert "(POST /api/v1/customers/acme/wallet/top-ups, another body)" in other.json()["error"]["message"]
     assert wallet() == 10
+
+
+def test_a_key_reused_on_another_path_names_the_request_it_answered(api, acme):
+    post(api, "/api/v1/customers/acme/wallet/top-ups", {"amount": "10.00"})
+    other = post(api, "/api/v1/customers/acme/wallet/top-ups?dry_run=true", {"amount": "10.00"})
+    assert other.status_code == 409
+    message = other.json()["error"]["message"]
+    assert "different request (POST /api/v1/customers/acme/wallet/top-ups);" in message
+    assert "another body" not in message
 
 
 def test_the_same_body_written_differently_is_the_same_request(api, acme):

@@ -126,10 +126,16 @@ def catalog_build(clients: int) -> tuple[dict[str, tuple[int, datetime]], dict[s
 
 
 def batches_build(
-    *, clients: int, batches: int, customers: dict[str, tuple[int, datetime]], meters: dict[str, int]
+    *,
+    clients: int,
+    batches: int,
+    customers: dict[str, tuple[int, datetime]],
+    meters: dict[str, int],
+    seed: int = 42,
 ) -> list[list[Batch]]:
-    """``batches`` batches of 1,000 events per client, as request bodies and as raw rows."""
-    randomness = random.Random(42)
+    """``batches`` batches of 1,000 events per client, as request bodies and as raw rows; another ``seed``
+    draws other idempotency keys, for a run on a database that holds an earlier run's events."""
+    randomness = random.Random(seed)
     now = datetime.now(UTC)
     plan: list[list[Batch]] = []
     for client in range(clients):

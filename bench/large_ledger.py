@@ -27,7 +27,7 @@ stores (``action``, and ``model`` for tokens).
    rollup reads (``/settings/usage``), and the replay lookup of ingest (``usage.ingest.events_recorded``);
 3. p50/p95 of ``/settings/usage`` (logged in as the customer's admin), ``GET /api/v1/customers/{id}/usage`` and
    ``GET /api/v1/customers/{id}/events?limit=50`` through gunicorn, for ``cap-big`` and a typical customer,
-   one request at a time;
+   one request at a time; the page and the usage API for the current period and for the last whole month;
 4. ingest through gunicorn on the big ledger: the ingest bench's batches (2 clients × 1,000 events over 10
    customers each, then their replay), with the CPU per event. Those events stay in the ledger.
 """
@@ -312,7 +312,7 @@ def explains_print(api_key: str, month: datetime) -> None:
 
     from usage.ingest import events_recorded
     from usage.models import UsageEvent
-    from usage.partitions import months_later
+    from usage.partitions import month_start, months_later
     from usage.validation import EventInput
 
     client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}", HTTP_HOST="127.0.0.1")
@@ -329,11 +329,13 @@ def explains_print(api_key: str, month: datetime) -> None:
                 explain_print(f"events list, GET {url}", sql)
     browser = Client(HTTP_HOST="127.0.0.1")
     browser.force_login(get_user_model().objects.get(username=ADMIN_USERNAME))
-    browser.get("/settings/usage")
-    page_statements = statements_captured(lambda: browser.get("/settings/usage"))
+    # The last whole month's page: the current period may have begun hours ago, with little to read.
+    page = f"/settings/usage?period={months_later(month_start(datetime.now(UTC)), -1):%Y-%m-%d}"
+    browser.get(page)
+    page_statements = statements_captured(lambda: browser.get(page))
     for sql in dict.fromkeys(page_statements):
         if "usage_dailyusagerollup" in sql or "usage_periodusage" in sql:
-            explain_print(f"usage page ({BIG}), rollups and period totals", sql)
+            explain_print(f"usage page ({BIG}, {page}), rollups and period totals", sql)
 
     # Ingest's replay lookup: the keys of 1,000 events recorded in an older month, as a replay sends them.
     from django.db import connection
@@ -406,18 +408,22 @@ def measure(*, requests: int, batches: int, workers: int, threads: int) -> None:
         for customer in Customer.objects.filter(external_id__startswith="ing-").select_related("subscription")
     }
     meters = dict(Meter.objects.values_list("key", "pk"))
-    plan = batches_build(clients=2, batches=batches, customers=customers, meters=meters)
+    # New keys on every run: an earlier ``measure``'s events stay in the ledger, and the same keys would replay.
+    plan = batches_build(clients=2, batches=batches, customers=customers, meters=meters, seed=time.time_ns())
     cookies = session_cookie()
     django_connections_close()
     machine_describe(workers, threads)
     with gunicorn_running(workers=workers, threads=threads) as server:
         rows = []
+        # The current period and the last whole one: the current may have begun hours ago.
+        last_period = f"period={months_later(month_start(datetime.now(UTC)), -1):%Y-%m-%d}"
         with httpx.Client(base_url=server.base_url, cookies=cookies, timeout=60) as browser:
-            p50, p95 = timings(browser, "/settings/usage", requests)
-            rows.append((f"/settings/usage ({BIG}'s admin)", ms(p50), ms(p95)))
+            for url in ("/settings/usage", f"/settings/usage?{last_period}"):
+                p50, p95 = timings(browser, url, requests)
+                rows.append((f"{url} ({BIG}'s admin)", ms(p50), ms(p95)))
         with api_client(server, api_key) as client:
             for external_id in (BIG, TYPICAL):
-                for path in ("usage", "events?limit=50"):
+                for path in ("usage", f"usage?{last_period}", "events?limit=50"):
                     url = f"/api/v1/customers/{external_id}/{path}"
                     p50, p95 = timings(client, url, requests)
                     rows.append((f"GET {url}", ms(p50), ms(p95)))

@@ -3,9 +3,9 @@
     .venv/bin/python bench/large_ledger.py build [--events 20000000] [--customers 200] [--months 24] [--jobs 1]
     .venv/bin/python bench/large_ledger.py measure [--requests 50] [--batches 20] [--workers 4]
 
-Runs in its own database, ``BENCH_DB_NAME`` (default ``billing_cap``). A ledger of tens of millions of events
-is about half a gigabyte per million with its indexes: check ``df -h`` before ``build``, and drop the database
-when done (``psql -h 127.0.0.1 -U postgres -c 'DROP DATABASE billing_cap'``).
+Runs in its own database, ``BENCH_DB_NAME`` (default ``billing_cap``). A ledger is about two thirds of a
+gigabyte per million events with its indexes (64 GB at 100 million): check ``df -h`` before ``build``, and drop
+the database when done (``psql -h 127.0.0.1 -U postgres -c 'DROP DATABASE billing_cap'``).
 
 ``build`` drops, recreates and migrates the database; publishes the ingest bench's plan (``api_call`` per unit,
 ``llm_tokens`` priced by ``model``) and subscribes ``--customers`` customers to it, the ingest bench's 20 among

@@ -72,8 +72,8 @@ def build() -> None:
 
     from customers.models import MemberRole
     from customers.services import customer_create, member_create, spend_controls_update, subscription_start
+    from plans.catalog.importing import catalog_import
     from plans.models import Meter, PlanVersion, VersionStatus
-    from plans.services import catalog_import
     from usage.models import CreditLedgerEntry, LedgerEntryKind
     from usage.services import credit_grant_create, wallet_top_up
 

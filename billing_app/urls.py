@@ -7,7 +7,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from billing_app import login_protection, payment_api, webhook_endpoints_api
 from billing_app.api_errors import api_route_not_found
 from billing_app.api_keys import PublishableKeysView
-from usage.admin_views import margin_report_page, price_publish, price_research
+from usage.admin.margins import margin_report_page
+from usage.admin.price_changes import price_publish, price_research
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/settings/usage", permanent=False)),

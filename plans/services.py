@@ -1,13 +1,13 @@
-"""Writes to the catalog: meters, plan versions (create, copy, publish, retire) and the catalog import.
+"""Writes to the catalog: meters, their serving costs, plan versions (create, copy, publish, retire).
 
 A plan version is a draft until it is published; from then on, and as soon as any subscription uses it, it
 is read-only (`plan_version_assert_editable`): a price change is a new version, and subscribers stay on
 theirs. Publishing retires nothing: older versions stay published for the subscribers on them until they are
-retired by hand; the pricing page shows only the latest.
+retired by hand; the pricing page shows only the latest. Importing a catalog file (`plans.catalog.importing`)
+goes through these services; the changelog's words for what changed are `plans.changelog`.
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,19 +19,10 @@ from django.db.models import Max
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput
-from core.money import CREDITS, format_money
-from plans.catalog import (
-    CatalogInvalid,
-    CreditPackEntry,
-    EntitlementEntry,
-    PlanEntry,
-    VersionContent,
-    catalog_parse,
-    content_hash,
-    version_content,
-    version_content_parse,
-)
+from core.money import CREDITS
+from plans.catalog import VersionContent, content_hash, version_content, version_content_parse
 from plans.catalog.content import SERVING_COST_SINCE_ALWAYS, ServingCostEntry
+from plans.changelog import version_changes
 from plans.errors import PlanVersionInUse
 from plans.models import (
     ChangeEffect,
@@ -51,7 +42,7 @@ from plans.models import (
     PricingUnit,
     VersionStatus,
 )
-from plans.pricing import PriceModel, PriceSpec, validate_version
+from plans.pricing import validate_version
 from plans.selectors import plan_latest_published_version, version_spec
 
 
@@ -186,7 +177,7 @@ def plan_version_create(
         where=f'plan "{plan.code}"',
         known_meters=Meter.objects.values_list("key", flat=True),
     )
-    return _plan_version_write(plan=plan, content=content, changelog_note=changelog_note)
+    return plan_version_write(plan=plan, content=content, changelog_note=changelog_note)
 
 
 @transaction.atomic
@@ -195,7 +186,7 @@ def plan_version_draft_from(*, plan_version: PlanVersion) -> PlanVersion:
 
     Stripe ids are not copied: a new version gets new Stripe prices when it is synced.
     """
-    return _plan_version_write(
+    return plan_version_write(
         plan=plan_version.plan, content=version_content(plan_version), changelog_note=""
     )
 
@@ -303,7 +294,7 @@ def plan_version_publish(
             param="migrate_at",
         )
     if summary is None:
-        changes = _version_changes(None if previous is None else version_content(previous), content)
+        changes = version_changes(None if previous is None else version_content(previous), content)
         summary = "\n".join([version.changelog_note.strip(), *changes] if version.changelog_note else changes)
 
     version.status = VersionStatus.PUBLISHED
@@ -387,8 +378,9 @@ def plan_version_retire(*, plan_version: PlanVersion) -> PlanVersion:
     return version
 
 
-def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: str) -> PlanVersion:
-    """A draft version holding `content`, whose meters exist (the parse checked them)."""
+def plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: str) -> PlanVersion:
+    """A draft version holding `content`, whose meters exist (the parse checked them). Call it inside a
+    transaction: it takes the plan's next number with `plan_version_next_number`, which locks the plan."""
     meters = Meter.objects.in_bulk([spec.meter for spec in content.prices], field_name="key")
     version = PlanVersion.objects.create(
         plan=plan,
@@ -445,210 +437,3 @@ def _plan_version_write(*, plan: Plan, content: VersionContent, changelog_note: 
 
 def _version_name(plan_version: PlanVersion) -> str:
     return f"v{plan_version.number} of {plan_version.plan.name}"
-
-
-# --- What changed, for the changelog ---
-
-
-def _version_changes(previous: VersionContent | None, current: VersionContent) -> list[str]:
-    """One line per change from `previous` (the latest published version) to `current`."""
-    currency = current.currency.upper()  # for the currency-change line
-    if previous is None:
-        meters = ", ".join(spec.meter for spec in current.prices) or "no metered prices"
-        fee = format_money(current.base_fee, current.currency)
-        return [f"New plan: {fee} per {current.interval}; prices for {meters}."]
-    lines = []
-    if previous.currency != current.currency:
-        lines.append(f"Currency: {previous.currency.upper()} → {currency}.")
-    if previous.interval != current.interval:
-        lines.append(f"Billed per {current.interval} instead of per {previous.interval}.")
-    if previous.base_fee != current.base_fee:
-        before, after = (format_money(v.base_fee, current.currency) for v in (previous, current))
-        lines.append(f"Base fee: {before} → {after} per {current.interval}.")
-    if previous.overage != current.overage:
-        lines.append(
-            "Usage now stops when included usage, credits and wallet run out (no overage)."
-            if current.overage == "blocked"
-            else "Usage past included usage, credits and wallet is now billed as overage."
-        )
-    lines += _keyed_changes(
-        "price for",
-        {spec.meter: _price_text(spec) for spec in previous.prices},
-        {spec.meter: _price_text(spec) for spec in current.prices},
-    )
-    lines += _keyed_changes(
-        "entitlement",
-        {entry.feature: _entitlement_text(entry) for entry in previous.entitlements},
-        {entry.feature: _entitlement_text(entry) for entry in current.entitlements},
-    )
-    lines += _keyed_changes(
-        "credit pack",
-        {_pack_text(pack, previous.currency): "" for pack in previous.credit_packs},
-        {_pack_text(pack, current.currency): "" for pack in current.credit_packs},
-    )
-    return lines or ["No pricing change."]
-
-
-def _keyed_changes(label: str, before: dict[str, str], after: dict[str, str]) -> list[str]:
-    lines = []
-    for key in sorted(before.keys() | after.keys()):
-        if key not in before:
-            lines.append(f"Added {label} {key}{': ' + after[key] if after[key] else ''}.")
-        elif key not in after:
-            lines.append(f"Removed {label} {key}.")
-        elif before[key] != after[key]:
-            lines.append(f"Changed {label} {key}: {before[key]} → {after[key]}.")
-    return lines
-
-
-def _price_text(spec: PriceSpec) -> str:
-    unit = "credits" if spec.unit == CREDITS else spec.unit.upper()
-    match spec.model:
-        case PriceModel.PER_UNIT:
-            text = f"{_amount(spec.unit_amount)} {unit} per unit"
-        case PriceModel.GRADUATED | PriceModel.VOLUME:
-            tiers = ", ".join(
-                ("above" if tier.up_to is None else f"up to {_amount(tier.up_to)}")
-                + f" at {_amount(tier.unit_amount)}"
-                + (f" + {_amount(tier.flat_amount)} flat" if tier.flat_amount else "")
-                for tier in spec.tiers
-            )
-            text = f"{spec.model} tiers in {unit}: {tiers}"
-        case PriceModel.PACKAGE:
-            text = f"{_amount(spec.package_amount)} {unit} per {_amount(spec.package_size)} units"
-        case PriceModel.DIMENSIONAL:
-            rates = ", ".join(f"{value} {_amount(rate)}" for value, rate in spec.rates)
-            other = "refused" if spec.default_rate is None else f"at {_amount(spec.default_rate)}"
-            text = f"by {spec.dimension} in {unit}: {rates}; others {other}"
-    return text + (f", first {_amount(spec.included)} included" if spec.included else "")
-
-
-def _entitlement_text(entry: EntitlementEntry) -> str:
-    if not entry.enabled:
-        return "off"
-    text = "on" if entry.limit is None else f"limited to {_amount(entry.limit)} per period"
-    if entry.rate_limit_per_minute is not None:
-        text += f", at most {entry.rate_limit_per_minute} a minute per {entry.rate_limit_per}"
-    return text
-
-
-def _pack_text(pack: CreditPackEntry, currency: str) -> str:
-    return f"{_amount(pack.credits)} credits for {format_money(pack.price, currency)}"
-
-
-def _amount(value: Decimal | None) -> str:
-    return "none" if value is None else format(value.normalize(), "f")
-
-
-# --- The catalog file ---
-
-
-@dataclass(frozen=True)
-class CatalogImportReport:
-    lines: tuple[str, ...]  # what happened to each meter and plan, in file order
-    changed: bool  # False: the database already matched the file, and nothing was written
-
-
-@transaction.atomic
-def catalog_import(*, data: Any) -> CatalogImportReport:
-    """Make the catalog match a decoded catalog file (docs/catalog.md), in one transaction.
-
-    Meters are created or updated. A plan whose pricing differs from its latest published version gets a
-    new published version (with a changelog entry); a plan whose pricing is the same keeps its version.
-    Plans and versions the file does not mention are left alone. Any problem raises `CatalogInvalid`
-    naming the plan and price before anything is written; importing the same file twice changes nothing.
-    """
-    meters = Meter.objects.in_bulk(field_name="key")
-    catalog = catalog_parse(data, known_meters=meters)
-    lines = []
-    changed = False
-    problems: list[str] = []
-    for entry in catalog.meters:
-        meter = meters.get(entry.key)
-        current = (
-            None
-            if meter is None
-            else (
-                meter.name,
-                meter.unit,
-                meter.aggregation,
-                meter.unique_property,
-                meter.display_mode,
-                meter.display_unit,
-                meter.display_divisor,
-            )
-        )
-        what = []
-        wanted = (
-            entry.name,
-            entry.unit,
-            entry.aggregation,
-            entry.unique_property,
-            entry.display_mode,
-            entry.display_unit,
-            entry.display_divisor,
-        )
-        if current != wanted:
-            what.append("created" if meter is None else "updated")
-            meter = meter_upsert(
-                key=entry.key,
-                name=entry.name,
-                unit=entry.unit,
-                aggregation=entry.aggregation,
-                unique_property=entry.unique_property,
-                display_mode=entry.display_mode,
-                display_unit=entry.display_unit,
-                display_divisor=entry.display_divisor,
-            )
-        if entry.cost is not None and meter is not None:
-            cost_changes, cost_problems = meter_serving_cost_import(meter=meter, entry=entry.cost)
-            what += cost_changes
-            problems += cost_problems
-        lines.append(f"meter {entry.key}: {', '.join(what) if what else 'unchanged'}")
-        changed = changed or bool(what)
-    if problems:
-        raise CatalogInvalid(problems)  # the transaction rolls back whatever was written before
-    for plan_entry in catalog.plans:
-        line, plan_changed = _catalog_plan_import(plan_entry)
-        lines.append(line)
-        changed = changed or plan_changed
-    return CatalogImportReport(lines=tuple(lines), changed=changed)
-
-
-def _catalog_plan_import(entry: PlanEntry) -> tuple[str, bool]:
-    plan = Plan.objects.select_for_update().filter(code=entry.code).first()
-    created = plan is None
-    plan = plan or Plan(code=entry.code)
-    details = {
-        "name": entry.name,
-        "description": entry.description,
-        "display_order": entry.display_order,
-        "is_public": entry.is_public,
-    }
-    updated = [key for key, value in details.items() if value is not None and getattr(plan, key) != value]
-    for key in updated:
-        setattr(plan, key, details[key])
-    if created or updated:
-        plan.save()
-
-    latest = None if created else plan_latest_published_version(plan)
-    if latest is not None and (latest.content_hash or content_hash(version_content(latest))) == content_hash(
-        entry.version
-    ):
-        if created or updated:
-            return (
-                f"plan {entry.code}: updated {', '.join(updated)}; pricing unchanged (v{latest.number})",
-                True,
-            )
-        return f"plan {entry.code}: unchanged (v{latest.number})", False
-
-    version = _plan_version_write(plan=plan, content=entry.version, changelog_note=entry.changelog or "")
-    migration = entry.migration
-    version = plan_version_publish(
-        plan_version=version,
-        effect=None if migration is None else migration.effect,
-        migrate_at=None if migration is None else migration.migrate_at,
-    )
-    what = "created" if created else (f"updated {', '.join(updated)}" if updated else "")
-    published = f"v{version.number} published ({version.changelog_entry.effect})"
-    return f"plan {entry.code}: {what + ', ' if what else ''}{published}", True

@@ -1,4 +1,4 @@
-"""The catalog file: parse, validate and serialize the JSON format of docs/catalog.md.
+"""The catalog file: parse, validate, serialize and import the JSON format of docs/catalog.md.
 
 `catalog_import` and `catalog_export` share this package, so a file they write reads back unchanged. Parsing
 is pure (no database): it checks the structure, refuses floats, and runs each price through the rating
@@ -10,7 +10,8 @@ A plan version's pricing content is a `VersionContent`; its prices are the ratin
 however their decimals were written ("20", "20.00", 20.0000 in the database).
 
 `parse` reads a file, `serialize` writes one, and `content` holds what both deal in; the names callers
-import are re-exported here.
+import are re-exported here. `importing` makes the database match a file: it writes through `plans.services`,
+which reads this package, so `catalog_import` is imported from its module rather than re-exported here.
 """
 
 from plans.catalog.content import (

@@ -23,8 +23,8 @@ from playwright.sync_api import Page
 from billing_app.models import ApiKey
 from customers.models import Customer, MemberRole
 from customers.services import customer_create, member_create, spend_controls_update, subscription_start
+from plans.catalog.importing import catalog_import
 from plans.models import PlanVersion, VersionStatus
-from plans.services import catalog_import
 from usage.services import credit_grant_create, wallet_top_up
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

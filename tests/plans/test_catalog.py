@@ -185,7 +185,7 @@ def test_a_failure_part_way_through_rolls_back_the_whole_import(tmp_path, monkey
         published.append(publish(**kwargs))
         return published[-1]
 
-    monkeypatch.setattr("plans.services.plan_version_publish", publish_then_fail)
+    monkeypatch.setattr("plans.catalog.importing.plan_version_publish", publish_then_fail)
     with pytest.raises(CommandError, match="the database went away"):
         run("catalog_import", write(tmp_path, data))
 

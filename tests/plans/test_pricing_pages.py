@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from plans.catalog.importing import catalog_import
 from plans.models import Plan, VersionStatus
-from plans.services import catalog_import, plan_version_publish, plan_version_retire
+from plans.services import plan_version_publish, plan_version_retire
 from tests.plans.factories import (
     CreditPackFactory,
     EntitlementFactory,

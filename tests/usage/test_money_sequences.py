@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from customers.models import Subscription
 from customers.services import spend_controls_update, subscription_start
+from plans.catalog.importing import catalog_import
 from plans.catalog.parse import CatalogInvalid
 from plans.models import Aggregation
-from plans.services import catalog_import, meter_upsert
+from plans.services import meter_upsert
 from usage.ledger_audit import ledger_mismatches
 from usage.models import (
     CreditGrant,

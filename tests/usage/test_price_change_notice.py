@@ -17,8 +17,9 @@ from core.errors import InvalidInput
 from customers.models import MemberRole, Notification, NotificationKind, Subscription
 from customers.tasks import subscriptions_roll_periods_task
 from plans.catalog import catalog_parse
+from plans.catalog.importing import catalog_import
 from plans.models import ChangeEffect, Meter, MigrationStatus, Plan, PlanMigration, PlanVersion, VersionStatus
-from plans.services import PlanMigrationInProgress, catalog_import, plan_version_create, plan_version_publish
+from plans.services import PlanMigrationInProgress, plan_version_create, plan_version_publish
 from tests.customers.factories import MemberFactory, UserFactory
 from tests.usage.test_concurrency import run_concurrently
 from tests.usage.test_price_changes import period_usage

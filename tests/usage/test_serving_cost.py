@@ -9,8 +9,9 @@ import time_machine
 from django.db.models import Sum
 
 from plans.catalog import CatalogInvalid
+from plans.catalog.importing import catalog_import
 from plans.models import Meter, MeterServingCost
-from plans.services import SERVING_COST_SINCE_ALWAYS, catalog_import
+from plans.services import SERVING_COST_SINCE_ALWAYS
 from tests.catalog_fixtures import event
 from usage.errors import InvalidBatch, InvalidCost
 from usage.ingest import usage_events_ingest

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import BillingError
 from plans.catalog import catalog_decode
-from plans.services import catalog_import
+from plans.catalog.importing import catalog_import
 
 
 class Command(BaseCommand):

@@ -24,7 +24,7 @@ from django.utils.html import format_html
 
 from core.errors import BillingError
 from customers.models import Customer
-from plans.models import PlanMigration
+from usage.admin.common import ReadOnly, customer_link, link
 from usage.corrections import CorrectionResult, usage_event_correct
 from usage.forms import CreditGrantForm, EventCorrectionForm, WalletTopUpForm
 from usage.models import (
@@ -32,34 +32,13 @@ from usage.models import (
     CreditLedgerEntry,
     CustomerBalance,
     DetachedUsagePartition,
-    PlanMigrationNotice,
     Reservation,
     ReservationStatus,
     StripeUsageOutbox,
     UsageEvent,
 )
-from usage.plan_migrations import plan_migration_progress
 from usage.selectors.formatting import format_amount, format_quantity
 from usage.services import credit_grant_create, reservation_release, wallet_top_up
-
-
-class _ReadOnly(admin.ModelAdmin):
-    """Ledger tables: viewable, never added, edited or deleted by hand."""
-
-    list_per_page = 50
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-def _link(model: str, pk: Any, text: Any) -> str:
-    return format_html('<a href="{}">{}</a>', reverse(f"admin:usage_{model}_change", args=[pk]), text)
 
 
 def _filtered(model: str, text: str, **lookups: Any) -> str:
@@ -67,17 +46,8 @@ def _filtered(model: str, text: str, **lookups: Any) -> str:
     return format_html('<a href="{}?{}">{}</a>', reverse(f"admin:usage_{model}_changelist"), query, text)
 
 
-def _customer(obj: Any) -> str:
-    customer = obj.customer
-    return format_html(
-        '<a href="{}">{}</a>',
-        reverse("admin:customers_customer_change", args=[customer.pk]),
-        customer.external_id,
-    )
-
-
 @admin.register(CustomerBalance)
-class CustomerBalanceAdmin(_ReadOnly):
+class CustomerBalanceAdmin(ReadOnly):
     """Each customer's wallet: the cached sum of its wallet ledger rows."""
 
     list_display = ("customer_link", "wallet", "updated_at", "ledger", "money_actions")
@@ -174,7 +144,7 @@ class CustomerBalanceAdmin(_ReadOnly):
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: CustomerBalance) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Wallet balance", ordering="wallet_balance")
     def wallet(self, obj: CustomerBalance) -> str:
@@ -188,7 +158,7 @@ class CustomerBalanceAdmin(_ReadOnly):
 
 
 @admin.register(CreditGrant)
-class CreditGrantAdmin(_ReadOnly):
+class CreditGrantAdmin(ReadOnly):
     list_display = (
         "created_at",
         "customer_link",
@@ -208,7 +178,7 @@ class CreditGrantAdmin(_ReadOnly):
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: CreditGrant) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Granted", ordering="amount")
     def granted(self, obj: CreditGrant) -> str:
@@ -224,7 +194,7 @@ class CreditGrantAdmin(_ReadOnly):
 
 
 @admin.register(CreditLedgerEntry)
-class CreditLedgerEntryAdmin(_ReadOnly):
+class CreditLedgerEntryAdmin(ReadOnly):
     """Every change of a grant or a wallet, with what caused it."""
 
     list_display = (
@@ -244,7 +214,7 @@ class CreditLedgerEntryAdmin(_ReadOnly):
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: CreditLedgerEntry) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Amount", ordering="amount")
     def amount_display(self, obj: CreditLedgerEntry) -> str:
@@ -256,19 +226,19 @@ class CreditLedgerEntryAdmin(_ReadOnly):
         grant = obj.grant
         if grant is None:
             return "Wallet"
-        return _link("creditgrant", grant.pk, grant.description or f"Grant {grant.pk}")
+        return link("creditgrant", grant.pk, grant.description or f"Grant {grant.pk}")
 
     @admin.display(description="Caused by")
     def cause(self, obj: CreditLedgerEntry) -> str:
         if obj.usage_event_id is not None:
-            return _link("usageevent", obj.usage_event_id, f"event {obj.usage_event_id}")
+            return link("usageevent", obj.usage_event_id, f"event {obj.usage_event_id}")
         if obj.reservation_id is not None:
-            return _link("reservation", obj.reservation_id, "hold")
+            return link("reservation", obj.reservation_id, "hold")
         return "—"
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(_ReadOnly):
+class UsageEventAdmin(ReadOnly):
     """Usage as recorded, with how each event was paid for: allowance, credits, wallet, overage."""
 
     list_display = (
@@ -350,7 +320,7 @@ class UsageEventAdmin(_ReadOnly):
         if obj.corrects_id is not None:
             return format_html(
                 "Corrects {}: {} (by {})",
-                _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+                link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
                 obj.correction_reason,
                 obj.corrected_by,
             )
@@ -365,13 +335,13 @@ class UsageEventAdmin(_ReadOnly):
             return "—"
         return format_html(
             "of {}: {}",
-            _link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
+            link("usageevent", obj.corrects_id, f"event {obj.corrects_id}"),
             obj.correction_reason,
         )
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: UsageEvent) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Quantity", ordering="quantity")
     def quantity_display(self, obj: UsageEvent) -> str:
@@ -403,14 +373,14 @@ class UsageEventAdmin(_ReadOnly):
 
 
 @admin.register(DetachedUsagePartition)
-class DetachedUsagePartitionAdmin(_ReadOnly):
+class DetachedUsagePartitionAdmin(ReadOnly):
     """Months of usage events retention took out of the ledger: tables still in the database to archive."""
 
     list_display = ("table_name", "range_start", "range_end", "event_count", "detached_at")
 
 
 @admin.register(Reservation)
-class ReservationAdmin(_ReadOnly):
+class ReservationAdmin(ReadOnly):
     """Holds in flight and settled. Releasing one goes through the API's own service."""
 
     list_display = (
@@ -431,7 +401,7 @@ class ReservationAdmin(_ReadOnly):
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: Reservation) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Held")
     def held(self, obj: Reservation) -> str:
@@ -451,11 +421,11 @@ class ReservationAdmin(_ReadOnly):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The changelist needs it for its action; the row's own form stays read-only (no editable fields).
-        return obj is None and super(_ReadOnly, self).has_change_permission(request, obj)
+        return obj is None and super(ReadOnly, self).has_change_permission(request, obj)
 
 
 @admin.register(StripeUsageOutbox)
-class StripeUsageOutboxAdmin(_ReadOnly):
+class StripeUsageOutboxAdmin(ReadOnly):
     """Overage waiting for, or sent to, Stripe."""
 
     list_display = (
@@ -475,7 +445,7 @@ class StripeUsageOutboxAdmin(_ReadOnly):
 
     @admin.display(description="Customer", ordering="customer__external_id")
     def customer_link(self, obj: StripeUsageOutbox) -> str:
-        return _customer(obj)
+        return customer_link(obj)
 
     @admin.display(description="Overage")
     def amount_display(self, obj: StripeUsageOutbox) -> str:
@@ -483,7 +453,7 @@ class StripeUsageOutboxAdmin(_ReadOnly):
 
     @admin.display(description="Latest event")
     def event(self, obj: StripeUsageOutbox) -> str:
-        return _link("usageevent", obj.last_event_id, f"event {obj.last_event_id}")
+        return link("usageevent", obj.last_event_id, f"event {obj.last_event_id}")
 
 
 def _correction_message(result: CorrectionResult) -> str:
@@ -494,117 +464,3 @@ def _correction_message(result: CorrectionResult) -> str:
         f"Event {result.event.pk} corrected to {format_quantity(result.corrected_quantity)} "
         f"(correction {result.correction.pk}: {format_quantity(result.correction.quantity)}).{flags}"
     )
-
-
-# --- Price changes that move subscribers ---
-
-
-class _NoticeColumns:
-    """What operators read of each customer's notice: the choice, the move, the safety net."""
-
-    @admin.display(description="Last periods: old → new")
-    def bill(self, obj: PlanMigrationNotice) -> str:
-        if obj.old_total is None or obj.new_total is None:
-            return "—"
-        currency = obj.migration.plan_version.currency
-        return f"{format_amount(obj.old_total, currency)} → {format_amount(obj.new_total, currency)}"
-
-    @admin.display(description="Safety-net credit")
-    def credit(self, obj: PlanMigrationNotice) -> str:
-        grant = obj.safety_net_grant
-        if grant is None:
-            return "—" if obj.safety_net_checked_at is None else "none needed"
-        return _link("creditgrant", grant.pk, format_amount(grant.amount, grant.unit))
-
-
-class PlanMigrationNoticeInline(_NoticeColumns, admin.TabularInline):
-    model = PlanMigrationNotice
-    fields = (
-        "customer",
-        "from_version",
-        "bill",
-        "choice",
-        "chosen_at",
-        "chosen_by",
-        "notice_sent_at",
-        "reminder_sent_at",
-        "scheduled_at",
-        "migrated_at",
-        "skipped_reason",
-        "credit",
-    )
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    max_num = 0
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[PlanMigrationNotice]:
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("customer", "from_version", "migration__plan_version", "safety_net_grant")
-        )
-
-
-@admin.register(PlanMigration)
-class PlanMigrationAdmin(_ReadOnly):
-    """A price change that moves subscribers at renewal: its progress, and each customer's notice and choice.
-    Written by publishing a version with the effect "migrated at renewal" (the price research page or the
-    catalog file); moved forward by the ``price-changes`` periodic task."""
-
-    list_display = ("plan_version", "migrate_at", "status", "progress", "created_by", "created_at")
-    list_filter = ("status",)
-    list_select_related = ("plan_version__plan", "created_by")
-    fields = ("plan_version", "migrate_at", "status", "progress", "created_by", "created_at")
-    readonly_fields = fields
-    inlines = [PlanMigrationNoticeInline]
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Viewing the page with its inline is enough; nothing here is edited by hand.
-        return False
-
-    @admin.display(description="Progress")
-    def progress(self, obj: PlanMigration) -> str:
-        counts = plan_migration_progress(obj)
-        return (
-            f"{counts['customers']} customers: {counts['notified']} emailed; {counts['kept']} kept, "
-            f"{counts['accepted']} accepted, {counts['pending']} not chosen; {counts['scheduled']} set to move, "
-            f"{counts['migrated']} moved, {counts['skipped']} left where they are; "
-            f"{counts['credited']} credited by the safety net"
-        )
-
-
-@admin.register(PlanMigrationNotice)
-class PlanMigrationNoticeAdmin(_NoticeColumns, _ReadOnly):
-    """Every customer told of a price change; filter by choice, or by the safety net's credits."""
-
-    list_display = (
-        "customer_link",
-        "migration",
-        "bill",
-        "choice",
-        "chosen_at",
-        "scheduled_at",
-        "migrated_at",
-        "first_period",
-        "credit",
-        "skipped_reason",
-    )
-    list_filter = ("choice", "migration", ("safety_net_grant", admin.EmptyFieldListFilter))
-    list_select_related = ("customer", "migration__plan_version__plan", "safety_net_grant")
-    search_fields = ("customer__external_id", "customer__name")
-
-    @admin.display(description="Customer", ordering="customer__external_id")
-    def customer_link(self, obj: PlanMigrationNotice) -> str:
-        return _customer(obj)
-
-    @admin.display(description="First period on it: old → new")
-    def first_period(self, obj: PlanMigrationNotice) -> str:
-        if obj.first_period_old_total is None or obj.first_period_new_total is None:
-            return "—"
-        currency = obj.migration.plan_version.currency
-        return (
-            f"{format_amount(obj.first_period_old_total, currency)} → "
-            f"{format_amount(obj.first_period_new_total, currency)}"
-        )

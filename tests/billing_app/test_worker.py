@@ -6,12 +6,15 @@ as it takes the worker to fail against it a few times (seconds, not the minute a
 what matters is that attempts fail and retry, not how long the clock runs).
 """
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -106,19 +109,32 @@ def drop_broker_connections() -> None:
     kombu_pools.reset()
 
 
+@contextmanager
+def broker_held() -> Iterator[None]:
+    """The worker tests' broker database, for one test at a time on this machine: two at once (``pytest -n``,
+    or two runs) would flush it under each other and their workers would take each other's tasks."""
+    with (Path(tempfile.gettempdir()) / "billing-worker-tests-broker.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def broker() -> Iterator[None]:
     """The test process sends tasks to the worker's Redis database instead of running them in-process."""
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager")}
-    celery_app.conf.update(broker_url=REDIS_URL, task_always_eager=False)
-    drop_broker_connections()
-    yield
-    drop_broker_connections()
-    celery_app.conf.update(saved)
-    client.flushdb()
-    client.close()
+    with broker_held():
+        client = redis.Redis.from_url(REDIS_URL)
+        client.flushdb()
+        saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager")}
+        celery_app.conf.update(broker_url=REDIS_URL, task_always_eager=False)
+        drop_broker_connections()
+        yield
+        drop_broker_connections()
+        celery_app.conf.update(saved)
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ from billing_app.stripe.checkout import checkout_sessions_sweep
 from billing_app.stripe.client import stripe_client, stripe_connected
 from billing_app.stripe.outbox import outbox_drain
 from billing_app.stripe.reconciliation import customer_meters_reconcile, reconciliation_run
-from billing_app.stripe.sync import customer_sync, plan_version_sync, stripe_sync_pending, subscription_sync
+from billing_app.stripe.sync.catalog import plan_version_sync
+from billing_app.stripe.sync.pending import stripe_sync_pending
+from billing_app.stripe.sync.subscriptions import customer_sync, subscription_sync
 from billing_app.webhooks_out import webhook_deliveries_send
 from customers.models import Customer, Subscription
 from plans.models import PlanVersion

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from billing_app.models import CheckoutKind, CheckoutSession, CheckoutStatus, SavedPaymentMethod
 from billing_app.stripe.client import DEFAULT_API_BASE, StripeNotConnected, stripe_client
-from billing_app.stripe.sync import customer_sync
+from billing_app.stripe.sync.subscriptions import customer_sync
 from core.errors import BillingError, InvalidInput, NotFound, OutOfRange
 from core.money import format_money, round_money, to_minor_units
 from customers.models import Customer, Subscription

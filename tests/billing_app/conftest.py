@@ -8,7 +8,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from customers.models import Customer
 from tests.catalog_fixtures import event
 from tests.stripe_fake import FakeStripe

@@ -159,7 +159,7 @@ def test_an_abandoned_session_credits_nothing_on_look_up(api, synced_customer, s
 
 
 def test_a_credit_pack_grants_its_credits_once(client, api, make_plan, make_customer, stripe_on):
-    from billing_app.stripe.sync import stripe_sync_pending
+    from billing_app.stripe.sync.pending import stripe_sync_pending
 
     make_plan(
         "packs",

@@ -25,7 +25,7 @@ from django.core.management import call_command
 from django.db.models import Sum
 
 from billing_app.models import ApiKey, StripeMeterEvent
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from billing_app.tasks import stripe_outbox_drain_task
 from tests.billing_app.test_worker import (
     assert_each_identifier_counted_once,

@@ -15,7 +15,7 @@ from billing_app.models import MeterEventStatus, OperatorAlert, OperatorAlertKin
 from billing_app.stripe import outbox
 from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.outbox import meter_event_timestamp, outbox_drain
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from billing_app.tasks import stripe_outbox_drain_task
 from customers.models import Subscription
 from plans.models import Meter

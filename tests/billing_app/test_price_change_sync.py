@@ -7,7 +7,7 @@ import pytest
 import time_machine
 
 from billing_app.stripe.client import stripe_client
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from customers.models import Subscription
 from tests.usage.test_price_change_notice import draft, notify
 from usage.plan_migrations import plan_migrations_run

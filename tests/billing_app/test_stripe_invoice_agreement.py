@@ -21,7 +21,7 @@ from billing_app.models import ReconciliationDivergence
 from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.outbox import outbox_drain
 from billing_app.stripe.reconciliation import reconciliation_run
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from core.money import CREDITS, round_money
 from customers.models import Customer, Subscription
 from plans.models import PriceModel

@@ -20,7 +20,8 @@ from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.outbox import outbox_drain
 from billing_app.stripe.reconciliation import reconciliation_run
-from billing_app.stripe.sync import plan_version_items, stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
+from billing_app.stripe.sync.subscriptions import plan_version_items
 from core.money import round_money
 from customers.models import Customer, Subscription
 from customers.services import subscription_roll_period

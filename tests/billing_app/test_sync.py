@@ -8,12 +8,9 @@ from django.utils import timezone
 
 from billing_app.models import StripeDimensionMeter, StripeSubscriptionSync
 from billing_app.stripe.client import StripeNotConnected, stripe_client
-from billing_app.stripe.sync import (
-    AMOUNT_PRICE,
-    customer_sync,
-    plan_version_price_ids,
-    stripe_sync_pending,
-)
+from billing_app.stripe.sync.catalog import AMOUNT_PRICE, plan_version_price_ids
+from billing_app.stripe.sync.pending import stripe_sync_pending
+from billing_app.stripe.sync.subscriptions import customer_sync
 from customers.models import Customer, Subscription
 from customers.services import subscription_roll_period
 from plans.models import DimensionRate, Meter, Price

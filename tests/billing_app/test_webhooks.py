@@ -141,7 +141,7 @@ def test_a_failing_handler_is_recorded_and_answered_500_for_redelivery(client, c
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_deliveries_are_processed_once(stripe_on, pro_plan, make_customer, handler_calls):
-    from billing_app.stripe.sync import stripe_sync_pending
+    from billing_app.stripe.sync.pending import stripe_sync_pending
 
     customer = make_customer("pro")
     stripe_sync_pending()
@@ -241,7 +241,7 @@ def test_subscription_renewal_in_stripe_rolls_the_local_period(client, synced_cu
 def test_stripe_delivers_its_own_signed_webhooks_end_to_end(
     live_server, settings, stripe_on, pro_plan, make_customer
 ):
-    from billing_app.stripe.sync import stripe_sync_pending
+    from billing_app.stripe.sync.pending import stripe_sync_pending
 
     stripe_on.configure_webhooks(f"{live_server.url}{URL}", settings.STRIPE_WEBHOOK_SECRET)
     customer = make_customer("pro")

@@ -26,7 +26,7 @@ from kombu import pools as kombu_pools
 
 from billing_app.celery import app as celery_app
 from billing_app.models import MeterEventStatus, StripeMeterEvent
-from billing_app.stripe.sync import stripe_sync_pending
+from billing_app.stripe.sync.pending import stripe_sync_pending
 from billing_app.tasks import stripe_outbox_drain_task
 from customers.models import Customer
 from plans.models import Meter

@@ -1,33 +1,10 @@
-"""Mirror the catalog, the customers and their subscriptions into Stripe, and keep the Stripe ids.
+"""Customers and their subscriptions in Stripe: create them, bring them to the local plan (mid-period changes,
+migrations at renewal), and cancel with a final invoice."""
 
-Mapping (decided with the team):
-- a local meter is a Stripe billing meter with ``event_name`` = the meter key, customers mapped by
-  ``stripe_customer_id``, the value under ``value``, aggregated by sum. Its values are the post-paid
-  overage *money* the local engine rated, in minor units (see docs/stripe.md), whatever the meter's
-  own aggregation and price model;
-- a dimension value with its own rate gets its own Stripe meter (``llm_tokens.gpt-4o``,
-  ``StripeDimensionMeter``) and price, so Stripe totals and bills each value apart; values priced at the
-  default rate feed the meter's own Stripe meter and the dimensional price's ``stripe_price_id``;
-- a plan is a product; a plan version's base fee is a licensed monthly/yearly price and each of its usage
-  prices a metered price on the meter at one minor unit per unit (``AMOUNT_PRICE``). Tiers, packages,
-  dimension rates and credit conversion are applied once, locally: Stripe re-rating quantities we
-  already drew from allowance, credits and the wallet is what billed tiered prices twice. Credit prices
-  without a credit pack never produce overage and get no Stripe price.
-
-Every create passes an idempotency key made from the local row's id and creation time, so a retry after a
-timeout, or after a crash between the call and saving the id, gets Stripe's saved answer instead of a
-second object. Ids are saved one by one right after each call: there is no transaction around network
-calls, and a sync that stops half-way resumes where it stopped.
-"""
-
-import hashlib
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import stripe
 from django.db.models import F, Q
@@ -43,270 +20,13 @@ from billing_app.stripe.carries import usage_carries_finalize
 from billing_app.stripe.client import stripe_client
 from billing_app.stripe.outbox import meter_events_send, outbox_drain
 from billing_app.stripe.periods import stripe_period_bounds
+from billing_app.stripe.sync import StripeSyncError, idempotency_key, request_options
+from billing_app.stripe.sync.catalog import plan_version_is_synced, plan_version_price_ids, plan_version_sync
 from core.money import round_money, to_minor_units
 from customers.models import Customer, Subscription, SubscriptionStatus
-from plans.models import (
-    BillingInterval,
-    DimensionRate,
-    Meter,
-    PlanVersion,
-    Price,
-    PriceModel,
-    PricingUnit,
-    VersionStatus,
-)
+from plans.models import BillingInterval, PlanVersion, PriceModel
 from plans.selectors import prices_with_rates
 from usage.models import OutboxStatus, StripeUsageOutbox
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# Stripe's limit: event names up to 100 characters.
-EVENT_NAME_MAX = 100
-
-
-class StripeSyncError(Exception):
-    """A local object cannot be expressed in Stripe (a base fee finer than the currency's minor unit)."""
-
-    code = "stripe_sync_error"
-
-
-def _idempotency_key(kind: str, pk: int, created: datetime, *extra: object) -> str:
-    # The creation time keeps keys unique across databases that reuse ids (a reset development database
-    # talking to the same Stripe test account would otherwise replay another object's answer).
-    return "-".join(["billing", kind, str(pk), str(int(created.timestamp())), *map(str, extra)])
-
-
-def _options(key: str) -> Any:
-    return {"idempotency_key": key}
-
-
-# --- meters --------------------------------------------------------------------------------------------
-
-
-def _meter_create(client: stripe.StripeClient, *, display_name: str, event_name: str, key: str) -> str:
-    params: Any = {
-        "display_name": display_name[:250],
-        "event_name": event_name,
-        "default_aggregation": {"formula": "sum"},
-        "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-        "value_settings": {"event_payload_key": "value"},
-    }
-    try:
-        return client.v1.billing.meters.create(params, _options(key)).id
-    except stripe.InvalidRequestError as error:
-        # An event name feeds one meter only. If ours exists (created by an earlier run whose answer was
-        # lost after the idempotency window), adopt it instead of failing forever.
-        existing = _meter_by_event_name(client, event_name)
-        if existing is None:
-            raise
-        logger.info("Adopting existing Stripe meter %s for %s (%s)", existing, event_name, error.user_message)
-        return existing
-
-
-def _meter_by_event_name(client: stripe.StripeClient, event_name: str) -> str | None:
-    for meter in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter():
-        if meter.event_name == event_name:
-            return meter.id
-    return None
-
-
-def meter_sync(*, meter: Meter, client: stripe.StripeClient | None = None) -> str:
-    """The meter's Stripe meter id, creating the meter on first use."""
-    if meter.stripe_meter_id:
-        return meter.stripe_meter_id
-    client = client or stripe_client()
-    meter_id = _meter_create(
-        client,
-        display_name=meter.name,
-        event_name=meter.key,
-        key=_idempotency_key("meter", meter.pk, meter.created_at),
-    )
-    Meter.objects.filter(pk=meter.pk).update(stripe_meter_id=meter_id)
-    meter.stripe_meter_id = meter_id
-    return meter_id
-
-
-def dimension_event_name(meter: Meter, value: str) -> str:
-    name = f"{meter.key}.{value}"
-    if len(name) <= EVENT_NAME_MAX:
-        return name
-    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-    return f"{meter.key[: EVENT_NAME_MAX - 17]}.{digest}"
-
-
-def dimension_meter_sync(
-    *, meter: Meter, value: str, client: stripe.StripeClient | None = None
-) -> StripeDimensionMeter:
-    """The Stripe meter of one dimension value of ``meter``, creating it on first use."""
-    dimension_meter, _ = StripeDimensionMeter.objects.get_or_create(
-        meter=meter, value=value, defaults={"event_name": dimension_event_name(meter, value)}
-    )
-    if dimension_meter.stripe_meter_id:
-        return dimension_meter
-    client = client or stripe_client()
-    meter_id = _meter_create(
-        client,
-        display_name=f"{meter.name} · {value}",
-        event_name=dimension_meter.event_name,
-        key=_idempotency_key("dimension-meter", dimension_meter.pk, meter.created_at),
-    )
-    StripeDimensionMeter.objects.filter(pk=dimension_meter.pk).update(stripe_meter_id=meter_id)
-    dimension_meter.stripe_meter_id = meter_id
-    return dimension_meter
-
-
-# --- products and prices ---------------------------------------------------------------------------------
-
-
-def _product_sync(client: stripe.StripeClient, version: PlanVersion) -> str:
-    plan = version.plan
-    if plan.stripe_product_id:
-        return plan.stripe_product_id
-    product = client.v1.products.create(
-        {"name": plan.name, "metadata": {"plan_code": plan.code}},
-        _options(_idempotency_key("product", plan.pk, version.created_at)),
-    )
-    type(plan).objects.filter(pk=plan.pk).update(stripe_product_id=product.id)
-    plan.stripe_product_id = product.id
-    return product.id
-
-
-def _recurring(version: PlanVersion, stripe_meter_id: str | None = None) -> dict[str, Any]:
-    recurring: dict[str, Any] = {"interval": str(version.interval)}
-    if stripe_meter_id:
-        recurring.update(usage_type="metered", meter=stripe_meter_id)
-    else:
-        recurring["usage_type"] = "licensed"
-    return recurring
-
-
-def _price_create(
-    client: stripe.StripeClient, version: PlanVersion, product_id: str, key: str, **params: Any
-) -> str:
-    body: Any = {
-        "currency": version.currency,
-        "product": product_id,
-        "metadata": {"plan_version": str(version.pk), **params.pop("metadata", {})},
-        **params,
-    }
-    return client.v1.prices.create(body, _options(key)).id
-
-
-# A usage price in Stripe bills the money we rated, sent as meter values in minor units: one unit is one
-# minor unit (a cent), whatever the local price model. Stripe never applies tiers, packages or rates to
-# quantities we already drew from allowance, credits and the wallet (docs/stripe.md).
-AMOUNT_PRICE: dict[str, Any] = {"billing_scheme": "per_unit", "unit_amount_decimal": "1"}
-
-
-def _usage_price_params(price: Price) -> dict[str, Any] | None:
-    """Stripe's fields for a usage price (or one rate of a dimensional one), or None when the price can
-    never produce post-paid overage money (credits with no credit pack to convert them)."""
-    if price.pricing_unit == PricingUnit.CREDITS and price.plan_version.credit_unit_amount is None:
-        return None
-    return dict(AMOUNT_PRICE)
-
-
-def _base_fee_minor_units(version: PlanVersion) -> int:
-    try:
-        return to_minor_units(version.base_fee, version.currency)
-    except ValueError as error:
-        raise StripeSyncError(f"{version}: {error}") from error
-
-
-def plan_version_sync(*, plan_version: PlanVersion, client: stripe.StripeClient | None = None) -> PlanVersion:
-    """Create the product, the base-fee price and the usage prices (and their meters) of a version."""
-    client = client or stripe_client()
-    version = PlanVersion.objects.select_related("plan").get(pk=plan_version.pk)
-    product_id = _product_sync(client, version)
-    if version.base_fee > 0 and not version.stripe_base_price_id:
-        price_id = _price_create(
-            client,
-            version,
-            product_id,
-            _idempotency_key("base-price", version.pk, version.created_at),
-            unit_amount=_base_fee_minor_units(version),
-            recurring=_recurring(version),
-            nickname=f"{version} base fee",
-        )
-        PlanVersion.objects.filter(pk=version.pk).update(stripe_base_price_id=price_id)
-    for price in prices_with_rates(version):
-        _usage_price_sync(client, version, product_id, price)
-    version.refresh_from_db()
-    return version
-
-
-def _usage_price_sync(
-    client: stripe.StripeClient, version: PlanVersion, product_id: str, price: Price
-) -> None:
-    meter = price.meter
-    if price.model == PriceModel.DIMENSIONAL:
-        for rate in price.dimension_rates.all():
-            if rate.stripe_price_id:
-                continue
-            params = _usage_price_params(price)
-            if params is None:
-                continue
-            dimension_meter = dimension_meter_sync(meter=meter, value=rate.value, client=client)
-            price_id = _price_create(
-                client,
-                version,
-                product_id,
-                _idempotency_key("dimension-price", rate.pk, version.created_at),
-                recurring=_recurring(version, dimension_meter.stripe_meter_id),
-                nickname=f"{version} {meter.key} {price.dimension}={rate.value}",
-                metadata={"meter": meter.key, "dimension_value": rate.value},
-                **params,
-            )
-            DimensionRate.objects.filter(pk=rate.pk).update(stripe_price_id=price_id)
-        if price.default_rate is None:
-            return
-        params = _usage_price_params(price)
-    else:
-        params = _usage_price_params(price)
-    if params is None or price.stripe_price_id:
-        return
-    price_id = _price_create(
-        client,
-        version,
-        product_id,
-        _idempotency_key("price", price.pk, version.created_at),
-        recurring=_recurring(version, meter_sync(meter=meter, client=client)),
-        nickname=f"{version} {meter.key}",
-        metadata={"meter": meter.key},
-        **params,
-    )
-    Price.objects.filter(pk=price.pk).update(stripe_price_id=price_id)
-
-
-def plan_version_price_ids(plan_version: PlanVersion) -> list[str]:
-    """The Stripe prices a subscription to the version carries: the base fee, then the usage prices."""
-    ids = [plan_version.stripe_base_price_id] if plan_version.stripe_base_price_id else []
-    for price in prices_with_rates(plan_version):
-        if price.model == PriceModel.DIMENSIONAL:
-            ids.extend(rate.stripe_price_id for rate in price.dimension_rates.all() if rate.stripe_price_id)
-        if price.stripe_price_id:
-            ids.append(price.stripe_price_id)
-    return ids
-
-
-def plan_version_is_synced(plan_version: PlanVersion) -> bool:
-    if plan_version.base_fee > 0 and not plan_version.stripe_base_price_id:
-        return False
-    for price in prices_with_rates(plan_version):
-        if _usage_price_params(price) is None:
-            continue
-        if price.model == PriceModel.DIMENSIONAL:
-            if any(not rate.stripe_price_id for rate in price.dimension_rates.all()):
-                return False
-            if price.default_rate is not None and not price.stripe_price_id:
-                return False
-        elif not price.stripe_price_id:
-            return False
-    return True
-
-
-# --- customers and subscriptions ---------------------------------------------------------------------------
 
 
 def customer_sync(*, customer: Customer, client: stripe.StripeClient | None = None) -> str:
@@ -323,7 +43,7 @@ def customer_sync(*, customer: Customer, client: stripe.StripeClient | None = No
     if not params["email"]:
         del params["email"]
     created = client.v1.customers.create(
-        params, _options(_idempotency_key("customer", customer.pk, customer.created_at))
+        params, request_options(idempotency_key("customer", customer.pk, customer.created_at))
     )
     Customer.objects.filter(pk=customer.pk).update(stripe_customer_id=created.id)
     customer.stripe_customer_id = created.id
@@ -428,7 +148,9 @@ def subscription_sync(*, subscription: Subscription, client: stripe.StripeClient
         }
         created = client.v1.subscriptions.create(
             params,
-            _options(_idempotency_key("subscription", subscription.pk, subscription.created_at, version.pk)),
+            request_options(
+                idempotency_key("subscription", subscription.pk, subscription.created_at, version.pk)
+            ),
         )
         Subscription.objects.filter(pk=subscription.pk).update(stripe_subscription_id=created.id)
         _synced(
@@ -552,8 +274,8 @@ def _base_fee_settle(subscription: Subscription, remote: Any, client: stripe.Str
                 "period": {"start": int(changed_at.timestamp()), "end": int(end.timestamp())},
                 "metadata": {"subscription_id": str(subscription.pk), "kind": "base_fee_change"},
             },
-            _options(
-                _idempotency_key(
+            request_options(
+                idempotency_key(
                     "base-fee",
                     subscription.pk,
                     subscription.current_period_start,
@@ -585,7 +307,7 @@ def subscription_final_invoice(*, subscription: Subscription, client: stripe.Str
     client.v1.subscriptions.cancel(
         subscription.stripe_subscription_id,
         {"invoice_now": True, "prorate": False},
-        _options(_idempotency_key("cancel", subscription.pk, subscription.created_at)),
+        request_options(idempotency_key("cancel", subscription.pk, subscription.created_at)),
     )
 
 
@@ -618,54 +340,3 @@ def subscriptions_out_of_sync() -> "list[Subscription]":
         | pending_changed
     )
     return list(Subscription.objects.filter(never | changed).order_by("pk"))
-
-
-@dataclass
-class SyncReport:
-    plan_versions: int = 0
-    customers: int = 0
-    subscriptions: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-def stripe_sync_pending(*, client: stripe.StripeClient | None = None) -> SyncReport:
-    """Sync whatever is not in Stripe yet: versions in use or published, customers, subscriptions and
-    their plan migrations.
-
-    A version Stripe cannot take (a price it cannot express, or refuses) is reported, logged as an error and
-    skipped, as are its subscriptions, so one bad price does not hold up everyone else. Transient Stripe
-    errors propagate: the task retries.
-    """
-    client = client or stripe_client()
-    report = SyncReport()
-    versions = PlanVersion.objects.filter(
-        Q(status=VersionStatus.PUBLISHED) | Q(subscriptions__isnull=False)
-    ).distinct()
-    for version in versions.select_related("plan"):
-        if plan_version_is_synced(version):
-            continue
-        if (
-            _sync_or_report(report, version, partial(plan_version_sync, plan_version=version, client=client))
-            is not None
-        ):
-            report.plan_versions += 1
-    for customer in Customer.objects.filter(stripe_customer_id="", subscription__isnull=False):
-        customer_sync(customer=customer, client=client)
-        report.customers += 1
-    for subscription in subscriptions_out_of_sync():
-        if _sync_or_report(
-            report, subscription, partial(subscription_sync, subscription=subscription, client=client)
-        ):
-            report.subscriptions += 1
-    return report
-
-
-def _sync_or_report(report: SyncReport, subject: object, sync: Callable[[], T]) -> T | None:
-    """Run one object's sync; if Stripe cannot take it, report it and return None instead of raising."""
-    try:
-        return sync()
-    except (StripeSyncError, stripe.InvalidRequestError) as error:
-        message = getattr(error, "user_message", None) or str(error)
-        report.errors.append(f"{subject}: {message}")
-        logger.error("Stripe sync skipped %s: %s", subject, message)
-        return None

@@ -12,7 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from core.money import format_money, round_money
-from plans.display import DisplayUnit, allowance_value
+from plans.display import DisplayUnit, allowance_value, plural
 from plans.models import (
     BillingInterval,
     ChangeEffect,
@@ -203,7 +203,7 @@ def _price_row(
         amount *= per_unit
         if in_credits:
             return f"{_count(amount)} credits per {unit}"
-        per = f"{label} {_plural(unit)}" if label else unit
+        per = f"{label} {plural(unit)}" if label else unit
         return f"{_amount(amount * scale, currency=currency, in_credits=False)} per {per}"
 
     rates: list[str]
@@ -244,7 +244,7 @@ def _price_row(
         case PriceModel.PACKAGE:
             rates = [
                 f"{_amount(price.package_amount or Decimal(0), currency=currency, in_credits=in_credits)} "
-                f"per {_count(price.package_size or Decimal(1))} {_plural(unit)} (each started package)"
+                f"per {_count(price.package_size or Decimal(1))} {plural(unit)} (each started package)"
             ]
         case PriceModel.DIMENSIONAL:
             heading = f"By {price.dimension}"
@@ -303,9 +303,3 @@ def _count(value: Decimal | None) -> str:
     if value == value.to_integral_value():
         return f"{value.quantize(Decimal(1)):,f}"
     return f"{value.normalize():,f}"
-
-
-def _plural(unit: str) -> str:
-    if not unit or unit.endswith("s") or not unit[-1].isalpha():
-        return unit
-    return f"{unit}s"

@@ -44,3 +44,9 @@ def test_staff_preview_then_record_a_correction(
     assert correction.corrected_by == "staff ops"
     assert PeriodUsage.objects.get().quantity == 120
     assert not ledger_mismatches()
+
+    # Corrected again, the form starts from what the event counts now, not from what it first recorded.
+    page.goto(f"{live_server.url}/admin/usage/usageevent/{result.id}/correct/")
+    expect(page.get_by_label("Corrected quantity")).to_have_value("120")
+    expect(page.locator("#content-main p").first).to_contain_text(", 120 ")
+    expect(page.locator("#content-main p").first).to_contain_text("with its corrections below")

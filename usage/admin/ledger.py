@@ -10,6 +10,7 @@ a person reads (``$12.30``, ``1,250 credits``); the exact stored value is on eac
 
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -24,6 +25,7 @@ from django.utils.html import format_html
 
 from core.errors import BillingError
 from customers.models import Customer
+from plans.display import plural
 from usage.admin.common import ReadOnly, customer_link, link
 from usage.corrections import CorrectionResult, usage_event_correct
 from usage.forms import CreditGrantForm, EventCorrectionForm, WalletTopUpForm
@@ -279,6 +281,10 @@ class UsageEventAdmin(ReadOnly):
         if not request.user.has_perm("usage.add_usageevent"):
             raise PermissionDenied
         event = get_object_or_404(UsageEvent.objects.select_related("customer", "meter"), pk=event_id)
+        corrections = list(event.corrections.order_by("received_at", "id"))
+        # What the event counts now, its corrections included: the form starts from it, as a correction says
+        # what the event should count in all.
+        counts = event.quantity + sum((c.quantity for c in corrections), Decimal(0))
         preview: CorrectionResult | None = None
         if request.method == "POST":
             form = EventCorrectionForm(request.POST)
@@ -302,16 +308,18 @@ class UsageEventAdmin(ReadOnly):
                     preview = result
         else:
             form = EventCorrectionForm(
-                initial={"quantity": event.quantity, "idempotency_key": uuid.uuid4().hex}
+                initial={"quantity": f"{counts.normalize():f}", "idempotency_key": uuid.uuid4().hex}
             )
         context = {
             **self.admin_site.each_context(request),
             "title": f"Correct event {event.pk}",
             "opts": self.model._meta,
             "event": event,
+            "recorded": f"{format_quantity(event.quantity)} {plural(event.meter.unit, event.quantity)}",
+            "counts": f"{format_quantity(counts)} {plural(event.meter.unit, counts)}" if corrections else "",
             "form": form,
             "preview": preview,
-            "corrections": list(event.corrections.order_by("received_at", "id")),
+            "corrections": corrections,
         }
         return TemplateResponse(request, "admin/usage/correct_event.html", context)
 

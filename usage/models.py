@@ -294,7 +294,8 @@ class UsageEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.meter_id} × {self.quantity} ({self.idempotency_key})"
+        # Read in admin's breadcrumbs and lists: the quantity as a number, not at the column's six decimals.
+        return f"Event {self.pk}: {Decimal(self.quantity).normalize():f} ({self.idempotency_key})"
 
 
 class UsageEventKey(models.Model):

@@ -295,7 +295,8 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         # Read in admin's breadcrumbs and lists: the quantity as a number, not at the column's six decimals.
-        return f"Event {self.pk}: {Decimal(self.quantity).normalize():f} ({self.idempotency_key})"
+        quantity = "?" if self.quantity is None else f"{Decimal(self.quantity).normalize():f}"
+        return f"Event {self.pk}: {quantity} ({self.idempotency_key})"
 
 
 class UsageEventKey(models.Model):

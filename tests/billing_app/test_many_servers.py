@@ -19,7 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.db.models import Sum
@@ -65,19 +64,10 @@ def celery_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[
 
 @pytest.fixture
 def broker() -> Iterator[None]:
-    from billing_app.celery import app as celery_app
-    from tests.billing_app.test_worker import drop_broker_connections
+    from tests.billing_app.test_worker import broker_switched
 
-    client = redis.Redis.from_url(BROKER_URL)
-    client.flushdb()
-    saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager")}
-    celery_app.conf.update(broker_url=BROKER_URL, task_always_eager=False)
-    drop_broker_connections()
-    yield
-    drop_broker_connections()
-    celery_app.conf.update(saved)
-    client.flushdb()
-    client.close()
+    with broker_switched(BROKER_URL):
+        yield
 
 
 def test_two_servers_and_two_workers_oversell_nothing_and_send_each_meter_event_once(

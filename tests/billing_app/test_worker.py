@@ -121,20 +121,29 @@ def broker_held() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@pytest.fixture
-def broker() -> Iterator[None]:
-    """The test process sends tasks to the worker's Redis database instead of running them in-process."""
-    with broker_held():
-        client = redis.Redis.from_url(REDIS_URL)
-        client.flushdb()
-        saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager")}
-        celery_app.conf.update(broker_url=REDIS_URL, task_always_eager=False)
-        drop_broker_connections()
+@contextmanager
+def broker_switched(url: str) -> Iterator[None]:
+    """The test process sends tasks to the Redis database ``url`` instead of running them in-process; the
+    database starts and ends empty."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager")}
+    celery_app.conf.update(broker_url=url, task_always_eager=False)
+    drop_broker_connections()
+    try:
         yield
+    finally:
         drop_broker_connections()
         celery_app.conf.update(saved)
         client.flushdb()
         client.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[None]:
+    """The worker tests' broker, held by one test at a time."""
+    with broker_held(), broker_switched(REDIS_URL):
+        yield
 
 
 @pytest.fixture
